@@ -1,0 +1,408 @@
+//! The metric message: one probe of one website, as `monitor` publishes it to
+//! Kafka and `consumer` stores it in PostgreSQL.
+//!
+//! The payload is JSON, keyed in Kafka by the site URL so that one site's
+//! metrics stay ordered in one partition. Every message carries a
+//! `schema_version`; a reader rejects versions it does not know instead of
+//! guessing at their fields.
+//!
+//! A successful probe with a regex:
+//!
+//! ```json
+//! {
+//!   "schema_version": 1,
+//!   "probe_id": "019abc6e-8a3c-7d2e-9b1f-3c5d7e9f1a2b",
+//!   "url": "https://www.example.com/",
+//!   "scheduled_at": "2026-11-25T17:00:00.000000Z",
+//!   "started_at": "2026-11-25T17:00:00.000412Z",
+//!   "lateness_us": 412,
+//!   "skipped_before": 0,
+//!   "timings": { "dns_us": 1200, "connect_us": 35000, "ttfb_us": 41000, "body_us": 3000, "total_us": 80200 },
+//!   "status": 200,
+//!   "body_bytes": 1256,
+//!   "body_truncated": false,
+//!   "regex": "Example Domain",
+//!   "regex_matched": true,
+//!   "regex_match": "Example Domain",
+//!   "final_url": "https://www.example.com/",
+//!   "redirects": 0,
+//!   "tls_expires_at": "2027-01-15T23:59:59Z",
+//!   "error": null
+//! }
+//! ```
+//!
+//! A probe that got no response has no `status`, and says why in `error`:
+//!
+//! ```json
+//! { "status": null, "error": { "kind": "dns", "message": "failed to lookup address information: Name or service not known" } }
+//! ```
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The schema version this crate writes and the only one it reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Longest `regex_match` kept in a metric, in bytes; longer matches are cut.
+pub const MAX_MATCH_BYTES: usize = 256;
+
+/// Longest error `message` kept in a metric, in bytes.
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
+
+/// One probe of one site: what was asked, when, and what came back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metric {
+    /// Always [`SCHEMA_VERSION`] for messages this crate writes.
+    pub schema_version: u32,
+    /// Unique, time-ordered (UUIDv7) id of this probe; the idempotency key downstream.
+    pub probe_id: Uuid,
+    /// The site as listed by the operator (normalised, with a scheme).
+    pub url: String,
+    /// When the schedule wanted this probe to start.
+    pub scheduled_at: DateTime<Utc>,
+    /// When the probe actually started.
+    pub started_at: DateTime<Utc>,
+    /// How late the probe started, in microseconds (start minus deadline).
+    pub lateness_us: u64,
+    /// Deadlines skipped just before this probe because the previous probe of
+    /// the site was still running (a site never has two probes in flight).
+    pub skipped_before: u32,
+    /// Where the response time went.
+    pub timings: Timings,
+    /// HTTP status of the final response; absent when no response arrived.
+    pub status: Option<u16>,
+    /// Body bytes read (after content decoding), at most the body cap.
+    pub body_bytes: u64,
+    /// Whether the body was longer than the cap and reading stopped there.
+    pub body_truncated: bool,
+    /// The regex the body was checked against, if the site has one.
+    pub regex: Option<String>,
+    /// Whether the regex matched the body read; absent without a regex or a body.
+    pub regex_matched: Option<bool>,
+    /// The first match, lossily decoded and cut to [`MAX_MATCH_BYTES`].
+    pub regex_match: Option<String>,
+    /// URL of the final response after redirects.
+    pub final_url: Option<String>,
+    /// Redirects followed.
+    pub redirects: u32,
+    /// For https, when the leaf certificate of the final response expires.
+    pub tls_expires_at: Option<DateTime<Utc>>,
+    /// Why the probe failed; absent when a response was read.
+    pub error: Option<ProbeError>,
+}
+
+/// Response time split into phases, each in microseconds.
+///
+/// A phase is absent when it did not happen: no DNS lookup for an IP address,
+/// nothing after `connect` when the connection was refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timings {
+    /// Name resolution.
+    pub dns_us: Option<u64>,
+    /// TCP connect, including the TLS handshake for https.
+    pub connect_us: Option<u64>,
+    /// From connected to the first byte of the response head (all redirects included).
+    pub ttfb_us: Option<u64>,
+    /// Reading the body, up to the cap.
+    pub body_us: Option<u64>,
+    /// The whole probe, start to end.
+    pub total_us: u64,
+}
+
+/// A probe that did not end with a response read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeError {
+    /// What failed, for dashboards and alerts.
+    pub kind: ErrorKind,
+    /// What the HTTP stack said, for people.
+    pub message: String,
+}
+
+/// The kinds of failure a probe reports instead of a fake HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The host name did not resolve.
+    Dns,
+    /// TCP connection refused, reset or unreachable.
+    Connect,
+    /// TLS handshake failed (untrusted or expired certificate, protocol mismatch).
+    Tls,
+    /// The probe did not finish within its timeout.
+    Timeout,
+    /// Too many redirects, or a redirect loop.
+    Redirect,
+    /// The response head arrived but the body failed (reset, bad encoding).
+    Body,
+    /// Anything else (malformed response, protocol error).
+    Other,
+}
+
+impl ErrorKind {
+    /// Every kind, in the order of the documentation.
+    pub const ALL: [ErrorKind; 7] = [
+        ErrorKind::Dns,
+        ErrorKind::Connect,
+        ErrorKind::Tls,
+        ErrorKind::Timeout,
+        ErrorKind::Redirect,
+        ErrorKind::Body,
+        ErrorKind::Other,
+    ];
+
+    /// The name used in JSON and in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Dns => "dns",
+            ErrorKind::Connect => "connect",
+            ErrorKind::Tls => "tls",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Redirect => "redirect",
+            ErrorKind::Body => "body",
+            ErrorKind::Other => "other",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a payload could not be read as a metric; such a message can never be stored.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The bytes are not a JSON object.
+    #[error("payload is not a JSON object: {0}")]
+    NotJson(#[source] serde_json::Error),
+    /// The message has a `schema_version` this reader does not know.
+    #[error("unknown schema_version {found}; this reader knows {SCHEMA_VERSION}")]
+    UnknownVersion {
+        /// The version in the message.
+        found: u64,
+    },
+    /// The JSON is a v1 envelope but a field is missing or has the wrong type.
+    #[error("not a valid version {SCHEMA_VERSION} metric: {0}")]
+    Invalid(#[source] serde_json::Error),
+    /// A field parsed but holds a value no probe can produce.
+    #[error("field `{field}` out of range: {reason}")]
+    OutOfRange {
+        /// The offending field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    schema_version: Option<u64>,
+}
+
+impl Metric {
+    /// The Kafka message key: the site URL, so one site stays in one partition.
+    pub fn key(&self) -> &[u8] {
+        self.url.as_bytes()
+    }
+
+    /// The JSON payload.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serialising a struct of plain fields into a Vec cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Reads a payload, checking the version first so that a newer message is
+    /// reported as such rather than as a missing field.
+    pub fn from_json(payload: &[u8]) -> Result<Metric, DecodeError> {
+        let envelope: Envelope = serde_json::from_slice(payload).map_err(DecodeError::NotJson)?;
+        match envelope.schema_version {
+            Some(v) if v == u64::from(SCHEMA_VERSION) => {}
+            Some(found) => return Err(DecodeError::UnknownVersion { found }),
+            None => {
+                return Err(DecodeError::Invalid(serde::de::Error::missing_field(
+                    "schema_version",
+                )))
+            }
+        }
+        let metric: Metric = serde_json::from_slice(payload).map_err(DecodeError::Invalid)?;
+        metric.check_ranges()?;
+        Ok(metric)
+    }
+
+    fn check_ranges(&self) -> Result<(), DecodeError> {
+        let out_of_range = |field, reason: &str| {
+            Err(DecodeError::OutOfRange {
+                field,
+                reason: reason.to_owned(),
+            })
+        };
+        if let Some(status) = self.status {
+            if !(100..=999).contains(&status) {
+                return out_of_range("status", "an HTTP status has three digits");
+            }
+        }
+        if self.url.is_empty() {
+            return out_of_range("url", "empty");
+        }
+        if self.probe_id.get_version_num() != 7 {
+            return out_of_range("probe_id", "not a time-ordered UUIDv7");
+        }
+        if self.status.is_none() && self.error.is_none() {
+            return out_of_range("error", "a probe without a status must say why");
+        }
+        // Lengths are bounded by what the database columns accept.
+        if self.url.len() > 8192 {
+            return out_of_range("url", "longer than 8192 bytes");
+        }
+        if i64::try_from(self.lateness_us).is_err() || i64::try_from(self.body_bytes).is_err() {
+            return out_of_range(
+                "lateness_us/body_bytes",
+                "does not fit a signed 64-bit integer",
+            );
+        }
+        let t = &self.timings;
+        let phases = [
+            t.dns_us,
+            t.connect_us,
+            t.ttfb_us,
+            t.body_us,
+            Some(t.total_us),
+        ];
+        if phases
+            .into_iter()
+            .flatten()
+            .any(|us| i64::try_from(us).is_err())
+        {
+            return out_of_range("timings", "does not fit a signed 64-bit integer");
+        }
+        Ok(())
+    }
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+pub fn truncate_utf8(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Metric {
+        Metric {
+            schema_version: SCHEMA_VERSION,
+            probe_id: Uuid::now_v7(),
+            url: "https://www.example.com/".into(),
+            scheduled_at: DateTime::from_timestamp_micros(1_790_000_000_000_000)
+                .unwrap_or_default(),
+            started_at: DateTime::from_timestamp_micros(1_790_000_000_000_412).unwrap_or_default(),
+            lateness_us: 412,
+            skipped_before: 0,
+            timings: Timings {
+                dns_us: Some(1200),
+                connect_us: Some(35_000),
+                ttfb_us: Some(41_000),
+                body_us: Some(3000),
+                total_us: 80_200,
+            },
+            status: Some(200),
+            body_bytes: 1256,
+            body_truncated: false,
+            regex: Some("Example Domain".into()),
+            regex_matched: Some(true),
+            regex_match: Some("Example Domain".into()),
+            final_url: Some("https://www.example.com/".into()),
+            redirects: 0,
+            tls_expires_at: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn json_round_trips() {
+        let m = sample();
+        let back = Metric::from_json(&m.to_json()).expect("round trip");
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn the_documented_example_is_a_valid_metric() {
+        let doc = include_str!("lib.rs");
+        let start = doc.find("//! ```json\n").expect("example") + "//! ```json\n".len();
+        let end = start + doc[start..].find("//! ```").expect("end of example");
+        let json: String = doc[start..end]
+            .lines()
+            .map(|l| l.trim_start_matches("//!"))
+            .collect();
+        let m = Metric::from_json(json.as_bytes()).expect("doc example parses");
+        assert_eq!(m.status, Some(200));
+        assert_eq!(m.timings.total_us, 80_200);
+    }
+
+    #[test]
+    fn unknown_version_is_named() {
+        let mut v: serde_json::Value = serde_json::from_slice(&sample().to_json()).expect("json");
+        v["schema_version"] = 2.into();
+        let err = Metric::from_json(v.to_string().as_bytes()).expect_err("v2 refused");
+        assert!(
+            matches!(err, DecodeError::UnknownVersion { found: 2 }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn garbage_and_bad_fields_are_refused() {
+        assert!(matches!(
+            Metric::from_json(b"\xff\x00"),
+            Err(DecodeError::NotJson(_))
+        ));
+        assert!(matches!(
+            Metric::from_json(b"{}"),
+            Err(DecodeError::Invalid(_))
+        ));
+        let mut v: serde_json::Value = serde_json::from_slice(&sample().to_json()).expect("json");
+        v["status"] = 42.into();
+        let err = Metric::from_json(v.to_string().as_bytes()).expect_err("status 42");
+        assert!(
+            matches!(
+                err,
+                DecodeError::OutOfRange {
+                    field: "status",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        v["status"] = serde_json::Value::Null;
+        let err = Metric::from_json(v.to_string().as_bytes()).expect_err("no status no error");
+        assert!(
+            matches!(err, DecodeError::OutOfRange { field: "error", .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn error_kinds_serialise_as_documented() {
+        for kind in ErrorKind::ALL {
+            let json = serde_json::to_string(&kind).expect("json");
+            assert_eq!(json, format!("\"{}\"", kind.as_str()));
+        }
+    }
+
+    #[test]
+    fn truncation_respects_char_boundaries() {
+        assert_eq!(truncate_utf8("héllo".into(), 2), "h");
+        assert_eq!(truncate_utf8("abc".into(), 10), "abc");
+    }
+}
