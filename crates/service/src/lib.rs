@@ -1,0 +1,9 @@
+//! What `monitor` and `consumer` share to run as services: Kafka client
+//! settings (TLS files, pass-through properties, redacted secrets), logging,
+//! and the shutdown and reload signals.
+
+pub mod kafka;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use secrecy::{ExposeSecret, SecretString};

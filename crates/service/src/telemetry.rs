@@ -1,0 +1,51 @@
+//! Logging to stderr, human-readable by default or one JSON object per line.
+
+use std::io::IsTerminal;
+
+use serde::Deserialize;
+use tracing_subscriber::EnvFilter;
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// A log filter that `tracing_subscriber` refused.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid log filter {filter:?} (setting `log.level`, e.g. \"info\" or \"info,sitewatch_monitor=debug\"): {source}")]
+pub struct LogFilterError {
+    filter: String,
+    #[source]
+    source: tracing_subscriber::filter::ParseError,
+}
+
+/// Installs the global subscriber; logs go to stderr so stdout stays free for data.
+///
+/// `RUST_LOG`, when set, wins over `filter`.
+pub fn init(format: LogFormat, filter: &str) -> Result<(), LogFilterError> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(from_env) if !from_env.is_empty() => from_env,
+        _ => filter.to_owned(),
+    };
+    let env_filter = EnvFilter::try_new(&filter).map_err(|source| LogFilterError {
+        filter: filter.clone(),
+        source,
+    })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(env_filter)
+        .with_writer(std::io::stderr);
+    // A second init (tests) keeps the first subscriber; that is not an error worth failing on.
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    Ok(())
+}
