@@ -1,0 +1,205 @@
+//! `monitor`: probes websites on their own schedules and publishes one
+//! versioned JSON metric per probe to Kafka.
+//!
+//! The parts, in the order a probe meets them: [`targets`] (the site list),
+//! [`schedule`] (deadlines, spread, the in-flight bound), [`probe`] (one GET,
+//! timed by phase with [`timing`]), [`publish`] (Kafka or stdout). [`reload`]
+//! re-reads the list; [`settings`] holds the configuration.
+
+pub mod probe;
+pub mod publish;
+pub mod reload;
+pub mod schedule;
+pub mod settings;
+pub mod targets;
+pub mod timing;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use sitewatch_metric::{Metric, SCHEMA_VERSION};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::probe::{ProbeSetupError, Prober};
+use crate::publish::{DeliveryReport, KafkaSink, PublishSetupError, Sink, StdoutSink};
+use crate::schedule::{Job, RunJob, ScheduleOptions, ScheduleReport};
+use crate::settings::{Output, Settings};
+use crate::targets::TargetsError;
+
+/// Why the monitor could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    /// The site list is missing or has bad rows; nothing was probed or published.
+    #[error(transparent)]
+    Targets(#[from] TargetsError),
+    /// The HTTP client could not be built.
+    #[error(transparent)]
+    Probe(#[from] ProbeSetupError),
+    /// Kafka could not be reached or configured.
+    #[error(transparent)]
+    Publish(#[from] PublishSetupError),
+}
+
+/// What a run did, for the exit log and the exit code.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    /// What the schedule did.
+    pub schedule: ScheduleReport,
+    /// What became of the metrics.
+    pub delivery: DeliveryReport,
+}
+
+impl RunSummary {
+    /// Metrics that were made but not confirmed by the destination.
+    pub fn lost(&self) -> u64 {
+        self.delivery.failed + self.delivery.pending()
+    }
+}
+
+/// Maps the monotonic clock the schedule runs on to wall-clock times, from one
+/// reading at start, so that scheduled and start times stay consistent.
+#[derive(Debug, Clone, Copy)]
+struct WallClock {
+    instant: Instant,
+    wall: DateTime<Utc>,
+}
+
+impl WallClock {
+    fn now() -> WallClock {
+        WallClock {
+            instant: Instant::now(),
+            wall: Utc::now(),
+        }
+    }
+
+    fn at(&self, instant: Instant) -> DateTime<Utc> {
+        let delta = match instant.checked_duration_since(self.instant) {
+            Some(after) => TimeDelta::from_std(after).unwrap_or(TimeDelta::MAX),
+            None => -TimeDelta::from_std(self.instant - instant).unwrap_or(TimeDelta::MAX),
+        };
+        let at = self.wall + delta;
+        // PostgreSQL keeps microseconds; trimming here keeps the round trip exact.
+        at.duration_trunc(TimeDelta::microseconds(1)).unwrap_or(at)
+    }
+}
+
+/// Probes a job's site and publishes the metric; the in-flight permit is held
+/// until the metric is handed over, so a slow Kafka slows probing, not memory.
+#[derive(Debug)]
+struct ProbeAndPublish {
+    prober: Prober,
+    sink: Arc<Sink>,
+    clock: WallClock,
+}
+
+impl RunJob for ProbeAndPublish {
+    async fn run(&self, job: Job, started: Instant) {
+        let span = tracing::info_span!("probe", url = %job.target.url);
+        async {
+            let probe_id = Uuid::now_v7();
+            let seen = self.prober.probe(&job.target).await;
+            if let Some(err) = &seen.error {
+                tracing::debug!(kind = %err.kind, message = %err.message, "probe failed");
+            }
+            let metric = Metric {
+                schema_version: SCHEMA_VERSION,
+                probe_id,
+                url: job.target.url.to_string(),
+                scheduled_at: self.clock.at(job.scheduled),
+                started_at: self.clock.at(started),
+                lateness_us: u64::try_from(
+                    started.saturating_duration_since(job.scheduled).as_micros(),
+                )
+                .unwrap_or(u64::MAX),
+                skipped_before: job.skipped_before,
+                timings: seen.timings,
+                status: seen.status,
+                body_bytes: seen.body_bytes,
+                body_truncated: seen.body_truncated,
+                regex: job.target.regex.as_ref().map(|r| r.as_str().to_owned()),
+                regex_matched: seen.regex_matched,
+                regex_match: seen.regex_match,
+                final_url: seen.final_url,
+                redirects: seen.redirects,
+                tls_expires_at: seen.tls_expires_at,
+                error: seen.error,
+            };
+            self.sink.publish(&metric).await;
+        }
+        .instrument(span)
+        .await;
+    }
+}
+
+/// Loads the site list, connects the destination, and probes until `shutdown`
+/// (or once, with `once`); then lets probes in flight finish and flushes.
+///
+/// `sighup` carries reload requests. A bad site list fails here, before
+/// anything is published.
+pub async fn run(
+    settings: Settings,
+    shutdown: CancellationToken,
+    sighup: mpsc::Receiver<()>,
+) -> Result<RunSummary, MonitorError> {
+    let Some(path) = settings.targets.clone() else {
+        return Err(TargetsError::Rows(Vec::new()).into());
+    };
+    let targets = targets::load_file(&path)?;
+    tracing::info!(file = %path.display(), sites = targets.len(), "site list loaded");
+    let prober = Prober::new(settings.probe.clone())?;
+    let sink = Arc::new(match settings.output {
+        Output::Stdout => Sink::Stdout(StdoutSink::default()),
+        Output::Kafka => Sink::Kafka(
+            KafkaSink::connect(
+                &settings.kafka,
+                settings.producer_queue,
+                settings.connect_timeout,
+            )
+            .await?,
+        ),
+    });
+    let runner = Arc::new(ProbeAndPublish {
+        prober,
+        sink: Arc::clone(&sink),
+        clock: WallClock::now(),
+    });
+    let (updates_tx, updates) = mpsc::channel(1);
+    let reloader = (!settings.once).then(|| {
+        tokio::spawn(reload::run(
+            path,
+            settings.watch_targets,
+            sighup,
+            updates_tx,
+            shutdown.child_token(),
+        ))
+    });
+    let options = ScheduleOptions {
+        max_in_flight: settings.max_in_flight,
+        grace: settings.shutdown_grace,
+        once: settings.once,
+    };
+    let schedule = schedule::run(targets, runner, options, shutdown.clone(), updates).await;
+    if let Some(reloader) = reloader {
+        reloader.abort();
+    }
+    tracing::info!(
+        probes = schedule.started,
+        "schedule stopped; waiting for the last confirmations"
+    );
+    let delivery = sink.finish(settings.flush_timeout).await;
+    let summary = RunSummary { schedule, delivery };
+    tracing::info!(
+        probes = summary.schedule.started,
+        skipped = summary.schedule.skipped,
+        abandoned = summary.schedule.abandoned,
+        delivered = summary.delivery.delivered,
+        failed = summary.delivery.failed,
+        unconfirmed = summary.delivery.pending(),
+        "monitor stopped"
+    );
+    Ok(summary)
+}

@@ -1,0 +1,71 @@
+//! The `monitor` binary: flags, logging, signals; the work is in the library.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use sitewatch_monitor::settings::{Cli, Settings};
+use sitewatch_monitor::{targets, MonitorError};
+use sitewatch_service::{shutdown, telemetry};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let check_only = cli.check;
+    let settings = match Settings::load(cli) {
+        Ok(settings) => settings,
+        Err(err) => return fail(2, &anyhow::Error::new(err)),
+    };
+    if let Err(err) = telemetry::init(settings.log.format, &settings.log.level) {
+        return fail(2, &anyhow::Error::new(err));
+    }
+    if check_only {
+        return check(&settings);
+    }
+    match serve(settings) {
+        Ok(code) => code,
+        Err(err) => {
+            let code = match err.downcast_ref::<MonitorError>() {
+                Some(MonitorError::Targets(_)) => 2,
+                _ => 1,
+            };
+            fail(code, &err)
+        }
+    }
+}
+
+fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let signals = shutdown::listen()?;
+        let summary = sitewatch_monitor::run(settings, signals.shutdown, signals.reload).await?;
+        if summary.lost() > 0 {
+            tracing::error!(
+                lost = summary.lost(),
+                "some metrics were not confirmed by Kafka"
+            );
+            return Ok(ExitCode::from(1));
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn check(settings: &Settings) -> ExitCode {
+    let Some(path) = &settings.targets else {
+        return ExitCode::from(2);
+    };
+    match targets::load_file(path) {
+        Ok(list) => {
+            eprintln!("{}: {} sites, settings valid", path.display(), list.len());
+            ExitCode::SUCCESS
+        }
+        Err(err) => fail(2, &anyhow::Error::new(err)),
+    }
+}
+
+fn fail(code: u8, err: &anyhow::Error) -> ExitCode {
+    eprintln!("monitor: error: {err:#}");
+    ExitCode::from(code)
+}

@@ -1,0 +1,344 @@
+//! One HTTP GET of one site, timed by phase, with the body checked against
+//! the site's regex and every failure given a kind instead of a fake status.
+
+use std::error::Error as StdError;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use sitewatch_metric::{
+    truncate_utf8, ErrorKind, ProbeError, Timings, MAX_ERROR_MESSAGE_BYTES, MAX_MATCH_BYTES,
+};
+use tokio::time::Instant;
+
+use crate::targets::Target;
+use crate::timing::{DnsFailure, PhaseLog, TimedConnectLayer, TimedResolver};
+
+/// How probes are made.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProbeSettings {
+    /// Timeout of a site without its own; never more than the site's interval.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Body bytes read for the regex; the rest is not downloaded.
+    pub body_cap: usize,
+    /// Redirects followed before the probe fails with `redirect`.
+    pub max_redirects: usize,
+    /// Extra CA certificates (PEM) trusted besides the system's, for internal sites.
+    pub ca_file: Option<PathBuf>,
+    /// User-Agent header sent with every probe.
+    pub user_agent: String,
+}
+
+impl Default for ProbeSettings {
+    fn default() -> Self {
+        ProbeSettings {
+            timeout: Duration::from_secs(10),
+            body_cap: 1024 * 1024,
+            max_redirects: 10,
+            ca_file: None,
+            user_agent: concat!("sitewatch-monitor/", env!("CARGO_PKG_VERSION")).into(),
+        }
+    }
+}
+
+/// Why the HTTP client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeSetupError {
+    /// The extra CA file cannot be read or holds no certificate.
+    #[error("CA file {path} (setting `probe.ca_file`): {reason}")]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// rustls or reqwest refused the configuration.
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+}
+
+/// What one probe saw, before it becomes a metric.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observation {
+    /// Phase durations.
+    pub timings: Timings,
+    /// Status of the final response.
+    pub status: Option<u16>,
+    /// Body bytes read, at most the cap.
+    pub body_bytes: u64,
+    /// Whether the body was cut at the cap.
+    pub body_truncated: bool,
+    /// Whether the regex matched; `None` without a regex or a response.
+    pub regex_matched: Option<bool>,
+    /// First match, cut.
+    pub regex_match: Option<String>,
+    /// URL of the final response.
+    pub final_url: Option<String>,
+    /// Redirects followed.
+    pub redirects: u32,
+    /// Expiry of the final response's leaf certificate.
+    pub tls_expires_at: Option<DateTime<Utc>>,
+    /// Why the probe failed.
+    pub error: Option<ProbeError>,
+}
+
+/// Makes probes; one per process, shared by every site.
+#[derive(Debug, Clone)]
+pub struct Prober {
+    client: reqwest::Client,
+    settings: Arc<ProbeSettings>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RedirectFailure {
+    #[error("redirect loop back to {0}")]
+    Loop(String),
+    #[error("more than {0} redirects")]
+    TooMany(usize),
+}
+
+/// The response head, kept apart so a body failure or timeout still reports it.
+#[derive(Debug, Default)]
+struct Head {
+    status: Option<u16>,
+    final_url: Option<String>,
+    tls_expires_at: Option<DateTime<Utc>>,
+    at: Option<Instant>,
+    body: Vec<u8>,
+    truncated: bool,
+    body_done_at: Option<Instant>,
+}
+
+impl Prober {
+    /// Builds the shared client: system CAs plus `ca_file`, fresh connection per probe.
+    pub fn new(settings: ProbeSettings) -> Result<Prober, ProbeSetupError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        let _ = roots.add_parsable_certificates(native.certs);
+        if let Some(path) = &settings.ca_file {
+            let ca_error = |reason: String| ProbeSetupError::CaFile {
+                path: path.clone(),
+                reason,
+            };
+            let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+            let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+                .collect::<Result<_, _>>()
+                .map_err(|e| ca_error(format!("not PEM: {e}")))?;
+            if certs.is_empty() {
+                return Err(ca_error("no certificate in the file".into()));
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|e| ca_error(e.to_string()))?;
+            }
+        }
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ProbeSetupError::Client(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+
+        let max = settings.max_redirects;
+        let policy = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().contains(attempt.url()) {
+                let to = attempt.url().to_string();
+                attempt.error(RedirectFailure::Loop(to))
+            } else if attempt.previous().len() > max {
+                attempt.error(RedirectFailure::TooMany(max))
+            } else {
+                PhaseLog::count_redirect();
+                attempt.follow()
+            }
+        });
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .tls_info(true)
+            .dns_resolver(TimedResolver)
+            .connector_layer(TimedConnectLayer)
+            .redirect(policy)
+            // A health check measures what a new visitor gets: no reused connections.
+            .pool_max_idle_per_host(0)
+            .no_proxy()
+            .user_agent(settings.user_agent.clone())
+            .build()
+            .map_err(|e| ProbeSetupError::Client(error_chain(&e)))?;
+        Ok(Prober {
+            client,
+            settings: Arc::new(settings),
+        })
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &ProbeSettings {
+        &self.settings
+    }
+
+    /// Probes `target` once.
+    pub async fn probe(&self, target: &Target) -> Observation {
+        let log = Arc::new(PhaseLog::default());
+        let start = Instant::now();
+        let timeout = target.effective_timeout(self.settings.timeout);
+        let mut head = Head::default();
+        let outcome = log
+            .scope(tokio::time::timeout(timeout, self.fetch(target, &mut head)))
+            .await;
+        let end = Instant::now();
+        let error = match outcome {
+            Ok(Ok(())) => None,
+            Ok(Err(failure)) => Some(failure),
+            Err(_elapsed) => Some(ProbeError {
+                kind: ErrorKind::Timeout,
+                message: format!(
+                    "no complete response within {:.3}s ({})",
+                    timeout.as_secs_f64(),
+                    if head.at.is_some() {
+                        "while reading the body"
+                    } else {
+                        "before the response head"
+                    }
+                ),
+            }),
+        };
+        let phases = log.snapshot();
+        let dns = phases.dns.unwrap_or_default();
+        let connect = phases.connect.unwrap_or_default();
+        let ttfb = head.at.map(|at| (at - start).saturating_sub(dns + connect));
+        let body_time = head.at.map(|at| head.body_done_at.unwrap_or(end) - at);
+        let matched = match (&target.regex, head.at) {
+            (Some(regex), Some(_)) => Some(regex.find(&head.body)),
+            _ => None,
+        };
+        Observation {
+            timings: Timings {
+                dns_us: phases.dns.map(micros),
+                connect_us: phases.connect.map(micros),
+                ttfb_us: ttfb.map(micros),
+                body_us: body_time.map(micros),
+                total_us: micros(end - start),
+            },
+            status: head.status,
+            body_bytes: head.body.len() as u64,
+            body_truncated: head.truncated,
+            regex_matched: matched.map(|m| m.is_some()),
+            regex_match: matched.flatten().map(|m| {
+                let cut = &m[..m.len().min(MAX_MATCH_BYTES)];
+                truncate_utf8(String::from_utf8_lossy(cut).into_owned(), MAX_MATCH_BYTES)
+            }),
+            final_url: head.final_url,
+            redirects: phases.redirects,
+            tls_expires_at: head.tls_expires_at,
+            error,
+        }
+    }
+
+    async fn fetch(&self, target: &Target, head: &mut Head) -> Result<(), ProbeError> {
+        let mut response = self
+            .client
+            .get(target.url.clone())
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        head.at = Some(Instant::now());
+        head.status = Some(response.status().as_u16());
+        head.final_url = Some(response.url().to_string());
+        head.tls_expires_at = response
+            .extensions()
+            .get::<reqwest::tls::TlsInfo>()
+            .and_then(|info| info.peer_certificate())
+            .and_then(leaf_expiry);
+        let cap = self.settings.body_cap;
+        while let Some(chunk) = response.chunk().await.map_err(|e| classify(&e))? {
+            let room = cap - head.body.len();
+            if chunk.len() > room {
+                head.body.extend_from_slice(&chunk[..room]);
+                head.truncated = true;
+            } else {
+                head.body.extend_from_slice(&chunk);
+            }
+            if head.body.len() >= cap {
+                // One more chunk tells a body of exactly `cap` bytes from a longer one.
+                if !head.truncated {
+                    let more = response.chunk().await.map_err(|e| classify(&e))?;
+                    head.truncated = more.is_some_and(|c| !c.is_empty());
+                }
+                break;
+            }
+        }
+        head.body_done_at = Some(Instant::now());
+        Ok(())
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn leaf_expiry(der: &[u8]) -> Option<DateTime<Utc>> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    DateTime::from_timestamp(cert.validity().not_after.timestamp(), 0)
+}
+
+/// Gives a reqwest failure its kind by what is in its cause chain.
+pub fn classify(err: &reqwest::Error) -> ProbeError {
+    let kind = if has_cause::<DnsFailure>(err) {
+        ErrorKind::Dns
+    } else if err.is_redirect() || has_cause::<RedirectFailure>(err) {
+        ErrorKind::Redirect
+    } else if err.is_timeout() {
+        ErrorKind::Timeout
+    } else if is_tls(err) {
+        ErrorKind::Tls
+    } else if err.is_connect() {
+        ErrorKind::Connect
+    } else if err.is_body() || err.is_decode() {
+        ErrorKind::Body
+    } else {
+        ErrorKind::Other
+    };
+    ProbeError {
+        kind,
+        message: truncate_utf8(error_chain(err), MAX_ERROR_MESSAGE_BYTES),
+    }
+}
+
+fn causes<'a>(
+    err: &'a (dyn StdError + 'static),
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    std::iter::successors(Some(err), |e| next_cause(*e))
+}
+
+fn next_cause<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a (dyn StdError + 'static)> {
+    // io::Error hides its inner error from `source()`; rustls errors live there.
+    match e
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+    {
+        Some(inner) => Some(inner as &(dyn StdError + 'static)),
+        None => e.source(),
+    }
+}
+
+fn has_cause<T: StdError + 'static>(err: &reqwest::Error) -> bool {
+    causes(err).any(|e| e.is::<T>())
+}
+
+fn is_tls(err: &reqwest::Error) -> bool {
+    causes(err).any(|e| e.is::<rustls::Error>())
+}
+
+/// The error and its causes, each once, joined by ": ".
+fn error_chain(err: &(dyn StdError + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in causes(err) {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}

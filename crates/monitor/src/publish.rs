@@ -1,0 +1,314 @@
+//! Where metrics go: a Kafka topic (keyed by site URL, acks=all, idempotent),
+//! or standard output as JSON lines.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientContext, Message};
+use sitewatch_metric::Metric;
+use sitewatch_service::kafka::{KafkaSettings, KafkaSettingsError};
+
+/// How long to wait before retrying when the producer queue is full.
+const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
+
+/// Why the publisher could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishSetupError {
+    /// The Kafka settings are unusable.
+    #[error(transparent)]
+    Settings(#[from] KafkaSettingsError),
+    /// librdkafka refused the configuration (a bad property, unreadable TLS material).
+    #[error("cannot create the Kafka producer ({kafka}): {source}")]
+    Producer {
+        /// Safe description of the settings.
+        kafka: String,
+        /// librdkafka's reason.
+        #[source]
+        source: KafkaError,
+    },
+    /// The brokers did not answer in time (unreachable, wrong port, TLS rejected).
+    #[error("cannot reach Kafka ({kafka}) within {timeout:?}: {source}; check the brokers, the network and the TLS files (librdkafka's log above says more)")]
+    Unreachable {
+        /// Safe description of the settings.
+        kafka: String,
+        /// How long we waited.
+        timeout: Duration,
+        /// librdkafka's reason.
+        #[source]
+        source: KafkaError,
+    },
+}
+
+/// A metric that could not be handed to Kafka at all.
+#[derive(Debug, thiserror::Error)]
+#[error("metric of {url} not published: {source}")]
+pub struct PublishError {
+    url: String,
+    #[source]
+    source: KafkaError,
+}
+
+/// Counts of what happened to published metrics.
+#[derive(Debug, Default)]
+pub struct DeliveryCounts {
+    enqueued: AtomicU64,
+    delivered: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// A point-in-time copy of [`DeliveryCounts`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeliveryReport {
+    /// Handed to the producer (or written to stdout).
+    pub enqueued: u64,
+    /// Confirmed by the brokers (or written to stdout).
+    pub delivered: u64,
+    /// Given up on by librdkafka after its retries, or refused at enqueue.
+    pub failed: u64,
+}
+
+impl DeliveryReport {
+    /// Metrics whose fate is not known yet.
+    pub fn pending(&self) -> u64 {
+        self.enqueued.saturating_sub(self.delivered + self.failed)
+    }
+}
+
+impl DeliveryCounts {
+    fn report(&self) -> DeliveryReport {
+        DeliveryReport {
+            enqueued: self.enqueued.load(Ordering::Relaxed),
+            delivered: self.delivered.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// librdkafka callbacks: delivery reports are counted, failures logged with their site.
+#[derive(Debug, Clone)]
+pub struct DeliveryContext {
+    counts: Arc<DeliveryCounts>,
+}
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _opaque: ()) {
+        match result {
+            Ok(_) => {
+                let _ = self.counts.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((err, message)) => {
+                let _ = self.counts.failed.fetch_add(1, Ordering::Relaxed);
+                let url = message
+                    .key()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default();
+                tracing::error!(
+                    url = %url,
+                    error = %err,
+                    "metric lost: Kafka did not confirm it after librdkafka's retries (message.timeout.ms); check broker health"
+                );
+            }
+        }
+    }
+}
+
+/// The destination of metrics.
+#[derive(Debug)]
+pub enum Sink {
+    /// A Kafka topic.
+    Kafka(KafkaSink),
+    /// JSON lines on standard output.
+    Stdout(StdoutSink),
+}
+
+/// Publishes to Kafka through librdkafka's bounded queue.
+pub struct KafkaSink {
+    producer: ThreadedProducer<DeliveryContext>,
+    topic: String,
+    counts: Arc<DeliveryCounts>,
+}
+
+impl std::fmt::Debug for KafkaSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSink")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Writes each metric as one JSON line.
+#[derive(Debug, Default)]
+pub struct StdoutSink {
+    counts: DeliveryCounts,
+}
+
+impl KafkaSink {
+    /// Creates the producer and checks the brokers answer within `connect_timeout`.
+    ///
+    /// `queue_messages` bounds the messages waiting in the producer.
+    pub async fn connect(
+        settings: &KafkaSettings,
+        queue_messages: usize,
+        connect_timeout: Duration,
+    ) -> Result<KafkaSink, PublishSetupError> {
+        let mut config = settings.client_config()?;
+        // Defaults that make delivery safe; the operator's properties still win.
+        for (name, value) in [
+            ("acks", "all"),
+            ("enable.idempotence", "true"),
+            ("compression.type", "lz4"),
+            ("linger.ms", "5"),
+        ] {
+            if !settings.properties.contains(name) {
+                let _ = config.set(name, value);
+            }
+        }
+        let _ = config.set("queue.buffering.max.messages", queue_messages.to_string());
+        let counts = Arc::new(DeliveryCounts::default());
+        let context = DeliveryContext {
+            counts: Arc::clone(&counts),
+        };
+        let producer: ThreadedProducer<DeliveryContext> = config
+            .create_with_context(context)
+            .map_err(|source| PublishSetupError::Producer {
+                kafka: settings.describe(),
+                source,
+            })?;
+        let sink = KafkaSink {
+            producer,
+            topic: settings.topic.clone(),
+            counts,
+        };
+        let topic = sink.topic.clone();
+        let client_producer = sink.producer.clone();
+        let metadata = tokio::task::spawn_blocking(move || {
+            client_producer
+                .client()
+                .fetch_metadata(Some(&topic), Timeout::After(connect_timeout))
+                .map(|m| {
+                    m.topics()
+                        .iter()
+                        .find(|t| t.name() == topic)
+                        .map(|t| (t.partitions().len(), t.error()))
+                })
+        })
+        .await
+        // The blocking task only fails if it panicked; report it as no answer.
+        .unwrap_or(Err(KafkaError::Canceled));
+        match metadata {
+            Ok(Some((partitions, None))) => {
+                tracing::info!(kafka = %settings.describe(), partitions, "connected to Kafka");
+            }
+            Ok(other) => tracing::warn!(
+                kafka = %settings.describe(),
+                topic_state = ?other,
+                "topic not found in the brokers' metadata; publishing relies on auto-creation"
+            ),
+            Err(source) => {
+                return Err(PublishSetupError::Unreachable {
+                    kafka: settings.describe(),
+                    timeout: connect_timeout,
+                    source,
+                })
+            }
+        }
+        Ok(sink)
+    }
+
+    async fn publish(&self, metric: &Metric) -> Result<(), PublishError> {
+        let payload = metric.to_json();
+        loop {
+            let record = BaseRecord::to(&self.topic)
+                .key(metric.key())
+                .payload(&payload);
+            match self.producer.send(record) {
+                Ok(()) => {
+                    let _ = self.counts.enqueued.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                // The queue is bounded: the probe waits here instead of memory growing.
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
+                }
+                Err((source, _)) => {
+                    let _ = self.counts.enqueued.fetch_add(1, Ordering::Relaxed);
+                    let _ = self.counts.failed.fetch_add(1, Ordering::Relaxed);
+                    return Err(PublishError {
+                        url: metric.url.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    async fn flush(&self, timeout: Duration) -> DeliveryReport {
+        let producer = self.producer.clone();
+        let flushed =
+            tokio::task::spawn_blocking(move || producer.flush(Timeout::After(timeout))).await;
+        let report = self.counts.report();
+        match flushed {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::error!(
+                error = %err,
+                pending = report.pending(),
+                "Kafka did not confirm every metric before the flush timeout; those metrics may be lost"
+            ),
+            Err(err) => tracing::error!(error = %err, "flush task failed"),
+        }
+        report
+    }
+}
+
+impl StdoutSink {
+    fn publish(&self, metric: &Metric) -> Result<(), std::io::Error> {
+        let mut line = metric.to_json();
+        line.push(b'\n');
+        let mut out = std::io::stdout().lock();
+        out.write_all(&line)?;
+        out.flush()?;
+        let _ = self.counts.enqueued.fetch_add(1, Ordering::Relaxed);
+        let _ = self.counts.delivered.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+impl Sink {
+    /// Publishes one metric, waiting while the destination is full.
+    pub async fn publish(&self, metric: &Metric) {
+        let result = match self {
+            Sink::Kafka(kafka) => kafka.publish(metric).await.map_err(|e| e.to_string()),
+            Sink::Stdout(stdout) => stdout
+                .publish(metric)
+                .map_err(|e| format!("metric of {} not written to stdout: {e}", metric.url)),
+        };
+        if let Err(err) = result {
+            tracing::error!(error = %err, "metric lost");
+        }
+    }
+
+    /// Waits until every published metric is confirmed or `timeout` passes.
+    pub async fn finish(&self, timeout: Duration) -> DeliveryReport {
+        match self {
+            Sink::Kafka(kafka) => kafka.flush(timeout).await,
+            Sink::Stdout(stdout) => stdout.counts.report(),
+        }
+    }
+
+    /// Counts so far.
+    pub fn report(&self) -> DeliveryReport {
+        match self {
+            Sink::Kafka(kafka) => kafka.counts.report(),
+            Sink::Stdout(stdout) => stdout.counts.report(),
+        }
+    }
+}
