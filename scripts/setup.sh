@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs the system packages the build and the tests need, when missing.
+# Safe to run again: it installs nothing that is already there.
+set -euo pipefail
+
+# What rdkafka's bundled librdkafka needs to build with TLS and compression,
+# and the PostgreSQL server binaries the consumer's tests start in a temp dir.
+packages=(build-essential pkg-config libssl-dev zlib1g-dev ca-certificates postgresql)
+
+missing=()
+for pkg in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}" >&2
+  sudo_cmd=()
+  [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+for tool in cargo rustfmt; do
+  command -v "$tool" >/dev/null || { echo "setup: $tool not found; install Rust with rustup (components rustfmt, clippy)" >&2; exit 1; }
+done
