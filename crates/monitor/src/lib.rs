@@ -11,6 +11,7 @@ pub mod publish;
 pub mod reload;
 pub mod schedule;
 pub mod settings;
+pub mod source;
 pub mod targets;
 pub mod timing;
 
@@ -28,6 +29,7 @@ use crate::probe::{ProbeSetupError, Prober};
 use crate::publish::{DeliveryReport, KafkaSink, PublishSetupError, Sink, StdoutSink};
 use crate::schedule::{Job, RunJob, ScheduleOptions, ScheduleReport};
 use crate::settings::{Output, Settings};
+use crate::source::TargetSource;
 use crate::targets::TargetsError;
 
 /// Why the monitor could not run.
@@ -98,7 +100,7 @@ struct ProbeAndPublish {
 
 impl RunJob for ProbeAndPublish {
     async fn run(&self, job: Job, started: Instant) {
-        let span = tracing::info_span!("probe", url = %job.target.url);
+        let span = tracing::info_span!("probe", url = %job.target.id);
         async {
             let probe_id = Uuid::now_v7();
             let seen = self.prober.probe(&job.target).await;
@@ -108,7 +110,7 @@ impl RunJob for ProbeAndPublish {
             let metric = Metric {
                 schema_version: SCHEMA_VERSION,
                 probe_id,
-                url: job.target.url.to_string(),
+                url: job.target.id.clone(),
                 scheduled_at: self.clock.at(job.scheduled),
                 started_at: self.clock.at(started),
                 lateness_us: u64::try_from(
@@ -145,11 +147,12 @@ pub async fn run(
     shutdown: CancellationToken,
     sighup: mpsc::Receiver<()>,
 ) -> Result<RunSummary, MonitorError> {
-    let Some(path) = settings.targets.clone() else {
+    let Some(spec) = &settings.targets else {
         return Err(TargetsError::Rows(Vec::new()).into());
     };
-    let targets = targets::load_file(&path)?;
-    tracing::info!(file = %path.display(), sites = targets.len(), "site list loaded");
+    let source = TargetSource::from_spec(spec);
+    let targets = source.load().await?;
+    tracing::info!(source = %source.describe(), sites = targets.len(), "site list loaded");
     let prober = Prober::new(settings.probe.clone())?;
     let sink = Arc::new(match settings.output {
         Output::Stdout => Sink::Stdout(StdoutSink::default()),
@@ -170,8 +173,9 @@ pub async fn run(
     let (updates_tx, updates) = mpsc::channel(1);
     let reloader = (!settings.once).then(|| {
         tokio::spawn(reload::run(
-            path,
+            source,
             settings.watch_targets,
+            settings.targets_refresh,
             sighup,
             updates_tx,
             shutdown.child_token(),

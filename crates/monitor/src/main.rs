@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use sitewatch_monitor::settings::{Cli, Settings};
-use sitewatch_monitor::{targets, MonitorError};
+use sitewatch_monitor::source::TargetSource;
+use sitewatch_monitor::MonitorError;
 use sitewatch_service::{shutdown, telemetry};
 
 fn main() -> ExitCode {
@@ -53,15 +54,25 @@ fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
 }
 
 fn check(settings: &Settings) -> ExitCode {
-    let Some(path) = &settings.targets else {
+    let Some(spec) = &settings.targets else {
         return ExitCode::from(2);
     };
-    match targets::load_file(path) {
+    let source = TargetSource::from_spec(spec);
+    let loaded = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+        .and_then(|rt| Ok(rt.block_on(source.load())?));
+    match loaded {
         Ok(list) => {
-            eprintln!("{}: {} sites, settings valid", path.display(), list.len());
+            eprintln!(
+                "{}: {} sites, settings valid",
+                source.describe(),
+                list.len()
+            );
             ExitCode::SUCCESS
         }
-        Err(err) => fail(2, &anyhow::Error::new(err)),
+        Err(err) => fail(2, &err),
     }
 }
 

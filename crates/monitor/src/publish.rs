@@ -11,7 +11,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::util::Timeout;
 use rdkafka::{ClientContext, Message};
 use sitewatch_metric::Metric;
-use sitewatch_service::kafka::{KafkaSettings, KafkaSettingsError};
+use sitewatch_service::kafka::{self, KafkaSettings, KafkaSettingsError};
 
 /// How long to wait before retrying when the producer queue is full.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
@@ -189,28 +189,19 @@ impl KafkaSink {
             counts,
         };
         let topic = sink.topic.clone();
-        let client_producer = sink.producer.clone();
+        let producer = sink.producer.clone();
         let metadata = tokio::task::spawn_blocking(move || {
-            client_producer
-                .client()
-                .fetch_metadata(Some(&topic), Timeout::After(connect_timeout))
-                .map(|m| {
-                    m.topics()
-                        .iter()
-                        .find(|t| t.name() == topic)
-                        .map(|t| (t.partitions().len(), t.error()))
-                })
+            kafka::topic_partitions(producer.client(), &topic, connect_timeout)
         })
         .await
         // The blocking task only fails if it panicked; report it as no answer.
         .unwrap_or(Err(KafkaError::Canceled));
         match metadata {
-            Ok(Some((partitions, None))) => {
+            Ok(Some(partitions)) => {
                 tracing::info!(kafka = %settings.describe(), partitions, "connected to Kafka");
             }
-            Ok(other) => tracing::warn!(
+            Ok(None) => tracing::warn!(
                 kafka = %settings.describe(),
-                topic_state = ?other,
                 "topic not found in the brokers' metadata; publishing relies on auto-creation"
             ),
             Err(source) => {

@@ -1,6 +1,6 @@
-//! Re-reads the site list on SIGHUP or when its file changes, and hands a
-//! valid new list to the schedule; a list with errors is refused and logged,
-//! and the running list stays.
+//! Re-reads the site list on SIGHUP, when its file changes, or periodically
+//! for the `websites` table, and hands a valid new list to the schedule; a
+//! list with errors is refused and logged, and the running list stays.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -10,32 +10,37 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::targets::{self, Target, TargetsError};
+use crate::source::TargetSource;
+use crate::targets::{Target, TargetsError};
 
 /// Quiet time after a file event before reading, so an editor's several writes count once.
 const SETTLE: Duration = Duration::from_millis(250);
 
-/// Watches for reload requests until `shutdown`.
+/// Watches for reload requests until `shutdown`; `refresh` is the period of
+/// re-reading a table (files are watched instead).
 pub async fn run(
-    path: PathBuf,
+    source: TargetSource,
     watch_file: bool,
+    refresh: Duration,
     mut sighup: mpsc::Receiver<()>,
     updates: mpsc::Sender<Vec<Target>>,
     shutdown: CancellationToken,
 ) {
     let (changed_tx, mut changed) = mpsc::channel::<()>(1);
     // Kept alive for as long as the loop runs; dropping it stops the watch.
-    let _watcher = if watch_file {
-        match watch(&path, changed_tx) {
+    let _watcher = match &source {
+        TargetSource::File(path) if watch_file => match watch(path, changed_tx) {
             Ok(w) => Some(w),
             Err(err) => {
                 tracing::warn!(file = %path.display(), error = %err, "cannot watch the site list for changes; send SIGHUP to reload");
                 None
             }
-        }
-    } else {
-        None
+        },
+        _ => None,
     };
+    let periodic = matches!(source, TargetSource::Postgres(_));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + refresh, refresh);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -43,11 +48,12 @@ pub async fn run(
             Some(()) = changed.recv() => {
                 tokio::time::sleep(SETTLE).await;
                 while changed.try_recv().is_ok() {}
-                tracing::info!(file = %path.display(), "site list changed on disk: reloading");
+                tracing::info!(source = %source.describe(), "site list changed on disk: reloading");
             }
+            _ = tick.tick(), if periodic => {}
             else => return,
         }
-        match targets::load_file(&path) {
+        match source.load().await {
             Ok(list) => {
                 if updates.send(list).await.is_err() {
                     return;
@@ -69,7 +75,7 @@ fn log_refused(err: &TargetsError) {
                 "site list reload refused; the running list stays until the file is fixed"
             );
         }
-        TargetsError::Read { .. } => {
+        TargetsError::Read { .. } | TargetsError::Postgres { .. } => {
             tracing::error!(error = %err, "site list reload refused; the running list stays");
         }
     }

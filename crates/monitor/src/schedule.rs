@@ -133,7 +133,7 @@ pub async fn run<R: RunJob>(
 
 impl<R: RunJob> Schedule<R> {
     fn add(&mut self, target: Target, now: Instant) {
-        let url: Arc<str> = Arc::from(target.url.as_str());
+        let url: Arc<str> = Arc::from(target.id.as_str());
         let first = if self.options.once {
             now
         } else {
@@ -217,7 +217,7 @@ impl<R: RunJob> Schedule<R> {
         let now = Instant::now();
         let mut wanted: HashMap<Arc<str>, Target> = list
             .into_iter()
-            .map(|t| (Arc::from(t.url.as_str()), t))
+            .map(|t| (Arc::from(t.id.as_str()), t))
             .collect();
         let (mut added, mut removed, mut changed) = (0usize, 0usize, 0usize);
         let urls: Vec<Arc<str>> = self.sites.keys().cloned().collect();
@@ -334,7 +334,7 @@ mod tests {
 
     impl RunJob for Recorder {
         async fn run(&self, job: Job, started: Instant) {
-            let url = job.target.url.to_string();
+            let url = job.target.id.clone();
             let takes = self
                 .takes
                 .lock()
@@ -374,8 +374,10 @@ mod tests {
     }
 
     fn target(url: &str, secs: f64) -> Target {
+        let url = parse_url(url).expect("url");
         Target {
-            url: parse_url(url).expect("url"),
+            id: url.to_string(),
+            url,
             interval: Duration::from_secs_f64(secs),
             regex: None,
             timeout: None,

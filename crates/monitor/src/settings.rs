@@ -7,9 +7,11 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 use sitewatch_service::kafka::{KafkaArgs, KafkaSettings};
+use sitewatch_service::settings::{self as layers, ConfigFileError, LogSettings};
 use sitewatch_service::telemetry::LogFormat;
 
 use crate::probe::ProbeSettings;
+use crate::source::TargetSpec;
 
 /// Where metrics go.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, ValueEnum)]
@@ -22,31 +24,15 @@ pub enum Output {
     Stdout,
 }
 
-/// Logging settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogSettings {
-    /// Text for people, JSON for collectors.
-    pub format: LogFormat,
-    /// A tracing filter such as `info` or `info,sitewatch_monitor=debug`.
-    pub level: String,
-}
-
-impl Default for LogSettings {
-    fn default() -> Self {
-        LogSettings {
-            format: LogFormat::Text,
-            level: "info".into(),
-        }
-    }
-}
-
 /// Every setting of the monitor, after all layers.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
-    /// Site list file (CSV or JSON).
-    pub targets: Option<PathBuf>,
+    /// Site list: a CSV or JSON file, or a `postgres://` URL of the `websites` table.
+    pub targets: Option<TargetSpec>,
+    /// How often the `websites` table is re-read (files are watched instead).
+    #[serde(with = "humantime_serde")]
+    pub targets_refresh: Duration,
     /// Where metrics go.
     pub output: Output,
     /// Probe every site once, publish, flush and exit.
@@ -78,6 +64,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             targets: None,
+            targets_refresh: Duration::from_secs(30),
             output: Output::Kafka,
             once: false,
             max_in_flight: 1000,
@@ -97,14 +84,8 @@ impl Default for Settings {
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     /// The config file is unreadable or does not fit the settings.
-    #[error("config file {path}: {source}")]
-    File {
-        /// The file.
-        path: PathBuf,
-        /// What config/serde said, with the key.
-        #[source]
-        source: config::ConfigError,
-    },
+    #[error(transparent)]
+    File(#[from] ConfigFileError),
     /// A value out of its range.
     #[error("setting `{setting}`: {reason}")]
     Invalid {
@@ -129,9 +110,18 @@ pub struct Cli {
     /// TOML file with settings; its keys are the names in `setting` below
     #[arg(short, long, env = "MONITOR_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Site list: CSV `url,interval_seconds[,regex]` or JSON `[{"url","interval","regex"?,"timeout"?}]` [setting: targets]
-    #[arg(short, long, env = "MONITOR_TARGETS", value_name = "FILE")]
-    pub targets: Option<PathBuf>,
+    /// Site list: a CSV file `url,interval_seconds[,regex]`, a JSON file `[{"url","interval","regex"?,"timeout"?}]`, or postgres://user:password@host/db for the enabled rows of the `websites` table [setting: targets]
+    #[arg(
+        short,
+        long,
+        env = "MONITOR_TARGETS",
+        value_name = "FILE|URL",
+        hide_env_values = true
+    )]
+    pub targets: Option<String>,
+    /// How often the websites table is re-read (SIGHUP re-reads at once) [setting: targets_refresh] [default: 30s]
+    #[arg(long, env = "MONITOR_TARGETS_REFRESH", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub targets_refresh: Option<Duration>,
     /// Where metrics go [setting: output] [default: kafka]
     #[arg(short, long, env = "MONITOR_OUTPUT", value_enum)]
     pub output: Option<Output>,
@@ -189,17 +179,7 @@ Durations are written like 500ms, 10s, 2m. Example config: monitor-data/monitor.
 impl Settings {
     /// Reads the layers in order; the result is validated.
     pub fn load(cli: Cli) -> Result<Settings, SettingsError> {
-        let mut settings = match &cli.config {
-            None => Settings::default(),
-            Some(path) => config::Config::builder()
-                .add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml))
-                .build()
-                .and_then(config::Config::try_deserialize)
-                .map_err(|source| SettingsError::File {
-                    path: path.clone(),
-                    source,
-                })?,
-        };
+        let mut settings: Settings = layers::read(cli.config.as_deref())?;
         cli.apply(&mut settings);
         settings.validate()?;
         Ok(settings)
@@ -236,12 +216,9 @@ impl Settings {
 
 impl Cli {
     fn apply(self, s: &mut Settings) {
-        fn set<T>(slot: &mut T, value: Option<T>) {
-            if let Some(value) = value {
-                *slot = value;
-            }
-        }
-        s.targets = self.targets.or(s.targets.take());
+        use layers::set;
+        s.targets = self.targets.map(TargetSpec::new).or(s.targets.take());
+        set(&mut s.targets_refresh, self.targets_refresh);
         set(&mut s.output, self.output);
         s.once |= self.once;
         set(&mut s.max_in_flight, self.max_in_flight);
@@ -292,7 +269,7 @@ mod tests {
         assert_eq!(s.probe.timeout, Duration::from_secs(3));
         assert_eq!(s.kafka.topic, "from-flag");
         assert_eq!(s.probe.body_cap, 1024 * 1024);
-        assert_eq!(s.targets, Some(PathBuf::from("sites.csv")));
+        assert_eq!(s.targets, Some(TargetSpec::new("sites.csv")));
     }
 
     #[test]

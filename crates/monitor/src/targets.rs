@@ -18,7 +18,11 @@ const REGEX_SIZE_LIMIT: usize = 1 << 20;
 /// One site to probe.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// Normalised URL (scheme added when missing).
+    /// The site's name in metrics and in the `websites` table: the normalised
+    /// URL for a file, the URL exactly as stored for a table row, so the
+    /// consumer files the metrics under that same row.
+    pub id: String,
+    /// Normalised URL (scheme added when missing), what is fetched.
     pub url: Url,
     /// Time between two scheduled probes.
     pub interval: Duration,
@@ -37,7 +41,8 @@ impl Target {
 
 impl PartialEq for Target {
     fn eq(&self, other: &Self) -> bool {
-        self.url == other.url
+        self.id == other.id
+            && self.url == other.url
             && self.interval == other.interval
             && self.timeout == other.timeout
             && self.regex.as_ref().map(SiteRegex::as_str)
@@ -98,6 +103,14 @@ pub enum TargetsError {
         #[source]
         source: std::io::Error,
     },
+    /// The `websites` table cannot be read.
+    #[error("cannot read targets from the {database}: {reason}")]
+    Postgres {
+        /// Safe description of the database.
+        database: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// One or more rows are bad; nothing from the list is used.
     #[error("{} bad row(s) in the target list:\n{}", .0.len(), display_rows(.0))]
     Rows(Vec<RowError>),
@@ -146,12 +159,15 @@ pub fn load_file(path: &Path) -> Result<Vec<Target>, TargetsError> {
 
 /// A row as written, before validation.
 #[derive(Debug, Default)]
-struct RawRow {
-    line: u64,
-    url: String,
-    interval: Option<String>,
-    regex: Option<String>,
-    timeout: Option<String>,
+pub(crate) struct RawRow {
+    /// Where the row is: a line, or a table row's id.
+    pub(crate) line: u64,
+    pub(crate) url: String,
+    pub(crate) interval: Option<String>,
+    pub(crate) regex: Option<String>,
+    pub(crate) timeout: Option<String>,
+    /// Keep the URL as written as the site's id (rows of the `websites` table).
+    pub(crate) keep_id: bool,
 }
 
 /// Parses the CSV layout `url,interval_seconds[,regex]`; a header row is accepted.
@@ -196,6 +212,7 @@ pub fn parse_csv(source: &str, text: &str) -> Result<Vec<Target>, TargetsError> 
             interval: field(1),
             regex: field(2),
             timeout: None,
+            keep_id: false,
         });
     }
     validate(source, rows, errors)
@@ -230,6 +247,7 @@ pub fn parse_json(source: &str, text: &str) -> Result<Vec<Target>, TargetsError>
                 interval: row.interval.map(json_number_text),
                 regex: row.regex,
                 timeout: row.timeout.map(json_number_text),
+                keep_id: false,
             }),
             Err(err) => errors.push(row_error(source, line, format!("not a site object: {err}"))),
         }
@@ -260,7 +278,8 @@ fn row_error(source: &str, line: u64, reason: String) -> RowError {
     }
 }
 
-fn validate(
+/// Checks every row; all good gives the targets, any bad gives every bad row.
+pub(crate) fn validate(
     source: &str,
     rows: Vec<RawRow>,
     mut errors: Vec<RowError>,
@@ -269,14 +288,14 @@ fn validate(
     let mut targets = Vec::with_capacity(rows.len());
     for row in rows {
         match validate_row(&row) {
-            Ok(target) => match first_line.get(target.url.as_str()) {
+            Ok(target) => match first_line.get(target.id.as_str()) {
                 Some(first) => errors.push(row_error(
                     source,
                     row.line,
-                    format!("duplicate URL {}, first listed on line {first}", target.url),
+                    format!("duplicate URL {}, first listed on line {first}", target.id),
                 )),
                 None => {
-                    let _ = first_line.insert(target.url.to_string(), row.line);
+                    let _ = first_line.insert(target.id.clone(), row.line);
                     targets.push(target);
                 }
             },
@@ -320,7 +339,13 @@ fn validate_row(row: &RawRow) -> Result<Target, String> {
             Some(timeout)
         }
     };
+    let id = if row.keep_id {
+        row.url.trim().to_owned()
+    } else {
+        url.to_string()
+    };
     Ok(Target {
+        id,
         url,
         interval,
         regex,

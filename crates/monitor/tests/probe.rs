@@ -34,8 +34,10 @@ async fn bench_with(mut settings: ProbeSettings) -> Bench {
 }
 
 fn site(url: &str, regex: Option<&str>, timeout: Option<Duration>) -> Target {
+    let url = parse_url(url).expect("url");
     Target {
-        url: parse_url(url).expect("url"),
+        id: url.to_string(),
+        url,
         interval: Duration::from_secs(30),
         regex: regex.map(|r| SiteRegex::new(r).expect("regex")),
         timeout,

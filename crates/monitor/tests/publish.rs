@@ -13,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 fn settings(bootstrap: &str, topic: &str, targets: &std::path::Path) -> Settings {
     let mut s = Settings {
-        targets: Some(targets.to_owned()),
+        targets: Some(sitewatch_monitor::source::TargetSpec::new(
+            targets.to_string_lossy(),
+        )),
         output: Output::Kafka,
         once: true,
         ..Settings::default()

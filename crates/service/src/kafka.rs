@@ -5,6 +5,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use rdkafka::client::{Client, ClientContext};
+use rdkafka::error::KafkaError;
+use rdkafka::util::Timeout;
 use rdkafka::ClientConfig;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -215,6 +218,22 @@ impl KafkaSettings {
         }
         Ok(config)
     }
+}
+
+/// Asks the brokers for the topic's metadata, so that an unreachable cluster
+/// or a refused TLS handshake shows at start-up; returns the partition count,
+/// or `None` when the topic does not exist yet. Blocks up to `timeout`.
+pub fn topic_partitions<C: ClientContext>(
+    client: &Client<C>,
+    topic: &str,
+    timeout: std::time::Duration,
+) -> Result<Option<usize>, KafkaError> {
+    let metadata = client.fetch_metadata(Some(topic), Timeout::After(timeout))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len()))
 }
 
 fn check_readable(setting: &'static str, path: &Path) -> Result<(), KafkaSettingsError> {

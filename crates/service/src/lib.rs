@@ -3,6 +3,8 @@
 //! and the shutdown and reload signals.
 
 pub mod kafka;
+pub mod postgres;
+pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
 

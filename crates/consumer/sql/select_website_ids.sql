@@ -1,0 +1,1 @@
+SELECT url, id FROM websites WHERE url = ANY($1::text[])

@@ -1,0 +1,39 @@
+//! The `consumer` binary: flags, logging, signals; the work is in the library.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use sitewatch_consumer::settings::{Cli, Settings};
+use sitewatch_service::{shutdown, telemetry};
+
+fn main() -> ExitCode {
+    let settings = match Settings::load(Cli::parse()) {
+        Ok(settings) => settings,
+        Err(err) => return fail(2, &anyhow::Error::new(err)),
+    };
+    if let Err(err) = telemetry::init(settings.log.format, &settings.log.level) {
+        return fail(2, &anyhow::Error::new(err));
+    }
+    match serve(settings) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(1, &err),
+    }
+}
+
+fn serve(settings: Settings) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let signals = shutdown::listen()?;
+        let _ = sitewatch_consumer::run(settings, signals.shutdown).await?;
+        Ok(())
+    })
+}
+
+fn fail(code: u8, err: &anyhow::Error) -> ExitCode {
+    eprintln!("consumer: error: {err:#}");
+    ExitCode::from(code)
+}

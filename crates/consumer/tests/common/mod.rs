@@ -1,0 +1,233 @@
+//! What the consumer's integration tests share: a real PostgreSQL, librdkafka's
+//! mock broker, metrics to publish, and reads of what landed in the tables.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use sitewatch_consumer::settings::Settings;
+use sitewatch_consumer::store::{metric_from_row, Origin, SELECT_METRICS};
+use sitewatch_metric::{ErrorKind, Metric, ProbeError, Timings, SCHEMA_VERSION};
+use sitewatch_pgtest::Postgres;
+use sitewatch_service::postgres::SslMode;
+use sitewatch_service::SecretString;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+/// A fresh PostgreSQL server for one test.
+pub fn postgres() -> Postgres {
+    Postgres::start_temp().expect("PostgreSQL starts (scripts/setup.sh installs it)")
+}
+
+/// librdkafka's own broker, in this process, with one topic.
+pub fn kafka(topic: &str, partitions: i32) -> MockCluster<'static, DefaultProducerContext> {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster
+        .create_topic(topic, partitions, 1)
+        .expect("create topic");
+    cluster
+}
+
+/// Consumer settings for tests: short group timeouts (rebalances in ~3 s on the mock, FACTS.md).
+pub fn settings(bootstrap: &str, topic: &str, db: &Postgres, group: &str) -> Settings {
+    let mut s = Settings {
+        group_id: group.to_owned(),
+        batch_rows: 200,
+        batch_wait: Duration::from_millis(100),
+        shutdown_grace: Duration::from_secs(10),
+        revoke_drain: Duration::from_secs(3),
+        ..Settings::default()
+    };
+    s.kafka.brokers = bootstrap.to_owned();
+    s.kafka.topic = topic.to_owned();
+    s.kafka.properties.extend(group_timeouts());
+    s.postgres.url = Some(SecretString::from(db.url()));
+    s.postgres.sslmode = SslMode::Disable;
+    s
+}
+
+/// A Kafka message as a test publishes it: key and payload, either may be absent.
+pub type RawMessage = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// Group timeouts short enough for a rebalance to finish in seconds.
+pub fn group_timeouts() -> Vec<(String, String)> {
+    [
+        ("session.timeout.ms", "6000"),
+        ("heartbeat.interval.ms", "500"),
+        ("max.poll.interval.ms", "10000"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+/// A metric with every field set, different for each `i`.
+pub fn metric(i: u64, sites: u64) -> Metric {
+    let base = DateTime::from_timestamp_micros(
+        1_790_000_000_000_000 + i64::try_from(i).expect("small") * 1_000,
+    )
+    .expect("valid time");
+    let site = i % sites;
+    let failed = i % 7 == 3;
+    Metric {
+        schema_version: SCHEMA_VERSION,
+        probe_id: Uuid::now_v7(),
+        url: format!("https://site-{site}.example/health"),
+        scheduled_at: base,
+        started_at: base + TimeDelta::microseconds(i64::try_from(i % 500).expect("small")),
+        lateness_us: i % 500,
+        skipped_before: u32::try_from(i % 3).expect("small"),
+        timings: Timings {
+            dns_us: (i % 2 == 0).then_some(1000 + i),
+            connect_us: Some(2000 + i),
+            ttfb_us: (!failed).then_some(3000 + i),
+            body_us: (!failed).then_some(400 + i),
+            total_us: 10_000 + i,
+        },
+        status: (!failed).then_some(if i % 5 == 0 { 503 } else { 200 }),
+        body_bytes: if failed { 0 } else { 1000 + i },
+        body_truncated: i % 11 == 0,
+        regex: (i % 4 == 0).then(|| "Welcome|ok".to_owned()),
+        regex_matched: (i % 4 == 0 && !failed).then_some(i % 8 == 0),
+        regex_match: (i % 8 == 0 && !failed).then(|| "Welcome".to_owned()),
+        final_url: (!failed).then(|| format!("https://site-{site}.example/health?r={i}")),
+        redirects: u32::try_from(i % 2).expect("small"),
+        tls_expires_at: (i % 3 == 0)
+            .then(|| DateTime::from_timestamp(1_924_992_000, 0).expect("valid")),
+        error: failed.then(|| ProbeError {
+            kind: ErrorKind::ALL[usize::try_from(i / 7).expect("small") % ErrorKind::ALL.len()],
+            message: format!("failure number {i} with 'quotes' and \"double\" and ünïcode"),
+        }),
+    }
+}
+
+/// Publishes payloads (with keys) and returns where each landed, in order.
+pub async fn publish_raw(bootstrap: &str, topic: &str, messages: &[RawMessage]) -> Vec<(i32, i64)> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let sends = messages.iter().map(|(key, payload)| {
+        let producer = producer.clone();
+        async move {
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
+            if let Some(key) = key {
+                record = record.key(key.as_slice());
+            }
+            if let Some(payload) = payload {
+                record = record.payload(payload.as_slice());
+            }
+            let delivery = producer
+                .send(record, Duration::from_secs(10))
+                .await
+                .expect("delivered");
+            (delivery.partition, delivery.offset)
+        }
+    });
+    futures::future::join_all(sends).await
+}
+
+/// Publishes metrics keyed by URL; returns each metric with where it landed.
+pub async fn publish(bootstrap: &str, topic: &str, metrics: &[Metric]) -> Vec<(Metric, i32, i64)> {
+    let raw: Vec<_> = metrics
+        .iter()
+        .map(|m| (Some(m.key().to_vec()), Some(m.to_json())))
+        .collect();
+    let positions = publish_raw(bootstrap, topic, &raw).await;
+    metrics
+        .iter()
+        .cloned()
+        .zip(positions)
+        .map(|(m, (p, o))| (m, p, o))
+        .collect()
+}
+
+/// A client on the test database.
+pub async fn client(db: &Postgres) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    drop(tokio::spawn(connection));
+    client
+}
+
+/// Every stored metric with its Kafka origin, by probe id.
+pub async fn stored(db: &Postgres) -> HashMap<Uuid, (Metric, Origin)> {
+    let client = client(db).await;
+    let rows = client
+        .query(SELECT_METRICS, &[])
+        .await
+        .expect("select metrics");
+    rows.iter()
+        .map(|r| {
+            let (m, o) = metric_from_row(r).expect("row decodes");
+            (m.probe_id, (m, o))
+        })
+        .collect()
+}
+
+/// One number from SQL, e.g. `SELECT count(*) FROM metrics`; 0 while the table does not exist.
+pub async fn count(db: &Postgres, sql: &str) -> i64 {
+    let Ok((client, connection)) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls).await
+    else {
+        return 0;
+    };
+    drop(tokio::spawn(connection));
+    client
+        .query_one(sql, &[])
+        .await
+        .map(|r| r.get::<_, i64>(0))
+        .unwrap_or(0)
+}
+
+/// Waits until `cond` holds, polling; fails the test with `what` at the deadline.
+pub async fn wait_for<F, Fut>(within: Duration, what: &str, cond: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !cond().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The group's committed offset for each partition (-1001 = none).
+pub fn committed(bootstrap: &str, topic: &str, group: &str, partitions: i32) -> Vec<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions {
+        let _ = list.add_partition_offset(topic, p, Offset::Invalid);
+    }
+    let committed = consumer
+        .committed_offsets(list, Duration::from_secs(10))
+        .expect("committed offsets");
+    (0..partitions)
+        .map(
+            |p| match committed.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => -1001,
+            },
+        )
+        .collect()
+}
+
+/// Shared handle for the tests that run the consumer in-process.
+pub type Shared<T> = Arc<T>;

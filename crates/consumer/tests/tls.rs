@@ -1,0 +1,140 @@
+//! TLS to PostgreSQL: `require` encrypts, `verify-full` also checks the
+//! certificate against a CA file, and a wrong CA is a clear error.
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use sitewatch_pgtest::{PgOptions, Postgres, TlsFiles};
+use sitewatch_service::postgres::{PgSettings, SslMode};
+use sitewatch_service::SecretString;
+
+/// A CA and a server certificate for localhost signed by it (PEM: ca, cert, key).
+fn certificates() -> (String, String, String) {
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca = CertificateParams::default();
+    ca.distinguished_name.push(DnType::CommonName, "test CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).expect("CA");
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().expect("key");
+    let leaf = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+    let cert = leaf.signed_by(&key, &issuer).expect("leaf");
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+fn settings(db: &Postgres, mode: SslMode, ca_file: Option<std::path::PathBuf>) -> PgSettings {
+    PgSettings {
+        host: "localhost".into(),
+        port: db.port(),
+        user: db.user().into(),
+        password: Some(SecretString::from(db.password().to_owned())),
+        database: "postgres".into(),
+        sslmode: mode,
+        ca_file,
+        ..PgSettings::default()
+    }
+}
+
+async fn encrypted(settings: &PgSettings) -> Result<bool, String> {
+    let client = settings
+        .connector()
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)))?;
+    let row = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(row.get(0))
+}
+
+#[tokio::test]
+async fn require_and_verify_full_encrypt_and_a_wrong_ca_is_refused() {
+    let (ca, cert, key) = certificates();
+    let db = Postgres::start(PgOptions {
+        tls: Some(TlsFiles {
+            cert_pem: cert,
+            key_pem: key,
+        }),
+        ..PgOptions::default()
+    })
+    .expect("PostgreSQL with TLS");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca).expect("write CA");
+    let (other_ca, _, _) = certificates();
+    let wrong_ca = dir.path().join("other-ca.pem");
+    std::fs::write(&wrong_ca, other_ca).expect("write CA");
+
+    assert_eq!(
+        encrypted(&settings(&db, SslMode::Require, None)).await,
+        Ok(true),
+        "require encrypts"
+    );
+    let full = settings(&db, SslMode::VerifyFull, Some(ca_file.clone()));
+    assert_eq!(
+        encrypted(&full).await,
+        Ok(true),
+        "verify-full with the right CA"
+    );
+    sitewatch_consumer::store::migrate(&full.connector().expect("connector"))
+        .await
+        .expect("migrations over TLS");
+    assert_eq!(
+        encrypted(&settings(&db, SslMode::Disable, None)).await,
+        Ok(false),
+        "disable is plain"
+    );
+
+    let err = encrypted(&settings(&db, SslMode::VerifyFull, Some(wrong_ca)))
+        .await
+        .expect_err("an unknown CA is refused");
+    assert!(
+        err.to_lowercase().contains("certificate"),
+        "the error says why: {err}"
+    );
+
+    let url = format!(
+        "postgres://postgres:{}@localhost:{}/postgres?sslmode=verify-full&sslrootcert={}",
+        db.password(),
+        db.port(),
+        ca_file.display()
+    );
+    let from_url = PgSettings {
+        url: Some(SecretString::from(url)),
+        ..PgSettings::default()
+    };
+    assert_eq!(
+        encrypted(&from_url).await,
+        Ok(true),
+        "sslmode and sslrootcert in the URL"
+    );
+    assert!(!from_url.describe().contains(db.password()));
+}
+
+#[tokio::test]
+async fn two_consumers_migrating_an_empty_database_at_once_both_succeed() {
+    let db = Postgres::start_temp().expect("postgres");
+    let s = PgSettings {
+        url: Some(SecretString::from(db.url())),
+        sslmode: SslMode::Disable,
+        ..PgSettings::default()
+    };
+    let (a, b) = (
+        s.connector().expect("connector"),
+        s.connector().expect("connector"),
+    );
+    let (ra, rb) = tokio::join!(
+        sitewatch_consumer::store::migrate(&a),
+        sitewatch_consumer::store::migrate(&b)
+    );
+    ra.expect("first migrates");
+    rb.expect("second waits, then finds nothing to do");
+    assert_eq!(
+        db.psql("postgres", "SELECT count(*) FROM refinery_schema_history")
+            .expect("history"),
+        "1"
+    );
+}
