@@ -434,7 +434,17 @@ async fn insert_copy(
     ids: &HashMap<String, i64>,
 ) -> Result<u64, StoreError> {
     tx.batch_execute(CREATE_STAGING).await?;
-    let sink = tx.copy_in(COPY_STAGING).await?;
+    copy_rows(tx.copy_in(COPY_STAGING).await?, rows, ids).await?;
+    let statement = tx.prepare_cached(INSERT_FROM_STAGING).await?;
+    Ok(tx.execute(&statement, &[]).await?)
+}
+
+/// Streams rows through a binary COPY.
+async fn copy_rows(
+    sink: tokio_postgres::CopyInSink<bytes::Bytes>,
+    rows: &[Row],
+    ids: &HashMap<String, i64>,
+) -> Result<u64, StoreError> {
     let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
     futures::pin_mut!(writer);
     for row in rows {
@@ -477,9 +487,28 @@ async fn insert_copy(
             ])
             .await?;
     }
-    let _ = writer.finish().await?;
-    let statement = tx.prepare_cached(INSERT_FROM_STAGING).await?;
-    Ok(tx.execute(&statement, &[]).await?)
+    Ok(writer.finish().await?)
+}
+
+/// The raw limit, for benchmarks: rows by binary COPY straight into `metrics`
+/// in chunks of `batch`, without staging or conflict checks. Their sites must exist.
+pub async fn copy_raw(
+    client: &tokio_postgres::Client,
+    rows: &[Row],
+    batch: usize,
+) -> Result<(), StoreError> {
+    let urls: Vec<&str> = rows.iter().map(|r| r.metric.url.as_str()).collect();
+    let ids: HashMap<String, i64> = client
+        .query(SELECT_WEBSITE_IDS, &[&urls])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let copy_metrics = COPY_STAGING.replacen("metrics_staging", "metrics", 1);
+    for chunk in rows.chunks(batch.max(1)) {
+        let _ = copy_rows(client.copy_in(&copy_metrics).await?, chunk, &ids).await?;
+    }
+    Ok(())
 }
 
 async fn insert_dead_letters(
