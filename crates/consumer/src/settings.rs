@@ -8,8 +8,7 @@ use clap::Parser;
 use serde::Deserialize;
 use sitewatch_service::kafka::{KafkaArgs, KafkaSettings};
 use sitewatch_service::postgres::{PgArgs, PgSettings};
-use sitewatch_service::settings::{self as layers, set, ConfigFileError, LogSettings};
-use sitewatch_service::telemetry::LogFormat;
+use sitewatch_service::settings::{self as layers, set, LogArgs, LogSettings, SettingsError};
 
 use crate::store::WritePath;
 
@@ -70,22 +69,6 @@ impl Default for Settings {
     }
 }
 
-/// A setting that cannot be used, named.
-#[derive(Debug, thiserror::Error)]
-pub enum SettingsError {
-    /// The config file is unreadable or does not fit the settings.
-    #[error(transparent)]
-    File(#[from] ConfigFileError),
-    /// A value out of its range.
-    #[error("setting `{setting}`: {reason}")]
-    Invalid {
-        /// The setting's name in the config file.
-        setting: &'static str,
-        /// What is wrong.
-        reason: String,
-    },
-}
-
 /// Reads website metrics from Kafka in a consumer group and writes them to
 /// PostgreSQL in batches: nothing lost, nothing written twice.
 ///
@@ -137,12 +120,9 @@ pub struct Cli {
     /// PostgreSQL settings [settings: postgres.*]
     #[command(flatten)]
     pub postgres: PgArgs,
-    /// Log format [setting: log.format] [default: text]
-    #[arg(long, env = "SITEWATCH_LOG_FORMAT", value_enum)]
-    pub log_format: Option<LogFormat>,
-    /// Log filter, e.g. `info` or `debug,rdkafka=info`; RUST_LOG wins [setting: log.level] [default: info]
-    #[arg(long, env = "SITEWATCH_LOG_LEVEL", value_name = "FILTER")]
-    pub log_level: Option<String>,
+    /// Logging [settings: log.*]
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 const AFTER_HELP: &str = "\
@@ -159,12 +139,7 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), SettingsError> {
-        let invalid = |setting, reason: &str| {
-            Err(SettingsError::Invalid {
-                setting,
-                reason: reason.into(),
-            })
-        };
+        let invalid = |setting, reason: &str| Err(SettingsError::invalid(setting, reason));
         if self.group_id.trim().is_empty() {
             return invalid("group_id", "empty");
         }
@@ -199,8 +174,7 @@ impl Cli {
         set(&mut s.revoke_drain, self.revoke_drain);
         set(&mut s.commit_interval, self.commit_interval);
         set(&mut s.connect_timeout, self.connect_timeout);
-        set(&mut s.log.format, self.log_format);
-        set(&mut s.log.level, self.log_level);
+        self.log.apply(&mut s.log);
         self.kafka.apply(&mut s.kafka);
         self.postgres.apply(&mut s.postgres);
     }

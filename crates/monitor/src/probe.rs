@@ -11,6 +11,7 @@ use serde::Deserialize;
 use sitewatch_metric::{
     truncate_utf8, ErrorKind, ProbeError, Timings, MAX_ERROR_MESSAGE_BYTES, MAX_MATCH_BYTES,
 };
+use sitewatch_service::tls;
 use tokio::time::Instant;
 
 use crate::targets::Target;
@@ -117,24 +118,12 @@ impl Prober {
     /// Builds the shared client: system CAs plus `ca_file`, fresh connection per probe.
     pub fn new(settings: ProbeSettings) -> Result<Prober, ProbeSetupError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        let _ = roots.add_parsable_certificates(native.certs);
+        let mut roots = tls::system_roots();
         if let Some(path) = &settings.ca_file {
-            let ca_error = |reason: String| ProbeSetupError::CaFile {
+            tls::add_pem_file(&mut roots, path).map_err(|reason| ProbeSetupError::CaFile {
                 path: path.clone(),
                 reason,
-            };
-            let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
-            let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
-                .collect::<Result<_, _>>()
-                .map_err(|e| ca_error(format!("not PEM: {e}")))?;
-            if certs.is_empty() {
-                return Err(ca_error("no certificate in the file".into()));
-            }
-            for cert in certs {
-                roots.add(cert).map_err(|e| ca_error(e.to_string()))?;
-            }
+            })?;
         }
         let mut tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()

@@ -7,8 +7,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 use sitewatch_service::kafka::{KafkaArgs, KafkaSettings};
-use sitewatch_service::settings::{self as layers, ConfigFileError, LogSettings};
-use sitewatch_service::telemetry::LogFormat;
+use sitewatch_service::settings::{self as layers, LogArgs, LogSettings, SettingsError};
 
 use crate::probe::ProbeSettings;
 use crate::source::TargetSpec;
@@ -80,22 +79,6 @@ impl Default for Settings {
     }
 }
 
-/// A setting that cannot be used, named.
-#[derive(Debug, thiserror::Error)]
-pub enum SettingsError {
-    /// The config file is unreadable or does not fit the settings.
-    #[error(transparent)]
-    File(#[from] ConfigFileError),
-    /// A value out of its range.
-    #[error("setting `{setting}`: {reason}")]
-    Invalid {
-        /// The setting's name in the config file.
-        setting: &'static str,
-        /// What is wrong.
-        reason: String,
-    },
-}
-
 /// Probes websites on their own schedules and publishes one JSON metric per
 /// probe to Kafka.
 ///
@@ -164,12 +147,9 @@ pub struct Cli {
     /// Kafka settings (shared with the consumer) [settings: kafka.*]
     #[command(flatten)]
     pub kafka: KafkaArgs,
-    /// Log format [setting: log.format] [default: text]
-    #[arg(long, env = "SITEWATCH_LOG_FORMAT", value_enum)]
-    pub log_format: Option<LogFormat>,
-    /// Log filter, e.g. `info` or `debug,rdkafka=info`; RUST_LOG wins [setting: log.level] [default: info]
-    #[arg(long, env = "SITEWATCH_LOG_LEVEL", value_name = "FILTER")]
-    pub log_level: Option<String>,
+    /// Logging [settings: log.*]
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 const AFTER_HELP: &str = "\
@@ -186,12 +166,7 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), SettingsError> {
-        let invalid = |setting, reason: &str| {
-            Err(SettingsError::Invalid {
-                setting,
-                reason: reason.into(),
-            })
-        };
+        let invalid = |setting, reason: &str| Err(SettingsError::invalid(setting, reason));
         if self.targets.is_none() {
             return invalid(
                 "targets",
@@ -231,8 +206,7 @@ impl Cli {
         set(&mut s.flush_timeout, self.flush_timeout);
         set(&mut s.connect_timeout, self.connect_timeout);
         set(&mut s.producer_queue, self.producer_queue);
-        set(&mut s.log.format, self.log_format);
-        set(&mut s.log.level, self.log_level);
+        self.log.apply(&mut s.log);
         self.kafka.apply(&mut s.kafka);
     }
 }

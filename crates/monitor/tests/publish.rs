@@ -198,3 +198,38 @@ async fn a_bad_site_list_publishes_nothing() {
     .expect("reader");
     assert!(reads.is_empty(), "nothing published: {reads:?}");
 }
+
+#[tokio::test]
+async fn deliveries_kafka_refuses_are_counted_not_dropped_silently() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    let farm = SiteFarm::start(FarmOptions::default()).await.expect("farm");
+    let kafka = common::kafka("refused", 1);
+    // The broker refuses every produce request, with an error librdkafka does not retry.
+    kafka.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; 50],
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let list = dir.path().join("sites.csv");
+    std::fs::write(
+        &list,
+        format!("{},30\n{},30\n", farm.url("/ok"), farm.url("/status/500")),
+    )
+    .expect("write");
+    let mut s = settings(&kafka.bootstrap_servers(), "refused", &list);
+    s.flush_timeout = Duration::from_secs(10);
+    let summary = run(s, CancellationToken::new(), tokio::sync::mpsc::channel(1).1)
+        .await
+        .expect("runs");
+    assert_eq!(summary.schedule.started, 2);
+    assert_eq!(
+        summary.delivery.failed, 2,
+        "both refusals counted: {summary:?}"
+    );
+    assert_eq!(
+        summary.lost(),
+        2,
+        "and reported as lost, so the process exits non-zero"
+    );
+}

@@ -7,5 +7,6 @@ pub mod postgres;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 
 pub use secrecy::{ExposeSecret, SecretString};

@@ -319,29 +319,19 @@ fn tls_config(
 }
 
 fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, PgSettingsError> {
-    let mut roots = RootCertStore::empty();
     match ca_file {
         Some(path) => {
-            let ca_error = |reason: String| PgSettingsError::CaFile {
-                path: path.to_owned(),
-                reason,
-            };
-            let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
-            let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
-                .collect::<Result<_, _>>()
-                .map_err(|e| ca_error(format!("not PEM: {e}")))?;
-            if certs.is_empty() {
-                return Err(ca_error("no certificate in the file".into()));
-            }
-            for cert in certs {
-                roots.add(cert).map_err(|e| ca_error(e.to_string()))?;
-            }
+            let mut roots = RootCertStore::empty();
+            crate::tls::add_pem_file(&mut roots, path).map_err(|reason| {
+                PgSettingsError::CaFile {
+                    path: path.to_owned(),
+                    reason,
+                }
+            })?;
+            Ok(roots)
         }
-        None => {
-            let _ = roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-        }
+        None => Ok(crate::tls::system_roots()),
     }
-    Ok(roots)
 }
 
 /// `require`: the handshake's signatures are checked, the certificate is not,

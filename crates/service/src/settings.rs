@@ -54,6 +54,51 @@ pub fn read<T: DeserializeOwned + Default>(file: Option<&Path>) -> Result<T, Con
         })
 }
 
+/// A setting that cannot be used, named as in the config file.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The config file is unreadable or does not fit the settings.
+    #[error(transparent)]
+    File(#[from] ConfigFileError),
+    /// A value out of its range.
+    #[error("setting `{setting}`: {reason}")]
+    Invalid {
+        /// The setting's name in the config file.
+        setting: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl SettingsError {
+    /// `setting` holds a value that cannot be used, for `reason`.
+    pub fn invalid(setting: &'static str, reason: impl Into<String>) -> SettingsError {
+        SettingsError::Invalid {
+            setting,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Logging flags, shared by both binaries (and so by one `.env`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct LogArgs {
+    /// Log format [setting: log.format] [default: text]
+    #[arg(long = "log-format", env = "SITEWATCH_LOG_FORMAT", value_enum)]
+    pub format: Option<LogFormat>,
+    /// Log filter, e.g. `info` or `debug,rdkafka=info`; RUST_LOG wins [setting: log.level] [default: info]
+    #[arg(long = "log-level", env = "SITEWATCH_LOG_LEVEL", value_name = "FILTER")]
+    pub level: Option<String>,
+}
+
+impl LogArgs {
+    /// Lays these flags over the file's log settings.
+    pub fn apply(self, s: &mut LogSettings) {
+        set(&mut s.format, self.format);
+        set(&mut s.level, self.level);
+    }
+}
+
 /// Sets `slot` when a higher layer gave a value.
 pub fn set<T>(slot: &mut T, value: Option<T>) {
     if let Some(value) = value {
