@@ -1,19 +1,23 @@
 # Common tasks. Each target runs a command the README shows; the logic lives
-# in scripts/, so nothing here is needed to do any of it by hand.
+# in scripts/ and the binaries, so nothing here is needed to do any of it by hand.
 
 .DEFAULT_GOAL := help
-TARGETS ?= monitor-data/websites_top100.csv
+# A site list for `make demo` and `make run-monitor`; empty means the demo's local sites.
+TARGETS ?=
 
-.PHONY: help setup build test lint run-monitor
+.PHONY: help setup build demo test lint bench run-monitor run-consumer
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-13s %s\n", $$1, $$2}'
 
 setup: ## Install the system packages the build and tests need
 	scripts/setup.sh
 
 build: setup ## Build every binary (release)
 	cargo build --release --locked --bins
+
+demo: ## Run the whole pipeline locally with a live status table; Ctrl-C stops it (TARGETS=file for real sites)
+	scripts/demo.sh $(TARGETS)
 
 test: ## Run the whole test suite: fmt check, clippy -D warnings, all tests (what CI runs)
 	scripts/test.sh
@@ -22,5 +26,11 @@ lint: ## fmt check and clippy with warnings as errors
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
-run-monitor: ## Probe $(TARGETS) and print metrics as JSON lines (no Kafka needed)
-	cargo run --release --locked --bin monitor -- --targets $(TARGETS) --output stdout
+bench: ## Benchmarks that print figures (write paths into PostgreSQL)
+	cargo bench -p sitewatch-consumer --bench write_path
+
+run-monitor: ## Probe TARGETS (default monitor-data/websites_top100.csv) and print metrics as JSON lines (no Kafka needed)
+	cargo run --release --locked --bin monitor -- --targets $(or $(TARGETS),monitor-data/websites_top100.csv) --output stdout
+
+run-consumer: ## Run one consumer with the SITEWATCH_* environment (see consumer --help)
+	cargo run --release --locked --bin consumer

@@ -79,6 +79,15 @@ async fn n_messages_give_n_rows_with_every_field_and_the_sites() {
         20,
         "sites seen only in metrics have no interval, so the monitor does not probe them"
     );
+    assert_eq!(
+        common::count(&db, "SELECT count(*) FROM site_status").await,
+        20,
+        "the status view has a line per site"
+    );
+    assert_eq!(
+        common::count(&db, "SELECT sum(probes)::bigint FROM site_status").await,
+        600
+    );
     let ends = common::committed(&bootstrap, "metrics", "g1", 3);
     let mut highest: HashMap<i32, i64> = HashMap::new();
     for (_, p, o) in &published {

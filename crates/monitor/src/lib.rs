@@ -26,9 +26,9 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::probe::{ProbeSetupError, Prober};
-use crate::publish::{DeliveryReport, KafkaSink, PublishSetupError, Sink, StdoutSink};
+use crate::publish::{DeliveryReport, PublishSetupError, Sink};
 use crate::schedule::{Job, RunJob, ScheduleOptions, ScheduleReport};
-use crate::settings::{Output, Settings};
+use crate::settings::Settings;
 use crate::source::TargetSource;
 use crate::targets::TargetsError;
 
@@ -154,17 +154,7 @@ pub async fn run(
     let targets = source.load().await?;
     tracing::info!(source = %source.describe(), sites = targets.len(), "site list loaded");
     let prober = Prober::new(settings.probe.clone())?;
-    let sink = Arc::new(match settings.output {
-        Output::Stdout => Sink::Stdout(StdoutSink::default()),
-        Output::Kafka => Sink::Kafka(
-            KafkaSink::connect(
-                &settings.kafka,
-                settings.producer_queue,
-                settings.connect_timeout,
-            )
-            .await?,
-        ),
-    });
+    let sink = Arc::new(Sink::open(&settings.output, &settings).await?);
     let runner = Arc::new(ProbeAndPublish {
         prober,
         sink: Arc::clone(&sink),

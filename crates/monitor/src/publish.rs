@@ -13,6 +13,8 @@ use rdkafka::{ClientContext, Message};
 use sitewatch_metric::Metric;
 use sitewatch_service::kafka::{self, KafkaSettings, KafkaSettingsError};
 
+use crate::settings::{Output, Settings};
+
 /// How long to wait before retrying when the producer queue is full.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
 
@@ -121,13 +123,11 @@ impl ProducerContext for DeliveryContext {
     }
 }
 
-/// The destination of metrics.
-#[derive(Debug)]
-pub enum Sink {
-    /// A Kafka topic.
-    Kafka(KafkaSink),
-    /// JSON lines on standard output.
-    Stdout(StdoutSink),
+/// Where metrics go: Kafka, standard output, or both (every metric to each).
+#[derive(Debug, Default)]
+pub struct Sink {
+    kafka: Option<KafkaSink>,
+    stdout: Option<StdoutSink>,
 }
 
 /// Publishes to Kafka through librdkafka's bounded queue.
@@ -274,32 +274,51 @@ impl StdoutSink {
 }
 
 impl Sink {
-    /// Publishes one metric, waiting while the destination is full.
-    pub async fn publish(&self, metric: &Metric) {
-        let result = match self {
-            Sink::Kafka(kafka) => kafka.publish(metric).await.map_err(|e| e.to_string()),
-            Sink::Stdout(stdout) => stdout
-                .publish(metric)
-                .map_err(|e| format!("metric of {} not written to stdout: {e}", metric.url)),
+    /// Opens the outputs asked for, connecting to Kafka if it is one of them.
+    pub async fn open(outputs: &[Output], settings: &Settings) -> Result<Sink, PublishSetupError> {
+        let kafka = if outputs.contains(&Output::Kafka) {
+            Some(
+                KafkaSink::connect(
+                    &settings.kafka,
+                    settings.producer_queue,
+                    settings.connect_timeout,
+                )
+                .await?,
+            )
+        } else {
+            None
         };
-        if let Err(err) = result {
-            tracing::error!(error = %err, "metric lost");
+        let stdout = outputs.contains(&Output::Stdout).then(StdoutSink::default);
+        Ok(Sink { kafka, stdout })
+    }
+
+    /// Publishes one metric to every output, waiting while Kafka's queue is full.
+    pub async fn publish(&self, metric: &Metric) {
+        if let Some(stdout) = &self.stdout {
+            if let Err(err) = stdout.publish(metric) {
+                tracing::error!(error = %err, url = %metric.url, "metric not written to stdout");
+            }
+        }
+        if let Some(kafka) = &self.kafka {
+            if let Err(err) = kafka.publish(metric).await {
+                tracing::error!(error = %err, "metric lost");
+            }
         }
     }
 
-    /// Waits until every published metric is confirmed or `timeout` passes.
+    /// Waits until every published metric is confirmed or `timeout` passes; counts over all outputs.
     pub async fn finish(&self, timeout: Duration) -> DeliveryReport {
-        match self {
-            Sink::Kafka(kafka) => kafka.flush(timeout).await,
-            Sink::Stdout(stdout) => stdout.counts.report(),
+        let mut report = self
+            .stdout
+            .as_ref()
+            .map(|s| s.counts.report())
+            .unwrap_or_default();
+        if let Some(kafka) = &self.kafka {
+            let k = kafka.flush(timeout).await;
+            report.enqueued += k.enqueued;
+            report.delivered += k.delivered;
+            report.failed += k.failed;
         }
-    }
-
-    /// Counts so far.
-    pub fn report(&self) -> DeliveryReport {
-        match self {
-            Sink::Kafka(kafka) => kafka.counts.report(),
-            Sink::Stdout(stdout) => stdout.counts.report(),
-        }
+        report
     }
 }

@@ -32,8 +32,8 @@ pub struct Settings {
     /// How often the `websites` table is re-read (files are watched instead).
     #[serde(with = "humantime_serde")]
     pub targets_refresh: Duration,
-    /// Where metrics go.
-    pub output: Output,
+    /// Where metrics go: one or both of kafka and stdout.
+    pub output: Vec<Output>,
     /// Probe every site once, publish, flush and exit.
     pub once: bool,
     /// Probes running at once across all sites.
@@ -64,7 +64,7 @@ impl Default for Settings {
         Settings {
             targets: None,
             targets_refresh: Duration::from_secs(30),
-            output: Output::Kafka,
+            output: vec![Output::Kafka],
             once: false,
             max_in_flight: 1000,
             watch_targets: true,
@@ -105,9 +105,9 @@ pub struct Cli {
     /// How often the websites table is re-read (SIGHUP re-reads at once) [setting: targets_refresh] [default: 30s]
     #[arg(long, env = "MONITOR_TARGETS_REFRESH", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub targets_refresh: Option<Duration>,
-    /// Where metrics go [setting: output] [default: kafka]
-    #[arg(short, long, env = "MONITOR_OUTPUT", value_enum)]
-    pub output: Option<Output>,
+    /// Where metrics go: kafka, stdout, or both as kafka,stdout [setting: output] [default: kafka]
+    #[arg(short, long, env = "MONITOR_OUTPUT", value_enum, value_delimiter = ',')]
+    pub output: Option<Vec<Output>>,
     /// Probe every site once, publish, flush and exit [setting: once]
     #[arg(long)]
     pub once: bool,
@@ -172,6 +172,9 @@ impl Settings {
                 "targets",
                 "no site list given: pass --targets FILE (CSV or JSON)",
             );
+        }
+        if self.output.is_empty() {
+            return invalid("output", "name at least one of kafka, stdout");
         }
         if self.max_in_flight == 0 {
             return invalid("max_in_flight", "must be at least 1");

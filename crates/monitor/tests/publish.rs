@@ -16,7 +16,7 @@ fn settings(bootstrap: &str, topic: &str, targets: &std::path::Path) -> Settings
         targets: Some(sitewatch_monitor::source::TargetSpec::new(
             targets.to_string_lossy(),
         )),
-        output: Output::Kafka,
+        output: vec![Output::Kafka],
         once: true,
         ..Settings::default()
     };

@@ -1,0 +1,408 @@
+//! The built binaries together, as separate processes: broker, monitor,
+//! consumers, against a real PostgreSQL and local sites.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use sitewatch_metric::ErrorKind;
+use sitewatch_pgtest::Postgres;
+use sitewatch_sitefarm::{FarmOptions, SiteFarm};
+use support::{broker, consumer, count, log_event, printed_metrics, rows, wait_for, Proc};
+
+async fn farm_and_ca(dir: &std::path::Path) -> (SiteFarm, String) {
+    let farm = SiteFarm::start(FarmOptions::default()).await.expect("farm");
+    let ca = dir.join("farm-ca.pem");
+    std::fs::write(&ca, farm.ca_pem()).expect("write CA");
+    (farm, ca.to_string_lossy().into_owned())
+}
+
+fn monitor(list: &str, bootstrap: &str, topic: &str, ca: &str, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "--targets",
+        list,
+        "--output",
+        "kafka,stdout",
+        "--kafka-brokers",
+        bootstrap,
+        "--kafka-topic",
+        topic,
+        "--ca-file",
+        ca,
+    ];
+    args.extend_from_slice(extra);
+    Proc::start("monitor", &args, &[])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_probe_the_monitor_makes_is_exactly_one_row_with_the_right_result() {
+    let dir = tempfile_dir();
+    let (farm, ca) = farm_and_ca(dir.path()).await;
+    let db = Postgres::start_temp().expect("postgres");
+    let (_broker, bootstrap) = broker("metrics", 2);
+    let refused = free_port();
+    let sites = [
+        (farm.url("/ok"), "Welcome", (Some(200), None, Some(true))),
+        (
+            farm.url("/ok?miss"),
+            "Goodbye",
+            (Some(200), None, Some(false)),
+        ),
+        (farm.url("/status/500"), "", (Some(500), None, None)),
+        (farm.url("/status/404"), "", (Some(404), None, None)),
+        (
+            farm.url("/slow/3000"),
+            "",
+            (None, Some(ErrorKind::Timeout), None),
+        ),
+        (
+            farm.url("/redirect/2"),
+            "chain done",
+            (Some(200), None, Some(true)),
+        ),
+        (
+            format!("http://127.0.0.1:{refused}/"),
+            "",
+            (None, Some(ErrorKind::Connect), None),
+        ),
+        (
+            "http://no-such-site.invalid/".to_owned(),
+            "",
+            (None, Some(ErrorKind::Dns), None),
+        ),
+        (
+            farm.self_signed_url("/ok"),
+            "",
+            (None, Some(ErrorKind::Tls), None),
+        ),
+        (
+            farm.https_url("/ok"),
+            "Welcome",
+            (Some(200), None, Some(true)),
+        ),
+    ];
+    let list = dir.path().join("sites.csv");
+    std::fs::write(
+        &list,
+        sites
+            .iter()
+            .map(|(u, r, _)| format!("{u},1,{r}\n"))
+            .collect::<String>(),
+    )
+    .expect("list");
+    let consumer = consumer(&bootstrap, "metrics", &db, "g");
+    let monitor = monitor(
+        list.to_str().expect("utf8"),
+        &bootstrap,
+        "metrics",
+        &ca,
+        &[],
+    );
+    wait_for(Duration::from_secs(60), "rows arriving", || async {
+        count(&db, "SELECT count(*) FROM metrics").await >= 30
+    })
+    .await;
+    monitor.signal("TERM");
+    let (code, stdout, _) = monitor.wait(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "monitor exits 0 on SIGTERM");
+    let printed = printed_metrics(&stdout);
+    assert!(printed.len() >= 30);
+    let n = i64::try_from(printed.len()).expect("fits");
+    wait_for(
+        Duration::from_secs(60),
+        "a row for every printed probe",
+        || async { count(&db, "SELECT count(*) FROM metrics").await >= n },
+    )
+    .await;
+    let stored = rows(&db).await;
+    assert_eq!(
+        stored.len(),
+        printed.len(),
+        "exactly one row per probe, no more"
+    );
+    for m in &printed {
+        let row = stored
+            .get(&m.probe_id)
+            .unwrap_or_else(|| panic!("probe {} of {} has no row", m.probe_id, m.url));
+        let kind = m.error.as_ref().map(|e| e.kind.as_str().to_owned());
+        assert_eq!(
+            *row,
+            (
+                m.status.map(|s| i16::try_from(s).expect("fits")),
+                kind,
+                m.regex_matched
+            ),
+            "row matches the probe of {}",
+            m.url
+        );
+        let (_, _, expected) = sites
+            .iter()
+            .find(|(u, _, _)| *u == m.url)
+            .expect("a listed site");
+        assert_eq!(
+            (m.status, m.error.as_ref().map(|e| e.kind), m.regex_matched),
+            *expected,
+            "result of {}",
+            m.url
+        );
+    }
+    let urls: HashSet<&str> = printed.iter().map(|m| m.url.as_str()).collect();
+    assert_eq!(urls.len(), sites.len(), "every kind of site was probed");
+    consumer.signal("TERM");
+    assert_eq!(
+        consumer.wait(Duration::from_secs(30)).0,
+        Some(0),
+        "consumer exits 0 on SIGTERM"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_killed_mid_stream_hands_its_partitions_over_and_nothing_is_lost_or_doubled() {
+    let dir = tempfile_dir();
+    let (farm, ca) = farm_and_ca(dir.path()).await;
+    let db = Postgres::start_temp().expect("postgres");
+    let (_broker, bootstrap) = broker("metrics", 4);
+    let list = dir.path().join("sites.csv");
+    std::fs::write(
+        &list,
+        (0..20)
+            .map(|i| format!("{},0.2\n", farm.url(&format!("/site/{i}"))))
+            .collect::<String>(),
+    )
+    .expect("list");
+    let a = consumer(&bootstrap, "metrics", &db, "shared");
+    let b = consumer(&bootstrap, "metrics", &db, "shared");
+    let monitor = monitor(
+        list.to_str().expect("utf8"),
+        &bootstrap,
+        "metrics",
+        &ca,
+        &[],
+    );
+    wait_for(Duration::from_secs(60), "rows arriving", || async {
+        count(&db, "SELECT count(*) FROM metrics").await >= 300
+    })
+    .await;
+    a.signal("KILL");
+    let _ = a.wait(Duration::from_secs(10));
+    let before = count(&db, "SELECT count(*) FROM metrics").await;
+    // b takes a's partitions once a's session times out (6 s); then rows flow again.
+    wait_for(Duration::from_secs(60), "rows after the kill", || async {
+        count(&db, "SELECT count(*) FROM metrics").await >= before + 1000
+    })
+    .await;
+    monitor.signal("TERM");
+    let (code, stdout, _) = monitor.wait(Duration::from_secs(30));
+    assert_eq!(code, Some(0));
+    let printed = printed_metrics(&stdout);
+    let n = i64::try_from(printed.len()).expect("fits");
+    wait_for(Duration::from_secs(60), "every probe stored", || async {
+        count(&db, "SELECT count(*) FROM metrics").await >= n
+    })
+    .await;
+    let stored = rows(&db).await;
+    assert_eq!(stored.len(), printed.len(), "nothing doubled");
+    assert!(
+        printed.iter().all(|m| stored.contains_key(&m.probe_id)),
+        "nothing lost"
+    );
+    b.signal("TERM");
+    let (code, _, log) = b.wait(Duration::from_secs(30));
+    assert_eq!(code, Some(0));
+    let took_all = log
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .any(|v| v["message"] == "partitions assigned" && v["partitions"] == "[0, 1, 2, 3]");
+    assert!(took_all, "the survivor took every partition over");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_flushes_the_monitor_commits_the_consumer_and_a_restart_reads_nothing_twice() {
+    let dir = tempfile_dir();
+    let (farm, ca) = farm_and_ca(dir.path()).await;
+    let db = Postgres::start_temp().expect("postgres");
+    let (_broker, bootstrap) = broker("metrics", 2);
+    let list = dir.path().join("sites.csv");
+    std::fs::write(
+        &list,
+        (0..5)
+            .map(|i| format!("{},0.2\n", farm.url(&format!("/site/{i}"))))
+            .collect::<String>(),
+    )
+    .expect("list");
+    let first = consumer(&bootstrap, "metrics", &db, "g");
+    let monitor = monitor(
+        list.to_str().expect("utf8"),
+        &bootstrap,
+        "metrics",
+        &ca,
+        &[],
+    );
+    wait_for(Duration::from_secs(60), "rows arriving", || async {
+        count(&db, "SELECT count(*) FROM metrics").await >= 100
+    })
+    .await;
+    monitor.signal("TERM");
+    let (code, stdout, _) = monitor.wait(Duration::from_secs(30));
+    assert_eq!(code, Some(0));
+    let n = i64::try_from(printed_metrics(&stdout).len()).expect("fits");
+    wait_for(
+        Duration::from_secs(30),
+        "every printed probe stored (the producer was flushed)",
+        || async { count(&db, "SELECT count(*) FROM metrics").await == n },
+    )
+    .await;
+    first.signal("TERM");
+    let (code, _, log) = first.wait(Duration::from_secs(30));
+    assert_eq!(code, Some(0));
+    assert_eq!(log_event(&log, "consumer stopped")["unwritten"], 0);
+
+    // The restarted consumer starts from the committed offsets: it reads only what is new.
+    let second = consumer(&bootstrap, "metrics", &db, "g");
+    let again = Proc::start(
+        "monitor",
+        &[
+            "--targets",
+            list.to_str().expect("utf8"),
+            "--once",
+            "--kafka-brokers",
+            &bootstrap,
+            "--kafka-topic",
+            "metrics",
+        ],
+        &[],
+    );
+    assert_eq!(again.wait(Duration::from_secs(30)).0, Some(0));
+    wait_for(
+        Duration::from_secs(60),
+        "the 5 new probes stored",
+        || async { count(&db, "SELECT count(*) FROM metrics").await == n + 5 },
+    )
+    .await;
+    second.signal("TERM");
+    let (code, _, log) = second.wait(Duration::from_secs(30));
+    assert_eq!(code, Some(0));
+    let summary = log_event(&log, "consumer stopped");
+    assert_eq!(
+        (summary["read"].as_u64(), summary["duplicates"].as_u64()),
+        (Some(5), Some(0)),
+        "nothing read twice: {summary}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sites_from_the_websites_table_follow_its_rows() {
+    let dir = tempfile_dir();
+    let (farm, ca) = farm_and_ca(dir.path()).await;
+    let db = Postgres::start_temp().expect("postgres");
+    let (_broker, bootstrap) = broker("metrics", 2);
+    let consumer = consumer(&bootstrap, "metrics", &db, "g");
+    wait_for(Duration::from_secs(60), "the consumer's schema", || async {
+        count(&db, "SELECT count(*) FROM refinery_schema_history").await >= 1
+    })
+    .await;
+    let (a, b) = (farm.url("/site/1"), farm.url("/site/2"));
+    db.psql(
+        "postgres",
+        &format!("INSERT INTO websites (url, interval_seconds) VALUES ('{a}', 0.3)"),
+    )
+    .expect("insert a");
+    let url = format!("{}?sslmode=disable", db.url());
+    let monitor = Proc::start(
+        "monitor",
+        &[
+            "--targets",
+            &url,
+            "--targets-refresh",
+            "500ms",
+            "--kafka-brokers",
+            &bootstrap,
+            "--kafka-topic",
+            "metrics",
+            "--ca-file",
+            &ca,
+            "--log-format",
+            "json",
+        ],
+        &[],
+    );
+    let rows_of = |site: String| {
+        let db = &db;
+        async move {
+            count(db, &format!("SELECT count(*) FROM metrics m JOIN websites w ON w.id = m.website_id WHERE w.url = '{site}'")).await
+        }
+    };
+    wait_for(Duration::from_secs(60), "rows for the first site", || {
+        rows_of(a.clone()).map_gt(0)
+    })
+    .await;
+    db.psql(
+        "postgres",
+        &format!("INSERT INTO websites (url, interval_seconds) VALUES ('{b}', 0.3)"),
+    )
+    .expect("insert b");
+    // One reload period (500 ms) plus the consumer's batch time.
+    wait_for(
+        Duration::from_secs(5),
+        "rows for the site added while running",
+        || rows_of(b.clone()).map_gt(0),
+    )
+    .await;
+    db.psql(
+        "postgres",
+        &format!("UPDATE websites SET enabled = false WHERE url = '{a}'"),
+    )
+    .expect("disable a");
+    // After the reload that drops a, and a probe of a that was running then, a gets no more rows.
+    let mark = rows_of(b.clone()).await;
+    wait_for(
+        Duration::from_secs(10),
+        "b probed on after the reload",
+        || rows_of(b.clone()).map_gt(mark + 6),
+    )
+    .await;
+    let a_rows = rows_of(a.clone()).await;
+    let mark = rows_of(b.clone()).await;
+    wait_for(Duration::from_secs(10), "b probed on", || {
+        rows_of(b.clone()).map_gt(mark + 6)
+    })
+    .await;
+    assert_eq!(
+        rows_of(a.clone()).await,
+        a_rows,
+        "a disabled row is no longer probed"
+    );
+    monitor.signal("TERM");
+    let (code, _, log) = monitor.wait(Duration::from_secs(30));
+    assert_eq!(code, Some(0));
+    assert!(
+        log.iter()
+            .any(|l| l.contains("target list reloaded") && l.contains("\"removed\":1")),
+        "the reload dropped a"
+    );
+    consumer.signal("TERM");
+    assert_eq!(consumer.wait(Duration::from_secs(30)).0, Some(0));
+}
+
+/// `future.map_gt(n)`: whether the count it yields is above `n`.
+trait MapGt {
+    async fn map_gt(self, n: i64) -> bool;
+}
+
+impl<F: std::future::Future<Output = i64>> MapGt for F {
+    async fn map_gt(self, n: i64) -> bool {
+        self.await > n
+    }
+}
+
+fn tempfile_dir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
