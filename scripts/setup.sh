@@ -4,8 +4,9 @@
 set -euo pipefail
 
 # What rdkafka's bundled librdkafka needs to build with TLS and compression,
-# and the PostgreSQL server binaries the consumer's tests start in a temp dir.
-packages=(build-essential pkg-config libssl-dev zlib1g-dev ca-certificates postgresql)
+# the PostgreSQL server binaries the consumer's tests start in a temp dir,
+# and docker-compose to check the compose files.
+packages=(build-essential pkg-config libssl-dev zlib1g-dev ca-certificates postgresql docker-compose)
 
 missing=()
 for pkg in "${packages[@]}"; do

@@ -6,6 +6,7 @@
 //! they can wait for the writers without blocking the async runtime.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::{ClientContext, Message, TopicPartitionList};
+use sitewatch_service::{health, kafka};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
@@ -41,6 +43,8 @@ pub struct GroupContext {
     acks: Mutex<Receiver<Vec<Ack>>>,
     flush_now: Arc<Notify>,
     revoke_drain: Duration,
+    /// Unix seconds of the last successful metadata answer from the brokers, for the health check.
+    kafka_ok_at: AtomicU64,
 }
 
 impl std::fmt::Debug for GroupContext {
@@ -69,7 +73,14 @@ impl GroupContext {
             acks: Mutex::new(acks),
             flush_now,
             revoke_drain,
+            kafka_ok_at: AtomicU64::new(0),
         }
+    }
+
+    /// Whether the brokers answered within the last `within`.
+    pub fn kafka_reachable(&self, within: Duration) -> bool {
+        let last = self.kafka_ok_at.load(Ordering::Relaxed);
+        unix_now().saturating_sub(last) <= within.as_secs()
     }
 
     fn shared(&self) -> MutexGuard<'_, Shared> {
@@ -154,6 +165,13 @@ impl GroupContext {
     }
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
 fn partitions_of(list: &TopicPartitionList, topic: &str) -> Vec<i32> {
     list.elements_for_topic(topic)
         .iter()
@@ -225,7 +243,15 @@ pub fn run(
     let topic = Arc::clone(&context.topic);
     let mut report = PollReport::default();
     let mut to_writers = Some(to_writers);
+    let mut last_metadata = Instant::now() - health::BEAT_EVERY;
     while !shutdown.is_cancelled() {
+        if last_metadata.elapsed() >= health::BEAT_EVERY {
+            // Polling alone does not show that the brokers answer; a metadata request does.
+            if kafka::topic_partitions(consumer.client(), &topic, Duration::from_secs(2)).is_ok() {
+                context.kafka_ok_at.store(unix_now(), Ordering::Relaxed);
+            }
+            last_metadata = Instant::now();
+        }
         context.apply_acks(&consumer, Duration::ZERO);
         if let Some(sender) = &to_writers {
             if !hand_over(&context, sender, &mut report) {

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
+use sitewatch_service::health::{self, Heartbeat};
 use sitewatch_service::kafka::{self, KafkaSettingsError};
 use sitewatch_service::postgres::PgSettingsError;
 use tokio::sync::{mpsc, Notify};
@@ -134,6 +135,15 @@ pub async fn run(
         ack_tx,
         Arc::clone(&totals),
     ));
+    let health = settings.health_file.clone().map(|file| {
+        let context = Arc::clone(consumer.context());
+        tokio::spawn(beat_while_reachable(
+            Heartbeat::new(file),
+            context,
+            Arc::clone(&store),
+            shutdown.clone(),
+        ))
+    });
     let grace = settings.shutdown_grace;
     let poll_shutdown = shutdown.clone();
     let poll = tokio::task::spawn_blocking(move || {
@@ -143,6 +153,9 @@ pub async fn run(
 
     let report = poll.await.unwrap_or_default();
     progress.abort();
+    if let Some(health) = health {
+        health.abort();
+    }
     // Writers that still hold rows after the grace period (PostgreSQL down) are
     // cut off: their offsets were never stored, so the messages are read again.
     if tokio::time::timeout(Duration::from_secs(1), writers)
@@ -168,6 +181,29 @@ pub async fn run(
         "consumer stopped"
     );
     Ok(summary)
+}
+
+/// Beats while the brokers answered recently and PostgreSQL answers now.
+async fn beat_while_reachable(
+    heartbeat: Heartbeat,
+    group: Arc<GroupContext>,
+    store: Arc<Store>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(health::BEAT_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let kafka = group.kafka_reachable(health::BEAT_EVERY * 2);
+        let postgres = store.ping().await;
+        if kafka && postgres {
+            heartbeat.beat();
+        } else {
+            tracing::warn!(kafka, postgres, "not healthy: a dependency does not answer");
+        }
+    }
 }
 
 /// Brings the schema up to date, retrying while the database is not reachable yet.

@@ -5,10 +5,21 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use sitewatch_consumer::settings::{Cli, Settings};
-use sitewatch_service::{shutdown, telemetry};
+use sitewatch_service::{health, shutdown, telemetry};
 
 fn main() -> ExitCode {
-    let settings = match Settings::load(Cli::parse()) {
+    let cli = Cli::parse();
+    if cli.check_health {
+        return match cli.health_file.as_deref().map(health::check) {
+            Some(Ok(())) => ExitCode::SUCCESS,
+            Some(Err(why)) => {
+                eprintln!("consumer: unhealthy: {why}");
+                ExitCode::from(1)
+            }
+            None => ExitCode::from(2),
+        };
+    }
+    let settings = match Settings::load(cli) {
         Ok(settings) => settings,
         Err(err) => return fail(2, &anyhow::Error::new(err)),
     };

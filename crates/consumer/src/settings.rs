@@ -41,6 +41,8 @@ pub struct Settings {
     /// At start, how long to wait for the brokers to answer.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// File the consumer beats into while it reaches Kafka and PostgreSQL (for container health checks).
+    pub health_file: Option<PathBuf>,
     /// The Kafka cluster and topic.
     pub kafka: KafkaSettings,
     /// The database.
@@ -62,6 +64,7 @@ impl Default for Settings {
             revoke_drain: Duration::from_secs(10),
             commit_interval: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(15),
+            health_file: None,
             kafka: KafkaSettings::default(),
             postgres: PgSettings::default(),
             log: LogSettings::default(),
@@ -114,6 +117,12 @@ pub struct Cli {
     /// At start, how long to wait for the brokers [setting: connect_timeout] [default: 15s]
     #[arg(long, env = "CONSUMER_CONNECT_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub connect_timeout: Option<Duration>,
+    /// Beat into this file every 10 s while Kafka and PostgreSQL are reachable [setting: health_file]
+    #[arg(long, env = "CONSUMER_HEALTH_FILE", value_name = "FILE")]
+    pub health_file: Option<PathBuf>,
+    /// Exit 0 if the consumer beating into --health-file is healthy, 1 if not (a container health check)
+    #[arg(long, requires = "health_file")]
+    pub check_health: bool,
     /// Kafka settings (shared with the monitor) [settings: kafka.*]
     #[command(flatten)]
     pub kafka: KafkaArgs,
@@ -174,6 +183,7 @@ impl Cli {
         set(&mut s.revoke_drain, self.revoke_drain);
         set(&mut s.commit_interval, self.commit_interval);
         set(&mut s.connect_timeout, self.connect_timeout);
+        s.health_file = self.health_file.or(s.health_file.take());
         self.log.apply(&mut s.log);
         self.kafka.apply(&mut s.kafka);
         self.postgres.apply(&mut s.postgres);

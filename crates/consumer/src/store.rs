@@ -182,6 +182,14 @@ impl Store {
         &self.pool
     }
 
+    /// Whether PostgreSQL answers a trivial query through the pool.
+    pub async fn ping(&self) -> bool {
+        match self.pool.get().await {
+            Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
+            Err(_) => false,
+        }
+    }
+
     /// Writes rows and dead letters in one transaction; rows already stored are skipped.
     pub async fn write(&self, rows: &[Row], dead: &[DeadLetter]) -> Result<Written, StoreError> {
         let mut client = self.pool.get().await?;

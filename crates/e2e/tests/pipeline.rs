@@ -406,3 +406,75 @@ fn free_port() -> u16 {
         .expect("free port")
         .port()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_report_connected_services_and_fail_when_a_dependency_goes() {
+    let dir = tempfile_dir();
+    let (farm, ca) = farm_and_ca(dir.path()).await;
+    let db = Postgres::start_temp().expect("postgres");
+    let (broker, bootstrap) = broker("metrics", 1);
+    let list = dir.path().join("sites.csv");
+    std::fs::write(&list, format!("{},1\n", farm.url("/ok"))).expect("list");
+    let consumer_health = dir.path().join("consumer.health");
+    let monitor_health = dir.path().join("monitor.health");
+    let mut args = support::consumer_args(&bootstrap, "metrics", &db.url(), "g");
+    args.extend([
+        "--health-file".to_owned(),
+        consumer_health.to_string_lossy().into_owned(),
+    ]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let consumer = Proc::start("consumer", &refs, &[]);
+    let monitor = monitor(
+        list.to_str().expect("utf8"),
+        &bootstrap,
+        "metrics",
+        &ca,
+        &["--health-file", monitor_health.to_str().expect("utf8")],
+    );
+    let healthy = |name: &'static str, file: std::path::PathBuf| {
+        move || {
+            let file = file.clone();
+            async move {
+                std::process::Command::new(support::bin(name))
+                    .args(["--check-health", "--health-file"])
+                    .arg(&file)
+                    .status()
+                    .is_ok_and(|s| s.success())
+            }
+        }
+    };
+    wait_for(
+        Duration::from_secs(30),
+        "the consumer healthy",
+        healthy("consumer", consumer_health.clone()),
+    )
+    .await;
+    wait_for(
+        Duration::from_secs(30),
+        "the monitor healthy",
+        healthy("monitor", monitor_health.clone()),
+    )
+    .await;
+    // Without the broker, beats stop and the check fails once the last beat is stale.
+    broker.signal("KILL");
+    let unhealthy = |name: &'static str, file: std::path::PathBuf| {
+        let check = healthy(name, file);
+        move || {
+            let check = check.clone();
+            async move { !check().await }
+        }
+    };
+    wait_for(
+        Duration::from_secs(60),
+        "the monitor unhealthy without Kafka",
+        unhealthy("monitor", monitor_health),
+    )
+    .await;
+    wait_for(
+        Duration::from_secs(60),
+        "the consumer unhealthy without Kafka",
+        unhealthy("consumer", consumer_health),
+    )
+    .await;
+    drop((monitor, consumer));
+}

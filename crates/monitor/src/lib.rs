@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use sitewatch_metric::{Metric, SCHEMA_VERSION};
+use sitewatch_service::health::{self, Heartbeat};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -137,6 +138,22 @@ impl RunJob for ProbeAndPublish {
     }
 }
 
+/// Beats every [`health::BEAT_EVERY`] while the outputs are reachable.
+async fn beat_while_reachable(heartbeat: Heartbeat, sink: Arc<Sink>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(health::BEAT_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        if sink.reachable(std::time::Duration::from_secs(5)).await {
+            heartbeat.beat();
+        } else {
+            tracing::warn!("Kafka does not answer; the health check will report unhealthy");
+        }
+    }
+}
+
 /// Loads the site list, connects the destination, and probes until `shutdown`
 /// (or once, with `once`); then lets probes in flight finish and flushes.
 ///
@@ -171,6 +188,13 @@ pub async fn run(
             shutdown.child_token(),
         ))
     });
+    let health = settings.health_file.clone().map(|file| {
+        tokio::spawn(beat_while_reachable(
+            Heartbeat::new(file),
+            Arc::clone(&sink),
+            shutdown.child_token(),
+        ))
+    });
     let options = ScheduleOptions {
         max_in_flight: settings.max_in_flight,
         grace: settings.shutdown_grace,
@@ -179,6 +203,9 @@ pub async fn run(
     let schedule = schedule::run(targets, runner, options, shutdown.clone(), updates).await;
     if let Some(reloader) = reloader {
         reloader.abort();
+    }
+    if let Some(health) = health {
+        health.abort();
     }
     tracing::info!(
         probes = schedule.started,

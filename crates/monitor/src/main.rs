@@ -7,10 +7,13 @@ use clap::Parser;
 use sitewatch_monitor::settings::{Cli, Settings};
 use sitewatch_monitor::source::TargetSource;
 use sitewatch_monitor::MonitorError;
-use sitewatch_service::{shutdown, telemetry};
+use sitewatch_service::{health, shutdown, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.check_health {
+        return health_check(cli.health_file.as_deref());
+    }
     let check_only = cli.check;
     let settings = match Settings::load(cli) {
         Ok(settings) => settings,
@@ -73,6 +76,17 @@ fn check(settings: &Settings) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => fail(2, &err),
+    }
+}
+
+fn health_check(file: Option<&std::path::Path>) -> ExitCode {
+    match file.map(health::check) {
+        Some(Ok(())) => ExitCode::SUCCESS,
+        Some(Err(why)) => {
+            eprintln!("monitor: unhealthy: {why}");
+            ExitCode::from(1)
+        }
+        None => ExitCode::from(2),
     }
 }
 

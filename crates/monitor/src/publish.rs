@@ -306,6 +306,20 @@ impl Sink {
         }
     }
 
+    /// Whether the outputs can take metrics now: Kafka answers a metadata request within `timeout`.
+    pub async fn reachable(&self, timeout: Duration) -> bool {
+        let Some(kafka) = &self.kafka else {
+            return true;
+        };
+        let producer = kafka.producer.clone();
+        let topic = kafka.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            kafka::topic_partitions(producer.client(), &topic, timeout).is_ok()
+        })
+        .await
+        .unwrap_or(false)
+    }
+
     /// Waits until every published metric is confirmed or `timeout` passes; counts over all outputs.
     pub async fn finish(&self, timeout: Duration) -> DeliveryReport {
         let mut report = self

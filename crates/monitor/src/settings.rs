@@ -51,6 +51,8 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// Messages the producer holds before probes wait for Kafka.
     pub producer_queue: usize,
+    /// File the monitor beats into while it can reach Kafka (for container health checks).
+    pub health_file: Option<PathBuf>,
     /// How probes are made.
     pub probe: ProbeSettings,
     /// The Kafka cluster and topic.
@@ -72,6 +74,7 @@ impl Default for Settings {
             flush_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(15),
             producer_queue: 100_000,
+            health_file: None,
             probe: ProbeSettings::default(),
             kafka: KafkaSettings::default(),
             log: LogSettings::default(),
@@ -144,6 +147,12 @@ pub struct Cli {
     /// Messages the producer holds before probes wait for Kafka [setting: producer_queue] [default: 100000]
     #[arg(long, env = "MONITOR_PRODUCER_QUEUE", value_name = "N")]
     pub producer_queue: Option<usize>,
+    /// Beat into this file every 10 s while Kafka is reachable [setting: health_file]
+    #[arg(long, env = "MONITOR_HEALTH_FILE", value_name = "FILE")]
+    pub health_file: Option<PathBuf>,
+    /// Exit 0 if the monitor beating into --health-file is healthy, 1 if not (a container health check)
+    #[arg(long, requires = "health_file")]
+    pub check_health: bool,
     /// Kafka settings (shared with the consumer) [settings: kafka.*]
     #[command(flatten)]
     pub kafka: KafkaArgs,
@@ -209,6 +218,7 @@ impl Cli {
         set(&mut s.flush_timeout, self.flush_timeout);
         set(&mut s.connect_timeout, self.connect_timeout);
         set(&mut s.producer_queue, self.producer_queue);
+        s.health_file = self.health_file.or(s.health_file.take());
         self.log.apply(&mut s.log);
         self.kafka.apply(&mut s.kafka);
     }

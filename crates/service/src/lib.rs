@@ -2,6 +2,7 @@
 //! settings (TLS files, pass-through properties, redacted secrets), logging,
 //! and the shutdown and reload signals.
 
+pub mod health;
 pub mod kafka;
 pub mod postgres;
 pub mod settings;
