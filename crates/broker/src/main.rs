@@ -1,12 +1,14 @@
-//! The `broker` binary: starts the mock cluster, prints `bootstrap=HOST:PORT`
-//! on stdout, and runs until SIGTERM or SIGINT.
+//! The `broker` binary: starts the mock cluster (behind a TCP or TLS front if
+//! asked), prints `bootstrap=HOST:PORT` on stdout, and runs until SIGTERM or SIGINT.
 
 use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use sitewatch_broker::{Broker, BrokerOptions};
+use sitewatch_broker::{Advertised, Broker, BrokerOptions, FrontOptions, TlsFiles};
 use sitewatch_service::settings::LogArgs;
 use sitewatch_service::settings::LogSettings;
 use sitewatch_service::{shutdown, telemetry};
@@ -25,6 +27,24 @@ struct Cli {
     /// Brokers in the cluster
     #[arg(long, default_value_t = 1, value_name = "N")]
     brokers: i32,
+    /// Accept clients on ADDR (e.g. 0.0.0.0:9092) and forward them to the mock
+    /// brokers, broker i (from 0) on port + i; without it clients connect to
+    /// the mock brokers on 127.0.0.1 directly
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Address the brokers advertise in metadata (e.g. broker:9092), broker i
+    /// on port + i [default: the listen address, 127.0.0.1 for 0.0.0.0]
+    #[arg(long, value_name = "HOST:PORT", requires = "listen")]
+    advertise: Option<Advertised>,
+    /// Serve TLS on the listen address with this PEM certificate chain
+    #[arg(long, value_name = "FILE", requires_all = ["listen", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require a client certificate signed by this PEM CA
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -57,13 +77,35 @@ fn serve(cli: &Cli) -> anyhow::Result<()> {
             brokers: cli.brokers,
             topics: cli.topics.clone(),
             partitions: cli.partitions,
+            front: cli.listen.map(|listen| FrontOptions {
+                listen,
+                advertise: cli.advertise.clone(),
+                tls: cli
+                    .tls_cert
+                    .clone()
+                    .zip(cli.tls_key.clone())
+                    .map(|(cert, key)| TlsFiles {
+                        cert,
+                        key,
+                        client_ca: cli.tls_client_ca.clone(),
+                    }),
+            }),
         };
-        let broker = Broker::start(&options)?;
+        let broker = Broker::start(&options).await?;
         let mut out = std::io::stdout().lock();
         writeln!(out, "bootstrap={}", broker.bootstrap()).context("cannot write to stdout")?;
         out.flush().context("cannot write to stdout")?;
         drop(out);
-        tracing::info!(bootstrap = %broker.bootstrap(), topics = ?options.topics, partitions = options.partitions, "broker ready");
+        tracing::info!(
+            bootstrap = %broker.bootstrap(),
+            fronts = ?broker.front_addrs(),
+            mock = ?broker.mock_addrs(),
+            tls = cli.tls_cert.is_some(),
+            client_certificates = cli.tls_client_ca.is_some(),
+            topics = ?options.topics,
+            partitions = options.partitions,
+            "broker ready"
+        );
         signals.shutdown.cancelled().await;
         tracing::info!("broker stopping");
         drop(broker);
