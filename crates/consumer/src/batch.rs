@@ -164,7 +164,7 @@ pub async fn run(
                     }
                     Err(err) => tracing::error!(error = %err, "a batch write task failed; its offsets stay unstored and will be read again"),
                 }
-                continue;
+                // A writer is free: a batch that filled meanwhile goes now, below.
             }
             () = flush_now.notified() => {
                 while let Ok(record) = records.try_recv() {
@@ -208,10 +208,17 @@ async fn write_batch(store: Arc<Store>, batch: Batch, totals: Arc<Totals>) -> Ve
             Ok(written) => totals.add(written),
             Err(err) if rows.len() + dead.len() > 1 => {
                 tracing::warn!(error = %err, rows = rows.len(), "a batch failed for its data: splitting it to find the bad rows");
+                // Each part is strictly smaller, so splitting always ends.
                 let (mut rows_a, mut dead_a) = (rows, dead);
-                let rows_b = rows_a.split_off(rows_a.len() / 2);
-                let dead_b = dead_a.split_off(dead_a.len() / 2);
-                pending.push((rows_b, dead_b));
+                if rows_a.len() >= 2 {
+                    let rows_b = rows_a.split_off(rows_a.len() / 2);
+                    pending.push((rows_b, Vec::new()));
+                } else if !rows_a.is_empty() {
+                    pending.push((Vec::new(), std::mem::take(&mut dead_a)));
+                } else {
+                    let dead_b = dead_a.split_off(dead_a.len() / 2);
+                    pending.push((Vec::new(), dead_b));
+                }
                 pending.push((rows_a, dead_a));
             }
             Err(err) => match rows.into_iter().next() {

@@ -202,8 +202,13 @@ impl ConsumerContext for GroupContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(list) = rebalance {
+            // librdkafka keeps a partition paused across unassign and assign;
+            // start every assigned partition fetching, and pause again below if needed.
+            if let Err(err) = consumer.resume(list) {
+                tracing::debug!(error = %err, "cannot resume newly assigned partitions");
+            }
             let partitions = partitions_of(list, &self.topic);
             let mut shared = self.shared();
             shared.tracker.assign(partitions.iter().copied());
@@ -230,6 +235,8 @@ pub struct PollReport {
     pub handed_over: u64,
     /// Messages handed over but not written when the grace period ended.
     pub unwritten_at_exit: u64,
+    /// The writers went away before shutdown (a bug or a panic): the loop stopped early.
+    pub writers_gone: bool,
 }
 
 /// Polls until `shutdown`, then drains within `grace`, commits and leaves the group.
@@ -257,10 +264,13 @@ pub fn run(
             if !hand_over(&context, sender, &mut report) {
                 tracing::error!("the writers stopped; stopping consumption");
                 to_writers = None;
+                report.writers_gone = true;
                 break;
             }
         }
-        set_paused(&consumer, &context);
+        if let Some(sender) = &to_writers {
+            set_paused(&consumer, &context, sender);
+        }
         match consumer.poll(POLL_INTERVAL) {
             None => {}
             Some(Err(err)) => {
@@ -340,10 +350,21 @@ fn hand_over(
     true
 }
 
-/// Pauses the assignment while the writers are behind, resumes when they caught up.
-fn set_paused(consumer: &BaseConsumer<GroupContext>, context: &GroupContext) {
+/// Pauses the assignment while the writers are behind, and resumes once they
+/// have taken the backlog and half the queue is free again: resuming at the
+/// first free slot would pause again at once, and each pause makes librdkafka
+/// drop what it had fetched.
+fn set_paused(
+    consumer: &BaseConsumer<GroupContext>,
+    context: &GroupContext,
+    sender: &mpsc::Sender<Record>,
+) {
     let mut shared = context.shared();
-    let behind = !shared.backlog.is_empty();
+    let behind = if shared.paused {
+        !shared.backlog.is_empty() || sender.capacity() < sender.max_capacity() / 2
+    } else {
+        !shared.backlog.is_empty()
+    };
     if behind == shared.paused {
         return;
     }

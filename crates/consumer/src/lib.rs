@@ -46,6 +46,9 @@ pub enum ConsumerError {
         #[source]
         source: StoreError,
     },
+    /// A part of the consumer failed; what it held is read again by the next consumer.
+    #[error("{0}")]
+    Stopped(String),
     /// librdkafka refused the configuration or the brokers did not answer.
     #[error("Kafka ({kafka}): {source}; check the brokers, the network and the TLS files (librdkafka's log above says more)")]
     Kafka {
@@ -80,7 +83,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<Summary, ConsumerError> {
     let connector = settings.postgres.connector()?;
-    migrate(&settings, &connector, &shutdown).await?;
+    if !migrate(&settings, &connector, &shutdown).await? {
+        return Ok(Summary::default());
+    }
     let store = Arc::new(Store::new(settings.postgres.pool()?, settings.write_path));
     tracing::info!(postgres = %settings.postgres.describe(), write_path = ?settings.write_path, "database ready");
 
@@ -151,18 +156,28 @@ pub async fn run(
     });
     let progress = tokio::spawn(log_progress(Arc::clone(&totals), shutdown.clone()));
 
-    let report = poll.await.unwrap_or_default();
+    let report = poll.await;
     progress.abort();
     if let Some(health) = health {
         health.abort();
     }
     // Writers that still hold rows after the grace period (PostgreSQL down) are
     // cut off: their offsets were never stored, so the messages are read again.
-    if tokio::time::timeout(Duration::from_secs(1), writers)
+    let mut writers = writers;
+    if tokio::time::timeout(Duration::from_secs(1), &mut writers)
         .await
         .is_err()
     {
         tracing::warn!("writers still busy after the grace period; stopping them without storing their offsets");
+        writers.abort();
+    }
+    let report = report
+        .map_err(|err| ConsumerError::Stopped(format!("the Kafka poll loop failed: {err}")))?;
+    if report.writers_gone {
+        return Err(ConsumerError::Stopped(
+            "the writers stopped before the consumer did; unwritten messages keep their offsets"
+                .into(),
+        ));
     }
     let summary = Summary {
         read: report.handed_over,
@@ -206,21 +221,27 @@ async fn beat_while_reachable(
     }
 }
 
-/// Brings the schema up to date, retrying while the database is not reachable yet.
+/// Brings the schema up to date, retrying while the database is not reachable
+/// yet; false when shutdown came first.
 async fn migrate(
     settings: &Settings,
     connector: &sitewatch_service::postgres::Connector,
     shutdown: &CancellationToken,
-) -> Result<(), ConsumerError> {
+) -> Result<bool, ConsumerError> {
     let mut backoff = Duration::from_millis(200);
     loop {
-        match store::migrate(connector).await {
-            Ok(()) => return Ok(()),
-            Err(err) if err.is_transient() && !shutdown.is_cancelled() => {
+        let result = tokio::select! {
+            result = store::migrate(connector) => result,
+            () = shutdown.cancelled() => return Ok(false),
+        };
+        match result {
+            Ok(()) => return Ok(true),
+            // A wrong password or a missing database will not fix itself: say so and stop.
+            Err(err) if err.is_transient() && !err.is_refused_login() => {
                 tracing::warn!(postgres = %settings.postgres.describe(), error = %err, retry_in = ?backoff, "database not ready");
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
-                    () = shutdown.cancelled() => {}
+                    () = shutdown.cancelled() => return Ok(false),
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }

@@ -158,6 +158,12 @@ impl Settings {
         if self.writers == 0 {
             return invalid("writers", "must be at least 1");
         }
+        if self.commit_interval.is_zero() {
+            return invalid(
+                "commit_interval",
+                "must be longer than zero (0 would stop periodic commits)",
+            );
+        }
         if self.queue_messages == 0 {
             return invalid("queue_messages", "must be at least 1");
         }

@@ -122,19 +122,51 @@ impl StoreError {
     /// lost, overloaded, a lock conflict); otherwise the data itself is at fault.
     pub fn is_transient(&self) -> bool {
         match self {
-            StoreError::Pool(_) | StoreError::Migrate(_) => true,
+            StoreError::Pool(_) => true,
+            // A database that cannot be reached may come; a schema that diverged will not.
+            StoreError::Migrate(err) => match err.kind() {
+                refinery::error::Kind::Connection(_, source) => source
+                    .downcast_ref::<tokio_postgres::Error>()
+                    .is_none_or(|pg| !is_refused_login(pg)),
+                _ => false,
+            },
             StoreError::Db(err) => match err.code() {
                 // A value the client could not even encode is the data's fault.
                 None => !err.to_string().starts_with("error serializing"),
                 Some(code) => {
                     let code = code.code();
-                    // Data exceptions (22) and integrity violations (23) mean this
-                    // row can never be written; anything else is the server's state.
-                    !(code.starts_with("22") || code.starts_with("23"))
+                    // Data exceptions (22), integrity violations (23) and program
+                    // limits such as an index row too large (54) mean this row can
+                    // never be written; anything else is the server's state.
+                    !(code.starts_with("22") || code.starts_with("23") || code.starts_with("54"))
                 }
             },
         }
     }
+
+    /// Whether the server refused who we are or where we asked to go: a wrong
+    /// password (28) or a database that does not exist (3D), which no retry fixes.
+    pub fn is_refused_login(&self) -> bool {
+        match self {
+            StoreError::Db(err) => is_refused_login(err),
+            StoreError::Migrate(err) => match err.kind() {
+                refinery::error::Kind::Connection(_, source) => source
+                    .downcast_ref::<tokio_postgres::Error>()
+                    .is_some_and(is_refused_login),
+                _ => false,
+            },
+            StoreError::Pool(_) => false,
+        }
+    }
+
+    fn is_missing_site(&self) -> bool {
+        matches!(self, StoreError::Db(err) if err.code() == Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION))
+    }
+}
+
+fn is_refused_login(err: &tokio_postgres::Error) -> bool {
+    err.code()
+        .is_some_and(|c| c.code().starts_with("28") || c.code().starts_with("3D"))
 }
 
 /// Writes batches through a bounded pool.
@@ -192,6 +224,22 @@ impl Store {
 
     /// Writes rows and dead letters in one transaction; rows already stored are skipped.
     pub async fn write(&self, rows: &[Row], dead: &[DeadLetter]) -> Result<Written, StoreError> {
+        match self.write_once(rows, dead).await {
+            // A site row deleted by an operator while its id was cached: forget
+            // the batch's sites so they are looked up (and created) again.
+            Err(err) if err.is_missing_site() => {
+                if let Ok(mut cache) = self.site_ids.lock() {
+                    for row in rows {
+                        let _ = cache.remove(&row.metric.url);
+                    }
+                }
+                self.write_once(rows, dead).await
+            }
+            other => other,
+        }
+    }
+
+    async fn write_once(&self, rows: &[Row], dead: &[DeadLetter]) -> Result<Written, StoreError> {
         let mut client = self.pool.get().await?;
         let ids = self.site_ids(&client, rows).await?;
         let tx = client.transaction().await?;

@@ -46,6 +46,9 @@ use uuid::Uuid;
 /// The schema version this crate writes and the only one it reads.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// Longest site URL a metric may carry, in bytes.
+pub const MAX_URL_BYTES: usize = 2000;
+
 /// Longest `regex_match` kept in a metric, in bytes; longer matches are cut.
 pub const MAX_MATCH_BYTES: usize = 256;
 
@@ -254,9 +257,15 @@ impl Metric {
         if self.status.is_none() && self.error.is_none() {
             return out_of_range("error", "a probe without a status must say why");
         }
-        // Lengths are bounded by what the database columns accept.
-        if self.url.len() > 8192 {
-            return out_of_range("url", "longer than 8192 bytes");
+        // A URL is a unique key in PostgreSQL, whose btree rows stop at 2704 bytes.
+        if self.url.len() > MAX_URL_BYTES {
+            return out_of_range("url", "longer than 2000 bytes");
+        }
+        if self.skipped_before > i32::MAX as u32 || self.redirects > i32::MAX as u32 {
+            return out_of_range(
+                "skipped_before/redirects",
+                "does not fit a signed 32-bit integer",
+            );
         }
         if i64::try_from(self.lateness_us).is_err() || i64::try_from(self.body_bytes).is_err() {
             return out_of_range(

@@ -216,7 +216,9 @@ impl Prober {
             regex_matched: matched.map(|m| m.is_some()),
             regex_match: matched.flatten().map(|m| {
                 let cut = &m[..m.len().min(MAX_MATCH_BYTES)];
-                truncate_utf8(String::from_utf8_lossy(cut).into_owned(), MAX_MATCH_BYTES)
+                // PostgreSQL text cannot hold NUL; a body may.
+                let text = String::from_utf8_lossy(cut).replace('\0', "\u{fffd}");
+                truncate_utf8(text, MAX_MATCH_BYTES)
             }),
             final_url: head.final_url,
             redirects: phases.redirects,
@@ -291,7 +293,10 @@ pub fn classify(err: &reqwest::Error) -> ProbeError {
     };
     ProbeError {
         kind,
-        message: truncate_utf8(error_chain(err), MAX_ERROR_MESSAGE_BYTES),
+        message: truncate_utf8(
+            error_chain(err).replace('\0', "\u{fffd}"),
+            MAX_ERROR_MESSAGE_BYTES,
+        ),
     }
 }
 

@@ -3,7 +3,7 @@
 //! and at most `max_in_flight` probes running across all sites.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -63,7 +63,6 @@ struct Site {
     key: Option<delay_queue::Key>,
     next: Instant,
     last_scheduled: Option<Instant>,
-    in_flight: bool,
     skipped: u32,
 }
 
@@ -82,6 +81,9 @@ struct Schedule<R> {
     sites: HashMap<Arc<str>, Site>,
     deadlines: DelayQueue<Arc<str>>,
     running: JoinSet<Arc<str>>,
+    /// Sites with a probe running, by URL: kept apart from `sites` so that a
+    /// site removed and added back while its probe runs still waits for it.
+    busy: HashSet<Arc<str>>,
     permits: Arc<Semaphore>,
     runner: Arc<R>,
     stop_waiting: CancellationToken,
@@ -104,6 +106,7 @@ pub async fn run<R: RunJob>(
         sites: HashMap::new(),
         deadlines: DelayQueue::new(),
         running: JoinSet::new(),
+        busy: HashSet::new(),
         permits: Arc::new(Semaphore::new(options.max_in_flight.max(1))),
         runner,
         stop_waiting: shutdown.child_token(),
@@ -145,7 +148,6 @@ impl<R: RunJob> Schedule<R> {
             key: Some(key),
             next: first,
             last_scheduled: None,
-            in_flight: false,
             skipped: 0,
         };
         let _ = self.sites.insert(url, site);
@@ -157,7 +159,7 @@ impl<R: RunJob> Schedule<R> {
         };
         let deadline = site.next;
         let interval = site.target.interval;
-        if site.in_flight {
+        if self.busy.contains(&url) {
             site.skipped += 1;
             self.report.skipped += 1;
             tracing::debug!(url = %url, interval = ?interval, "previous probe still running: deadline skipped");
@@ -167,7 +169,7 @@ impl<R: RunJob> Schedule<R> {
                 scheduled: deadline,
                 skipped_before: std::mem::take(&mut site.skipped),
             };
-            site.in_flight = true;
+            let _ = self.busy.insert(Arc::clone(&url));
             site.last_scheduled = Some(deadline);
             self.report.started += 1;
             spawn_probe(
@@ -201,9 +203,7 @@ impl<R: RunJob> Schedule<R> {
     fn finished(&mut self, done: Result<Arc<str>, tokio::task::JoinError>) {
         match done {
             Ok(url) => {
-                if let Some(site) = self.sites.get_mut(&url) {
-                    site.in_flight = false;
-                }
+                let _ = self.busy.remove(&url);
             }
             // A panic in one probe must not stop the others; the site stays
             // marked in flight, so it is logged loudly.
@@ -594,6 +594,38 @@ mod tests {
         assert!(keep
             .windows(2)
             .all(|w| w[1] - w[0] == Duration::from_secs(2)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_site_removed_and_added_back_waits_for_its_running_probe() {
+        let recorder = Arc::new(Recorder::default());
+        let _ = recorder
+            .takes
+            .lock()
+            .expect("lock")
+            .insert("https://slow.example/".into(), Duration::from_secs(5));
+        let running = start(vec![target("slow.example", 1.0)], &recorder, options());
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // Gone and back while its first probe still runs.
+        running
+            .updates
+            .send(vec![target("other.example", 60.0)])
+            .await
+            .expect("send");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        running
+            .updates
+            .send(vec![target("slow.example", 1.0)])
+            .await
+            .expect("send");
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let _ = running.stop().await;
+        assert_eq!(
+            *recorder.overlaps.lock().expect("lock"),
+            0,
+            "two probes of one site ran at once"
+        );
+        assert!(recorder.starts_of("https://slow.example/").len() >= 3);
     }
 
     #[tokio::test(start_paused = true)]

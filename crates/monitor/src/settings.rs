@@ -194,6 +194,9 @@ impl Settings {
         if self.probe.timeout.is_zero() {
             return invalid("probe.timeout", "must be longer than zero");
         }
+        if self.targets_refresh.is_zero() {
+            return invalid("targets_refresh", "must be longer than zero");
+        }
         if self.producer_queue == 0 {
             return invalid("producer_queue", "must be at least 1");
         }

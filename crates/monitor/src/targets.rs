@@ -376,7 +376,10 @@ pub fn parse_url(text: &str) -> Result<Url, String> {
     Ok(url)
 }
 
-/// Positive seconds, fractions allowed (`30`, `0.5`).
+/// Shortest interval or timeout accepted: below this a schedule is a busy loop.
+const MIN_SECONDS: f64 = 0.01;
+
+/// Positive seconds, fractions allowed (`30`, `0.5`), at least [`MIN_SECONDS`].
 fn parse_seconds(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text
         .parse()
@@ -386,6 +389,11 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
     }
     if seconds <= 0.0 {
         return Err(format!("must be greater than zero, got {text}"));
+    }
+    if seconds < MIN_SECONDS {
+        return Err(format!(
+            "must be at least {MIN_SECONDS} seconds, got {text}"
+        ));
     }
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is too large"))
 }
@@ -447,6 +455,8 @@ mod tests {
         assert!(reason(2).starts_with("unparseable URL"), "{}", reason(2));
         assert_eq!(reason(3), "interval missing");
         assert!(reason(4).contains("greater than zero"), "{}", reason(4));
+        let tiny = parse_csv("s.csv", "tiny.example,0.0000000001\n").expect_err("too small");
+        assert!(tiny.to_string().contains("at least 0.01 seconds"), "{tiny}");
         assert!(reason(5).contains("not a number"), "{}", reason(5));
         assert!(reason(6).starts_with("invalid regex"), "{}", reason(6));
         assert!(

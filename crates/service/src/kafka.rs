@@ -74,9 +74,17 @@ impl Properties {
     }
 
     fn is_secret(name: &str) -> bool {
-        ["password", "secret", "key", "token", "jaas", "credential"]
-            .iter()
-            .any(|word| name.contains(word))
+        [
+            "password",
+            "secret",
+            "key",
+            "token",
+            "jaas",
+            "credential",
+            "oauthbearer",
+        ]
+        .iter()
+        .any(|word| name.contains(word))
     }
 }
 
@@ -300,14 +308,15 @@ pub struct KafkaArgs {
         hide_env_values = true
     )]
     pub ssl_key_password: Option<String>,
-    /// Any librdkafka property as NAME=VALUE, repeatable (e.g. sasl.mechanism=PLAIN); a comma separates several in the environment variable
+    /// Any librdkafka property as NAME=VALUE, repeatable (e.g. sasl.mechanism=PLAIN); one per line in the environment variable
     #[arg(
         short = 'X',
         long = "kafka-property",
         env = "SITEWATCH_KAFKA_PROPERTIES",
         value_name = "NAME=VALUE",
         value_parser = parse_property,
-        value_delimiter = ',',
+        // Values may hold commas and semicolons (sasl.jaas.config, debug lists); lines may not.
+        value_delimiter = '\n',
         hide_env_values = true
     )]
     pub properties: Vec<(String, String)>,
@@ -318,7 +327,8 @@ fn parse_property(s: &str) -> Result<(String, String), String> {
         Some((name, value)) if !name.trim().is_empty() => {
             Ok((name.trim().to_owned(), value.to_owned()))
         }
-        _ => Err(format!("expected NAME=VALUE, got {s:?}")),
+        // The value is not echoed: it may be a password.
+        _ => Err("expected NAME=VALUE".to_owned()),
     }
 }
 
@@ -415,7 +425,10 @@ mod tests {
         };
         KafkaArgs {
             brokers: Some("flag:9092".into()),
-            properties: vec![("linger.ms".into(), "5".into())],
+            properties: vec![
+                ("linger.ms".into(), "5".into()),
+                ("debug".into(), "broker,topic".into()),
+            ],
             ..KafkaArgs::default()
         }
         .apply(&mut settings);
