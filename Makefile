@@ -4,8 +4,10 @@
 .DEFAULT_GOAL := help
 # A site list for `make demo` and `make run-monitor`; empty means the demo's local sites.
 TARGETS ?=
+# `docker compose` where the plugin exists, else the older `docker-compose`.
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
-.PHONY: help setup build demo test lint bench run-monitor run-consumer
+.PHONY: help setup build demo test lint bench run-monitor run-consumer up down docker-test
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-13s %s\n", $$1, $$2}'
@@ -34,3 +36,12 @@ run-monitor: ## Probe TARGETS (default monitor-data/websites_top100.csv) and pri
 
 run-consumer: ## Run one consumer with the SITEWATCH_* environment (see consumer --help)
 	cargo run --release --locked --bin consumer
+
+up: ## Start the pipeline with Docker Compose (Kafka, PostgreSQL, monitor, consumer)
+	$(COMPOSE) up -d --build
+
+down: ## Stop and remove the Compose stack (data volume kept)
+	$(COMPOSE) down
+
+docker-test: ## Build the images offline and test the Compose stack on this machine's Docker engine
+	scripts/docker/test-compose.sh

@@ -45,11 +45,11 @@ stop() {
   local name pid
   for name in "$@"; do
     pid=${pid_of[$name]:-}
-    [[ -n $pid ]] && kill -TERM "$pid" 2>/dev/null || true
+    if [[ -n $pid ]]; then kill -TERM "$pid" 2>/dev/null || true; fi
   done
   for name in "$@"; do
     pid=${pid_of[$name]:-}
-    [[ -n $pid ]] && wait "$pid" 2>/dev/null || true
+    if [[ -n $pid ]]; then wait "$pid" 2>/dev/null || true; fi
     unset "pid_of[$name]"
   done
 }

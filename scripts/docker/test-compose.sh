@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Runs the users' docker-compose.yml on this machine's Docker engine and checks
+# it by querying PostgreSQL. No image can be pulled here, so the base images
+# are made locally (local-images.sh) and scripts/docker/compose.test.yml swaps
+# only the two third-party images (Kafka, PostgreSQL) for local stand-ins.
+#
+# Checks: rows arrive for every test site; with --scale consumer=3 each
+# consumer holds partitions and the rows are complete; `docker kill` of a
+# consumer mid-stream loses and doubles nothing; PostgreSQL stopped for 30 s
+# and started again, the consumers recover without a restart; stopping gives
+# exit code 0 for monitor and consumers; after `up` again no probe id is
+# doubled. Prints the image sizes and the time from `up` to the first row.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$PWD
+work=$root/build/compose-test
+mkdir -p "$work"
+export COMPOSE_PROJECT_NAME=sitewatchtest
+export BUILDER_IMAGE=sitewatch-local/builder:bookworm RUNTIME_IMAGE=sitewatch-local/runtime:bookworm
+export SITEWATCH_LOG_FORMAT=json TOPIC_PARTITIONS=6 POSTGRES_PASSWORD=compose-test
+
+say() { echo "test-compose: $*"; }
+fail() {
+  echo "test-compose: FAILED: $*" >&2
+  "${compose[@]}" ps >&2 || true
+  "${compose[@]}" logs --tail 30 >&2 || true
+  exit 1
+}
+
+if ! docker info >/dev/null 2>&1; then
+  say "starting the Docker engine"
+  (nohup dockerd >"$work/dockerd.log" 2>&1 &)
+  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  docker info >/dev/null 2>&1 || { echo "test-compose: the Docker engine does not start; see $work/dockerd.log" >&2; exit 1; }
+fi
+if docker compose version >/dev/null 2>&1; then compose=(docker compose); else compose=(docker-compose); fi
+compose+=(-f docker-compose.yml -f scripts/docker/compose.test.yml)
+
+cleanup() { "${compose[@]}" down -v --remove-orphans >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+cleanup
+
+scripts/docker/local-images.sh runtime builder postgres
+
+# The stand-ins are test tools, built on the host: only the users' images go
+# through their Dockerfiles.
+cargo build --release --locked -p sitewatch-broker -p sitewatch-sitefarm --bins
+ctx=$work/standins
+rm -rf "$ctx" && mkdir -p "$ctx"
+cp scripts/docker/standins/* target/release/broker target/release/kafka-admin target/release/sitefarm "$ctx/"
+docker build -q --build-arg BASE="$RUNTIME_IMAGE" -t sitewatch-test/kafka -f "$ctx/kafka.Dockerfile" "$ctx" >/dev/null
+docker build -q --build-arg BASE="$RUNTIME_IMAGE" -t sitewatch-test/sites -f "$ctx/sites.Dockerfile" "$ctx" >/dev/null
+
+# Test sites: one of each kind, and twenty fast ones for volume.
+{
+  echo "http://sites:8080/ok,1,Welcome"
+  echo "http://sites:8080/status/500,1"
+  echo "http://sites:8080/redirect/2,1,chain done"
+  echo "http://sites:8080/slow/300,1"
+  echo "https://sites:8444/ok,2"
+  for i in $(seq 20); do echo "http://sites:8080/site/$i,0.5"; done
+} >"$work/sites.csv"
+sites=$(wc -l <"$work/sites.csv")
+
+psql_q() { "${compose[@]}" exec -T postgres psql -U sitewatch -d sitewatch -tAq -c "$1" 2>/dev/null | tr -d '[:space:]'; }
+rows() { psql_q "SELECT count(*) FROM metrics" || echo 0; }
+wait_until() { # seconds, description, command...
+  local deadline=$((SECONDS + $1)) what=$2
+  shift 2
+  until "$@"; do
+    ((SECONDS < deadline)) || fail "timed out waiting for $what"
+    sleep 1
+  done
+}
+sites_with_rows() { [[ $(psql_q "SELECT count(DISTINCT website_id) FROM metrics" || echo 0) -ge $sites ]]; }
+rows_above() { [[ $(rows) -gt $1 ]]; }
+messages() { "${compose[@]}" exec -T kafka kafka-admin --bootstrap-server localhost:9092 messages --topic website-metrics | tr -d '[:space:]'; }
+all_stored() { local m; m=$(messages) && [[ -n $m && $(rows) -eq $m ]]; }
+
+say "building the images and starting the stack"
+build_start=$SECONDS
+"${compose[@]}" build
+build_time=$((SECONDS - build_start))
+up_start=$SECONDS
+"${compose[@]}" up -d
+wait_until 180 "a first row" rows_above 0
+first_row=$((SECONDS - up_start))
+wait_until 120 "rows for all $sites test sites" sites_with_rows
+say "rows arrive for every test site (first row $first_row s after up)"
+
+say "scaling to three consumers"
+"${compose[@]}" up -d --scale consumer=3 --no-recreate
+holding() {
+  local n=0 c
+  for c in $("${compose[@]}" ps -q consumer); do
+    # The last assignment each consumer logged must hold partitions.
+    docker logs "$c" 2>&1 | grep '"partitions assigned"' | tail -1 | grep -q '"partitions":"\[[0-9]' && n=$((n + 1))
+  done
+  [[ $n -eq 3 ]]
+}
+wait_until 120 "three consumers holding partitions" holding
+mark=$(rows)
+wait_until 60 "rows after the rebalance" rows_above "$mark"
+
+say "killing one consumer mid-stream"
+victim=$("${compose[@]}" ps -q consumer | head -1)
+docker kill "$victim" >/dev/null
+mark=$(rows)
+wait_until 90 "rows after the kill" rows_above $((mark + 100))
+
+say "stopping PostgreSQL for 30 s"
+"${compose[@]}" stop postgres >/dev/null
+sleep 30
+"${compose[@]}" start postgres >/dev/null
+mark=$(rows)
+wait_until 120 "rows after PostgreSQL came back" rows_above $((mark + 100))
+
+say "stopping the monitor, then checking every published message is one row"
+"${compose[@]}" stop monitor >/dev/null
+wait_until 120 "every message on the topic stored" all_stored
+[[ $(psql_q "SELECT count(*) - count(DISTINCT probe_id) FROM metrics") == 0 ]] || fail "a probe id is doubled"
+[[ $(psql_q "SELECT count(*) FROM dead_letters") == 0 ]] || fail "dead letters after an outage"
+
+say "stopping everything"
+"${compose[@]}" stop >/dev/null
+for c in $("${compose[@]}" ps -q monitor consumer); do
+  name=$(docker inspect -f '{{.Name}}' "$c")
+  code=$(docker inspect -f '{{.State.ExitCode}}' "$c")
+  [[ $c == "$victim"* || $victim == "$c"* ]] && continue
+  [[ $code == 0 ]] || fail "$name exited with $code"
+done
+say "monitor and consumers exited 0"
+
+say "up again"
+before=$(rows)
+"${compose[@]}" up -d
+wait_until 120 "new rows after up again" rows_above "$before"
+"${compose[@]}" stop >/dev/null
+[[ $(psql_q "SELECT count(*) - count(DISTINCT probe_id) FROM metrics") == 0 ]] || fail "a probe id is doubled after up again"
+
+for image in sitewatch-monitor sitewatch-consumer; do
+  say "$image image: $(docker image inspect -f '{{.Size}}' "$image" | awk '{printf "%.0f MB", $1 / 1e6}')"
+done
+say "image build $build_time s; first row $first_row s after up"
+say "passed"
