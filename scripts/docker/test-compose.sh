@@ -121,22 +121,29 @@ wait_until 120 "every message on the topic stored" all_stored
 [[ $(psql_q "SELECT count(*) - count(DISTINCT probe_id) FROM metrics") == 0 ]] || fail "a probe id is doubled"
 [[ $(psql_q "SELECT count(*) FROM dead_letters") == 0 ]] || fail "dead letters after an outage"
 
-say "stopping everything"
-"${compose[@]}" stop >/dev/null
+say "docker compose down"
+before=$(rows)
+# Exit codes as the containers stop; `down` removes them, so wait on them first.
+codes=$work/exit-codes
+rm -rf "$codes" && mkdir -p "$codes"
+waiters=()
 for c in $("${compose[@]}" ps -q monitor consumer); do
-  name=$(docker inspect -f '{{.Name}}' "$c")
-  code=$(docker inspect -f '{{.State.ExitCode}}' "$c")
-  [[ $c == "$victim"* || $victim == "$c"* ]] && continue
-  [[ $code == 0 ]] || fail "$name exited with $code"
+  [[ $c == "$victim" ]] && continue
+  (docker wait "$c" >"$codes/$(docker inspect -f '{{.Name}}' "$c" | tr -d /)") &
+  waiters+=($!)
 done
-say "monitor and consumers exited 0"
+"${compose[@]}" down >/dev/null 2>&1
+wait "${waiters[@]}"
+for f in "$codes"/*; do
+  [[ $(cat "$f") == 0 ]] || fail "$(basename "$f") exited with $(cat "$f") on down"
+done
+say "down: monitor and consumers exited 0 ($(find "$codes" -type f | wc -l) containers)"
 
 say "up again"
-before=$(rows)
 "${compose[@]}" up -d
 wait_until 120 "new rows after up again" rows_above "$before"
-"${compose[@]}" stop >/dev/null
 [[ $(psql_q "SELECT count(*) - count(DISTINCT probe_id) FROM metrics") == 0 ]] || fail "a probe id is doubled after up again"
+"${compose[@]}" stop >/dev/null
 
 for image in sitewatch-monitor sitewatch-consumer; do
   say "$image image: $(docker image inspect -f '{{.Size}}' "$image" | awk '{printf "%.0f MB", $1 / 1e6}')"

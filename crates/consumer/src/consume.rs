@@ -23,6 +23,9 @@ use crate::batch::{Ack, Record};
 use crate::offsets::OffsetTracker;
 use crate::store::Origin;
 
+/// How long leaving the group may take at exit before the process ends anyway.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long one `poll` waits for a message; also how often acks are applied.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -316,7 +319,19 @@ pub fn run(
     let assigned = context.shared().tracker.assigned();
     context.shared().tracker.revoke(assigned);
     consumer.unsubscribe();
-    drop(consumer);
+    // Leaving the group needs the brokers; when they went away too (a whole
+    // stack stopping at once), librdkafka's close can wait for good. Give it a
+    // few seconds on another thread, then let the process end: the group
+    // drops a silent member after its session timeout, and nothing unwritten
+    // was committed.
+    let (closed_tx, closed) = std::sync::mpsc::channel();
+    let _ = std::thread::spawn(move || {
+        drop(consumer);
+        let _ = closed_tx.send(());
+    });
+    if closed.recv_timeout(CLOSE_TIMEOUT).is_err() {
+        tracing::warn!(timeout = ?CLOSE_TIMEOUT, "leaving the consumer group did not finish (brokers unreachable?); exiting anyway");
+    }
     report
 }
 
