@@ -18,6 +18,66 @@ async fn farm_and_ca(dir: &std::path::Path) -> (SiteFarm, String) {
     (farm, ca.to_string_lossy().into_owned())
 }
 
+/// What every test starts with: a temp folder, local sites (and their CA), a
+/// PostgreSQL, and the broker with a `metrics` topic.
+struct Stack {
+    dir: tempfile::TempDir,
+    farm: SiteFarm,
+    ca: String,
+    db: Postgres,
+    broker: Proc,
+    bootstrap: String,
+}
+
+impl Stack {
+    async fn start(partitions: u32) -> Stack {
+        let dir = tempfile_dir();
+        let (farm, ca) = farm_and_ca(dir.path()).await;
+        let db = Postgres::start_temp().expect("postgres");
+        let (broker, bootstrap) = broker("metrics", partitions);
+        Stack {
+            dir,
+            farm,
+            ca,
+            db,
+            broker,
+            bootstrap,
+        }
+    }
+
+    /// Writes a site list of `n` fast sites probed every `interval` seconds; returns its path.
+    fn fast_sites(&self, n: u32, interval: &str) -> String {
+        let lines: String = (0..n)
+            .map(|i| format!("{},{interval}\n", self.farm.url(&format!("/site/{i}"))))
+            .collect();
+        self.site_list(&lines)
+    }
+
+    /// Writes a site list; returns its path.
+    fn site_list(&self, csv: &str) -> String {
+        let list = self.dir.path().join("sites.csv");
+        std::fs::write(&list, csv).expect("site list");
+        list.to_string_lossy().into_owned()
+    }
+
+    async fn rows(&self) -> i64 {
+        count(&self.db, "SELECT count(*) FROM metrics").await
+    }
+
+    /// Waits until the table holds at least `n` rows.
+    async fn wait_rows(&self, within: Duration, what: &str, n: i64) {
+        wait_for(within, what, || async { self.rows().await >= n }).await;
+    }
+}
+
+/// SIGTERM to a monitor started with `--output kafka,stdout`: it exits 0; returns what it printed.
+fn stop_monitor(monitor: Proc) -> Vec<sitewatch_metric::Metric> {
+    monitor.signal("TERM");
+    let (code, stdout, _) = monitor.wait(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "monitor exits 0 on SIGTERM");
+    printed_metrics(&stdout)
+}
+
 fn monitor(list: &str, bootstrap: &str, topic: &str, ca: &str, extra: &[&str]) -> Proc {
     let mut args = vec![
         "--targets",
@@ -37,10 +97,15 @@ fn monitor(list: &str, bootstrap: &str, topic: &str, ca: &str, extra: &[&str]) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_probe_the_monitor_makes_is_exactly_one_row_with_the_right_result() {
-    let dir = tempfile_dir();
-    let (farm, ca) = farm_and_ca(dir.path()).await;
-    let db = Postgres::start_temp().expect("postgres");
-    let (_broker, bootstrap) = broker("metrics", 2);
+    let stack = Stack::start(2).await;
+    let Stack {
+        dir,
+        farm,
+        ca,
+        db,
+        bootstrap,
+        ..
+    } = &stack;
     let refused = free_port();
     let sites = [
         (farm.url("/ok"), "Welcome", (Some(200), None, Some(true))),
@@ -91,16 +156,10 @@ async fn every_probe_the_monitor_makes_is_exactly_one_row_with_the_right_result(
             .collect::<String>(),
     )
     .expect("list");
-    let consumer = consumer(&bootstrap, "metrics", &db, "g");
-    let monitor = monitor(
-        list.to_str().expect("utf8"),
-        &bootstrap,
-        "metrics",
-        &ca,
-        &[],
-    );
+    let consumer = consumer(bootstrap, "metrics", db, "g");
+    let monitor = monitor(list.to_str().expect("utf8"), bootstrap, "metrics", ca, &[]);
     wait_for(Duration::from_secs(60), "rows arriving", || async {
-        count(&db, "SELECT count(*) FROM metrics").await >= 30
+        count(db, "SELECT count(*) FROM metrics").await >= 30
     })
     .await;
     monitor.signal("TERM");
@@ -112,10 +171,10 @@ async fn every_probe_the_monitor_makes_is_exactly_one_row_with_the_right_result(
     wait_for(
         Duration::from_secs(60),
         "a row for every printed probe",
-        || async { count(&db, "SELECT count(*) FROM metrics").await >= n },
+        || async { count(db, "SELECT count(*) FROM metrics").await >= n },
     )
     .await;
-    let stored = rows(&db).await;
+    let stored = rows(db).await;
     assert_eq!(
         stored.len(),
         printed.len(),
@@ -159,49 +218,31 @@ async fn every_probe_the_monitor_makes_is_exactly_one_row_with_the_right_result(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_killed_mid_stream_hands_its_partitions_over_and_nothing_is_lost_or_doubled() {
-    let dir = tempfile_dir();
-    let (farm, ca) = farm_and_ca(dir.path()).await;
-    let db = Postgres::start_temp().expect("postgres");
-    let (_broker, bootstrap) = broker("metrics", 4);
-    let list = dir.path().join("sites.csv");
-    std::fs::write(
-        &list,
-        (0..20)
-            .map(|i| format!("{},0.2\n", farm.url(&format!("/site/{i}"))))
-            .collect::<String>(),
-    )
-    .expect("list");
-    let a = consumer(&bootstrap, "metrics", &db, "shared");
-    let b = consumer(&bootstrap, "metrics", &db, "shared");
-    let monitor = monitor(
-        list.to_str().expect("utf8"),
-        &bootstrap,
-        "metrics",
-        &ca,
-        &[],
-    );
-    wait_for(Duration::from_secs(60), "rows arriving", || async {
-        count(&db, "SELECT count(*) FROM metrics").await >= 300
-    })
-    .await;
+    let stack = Stack::start(4).await;
+    let list = stack.fast_sites(20, "0.2");
+    let a = consumer(&stack.bootstrap, "metrics", &stack.db, "shared");
+    let b = consumer(&stack.bootstrap, "metrics", &stack.db, "shared");
+    let monitor = monitor(&list, &stack.bootstrap, "metrics", &stack.ca, &[]);
+    stack
+        .wait_rows(Duration::from_secs(60), "rows arriving", 300)
+        .await;
     a.signal("KILL");
     let _ = a.wait(Duration::from_secs(10));
-    let before = count(&db, "SELECT count(*) FROM metrics").await;
     // b takes a's partitions once a's session times out (6 s); then rows flow again.
-    wait_for(Duration::from_secs(60), "rows after the kill", || async {
-        count(&db, "SELECT count(*) FROM metrics").await >= before + 1000
-    })
-    .await;
-    monitor.signal("TERM");
-    let (code, stdout, _) = monitor.wait(Duration::from_secs(30));
-    assert_eq!(code, Some(0));
-    let printed = printed_metrics(&stdout);
+    let before = stack.rows().await;
+    stack
+        .wait_rows(
+            Duration::from_secs(60),
+            "rows after the kill",
+            before + 1000,
+        )
+        .await;
+    let printed = stop_monitor(monitor);
     let n = i64::try_from(printed.len()).expect("fits");
-    wait_for(Duration::from_secs(60), "every probe stored", || async {
-        count(&db, "SELECT count(*) FROM metrics").await >= n
-    })
-    .await;
-    let stored = rows(&db).await;
+    stack
+        .wait_rows(Duration::from_secs(60), "every probe stored", n)
+        .await;
+    let stored = rows(&stack.db).await;
     assert_eq!(stored.len(), printed.len(), "nothing doubled");
     assert!(
         printed.iter().all(|m| stored.contains_key(&m.probe_id)),
@@ -219,38 +260,18 @@ async fn a_consumer_killed_mid_stream_hands_its_partitions_over_and_nothing_is_l
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_flushes_the_monitor_commits_the_consumer_and_a_restart_reads_nothing_twice() {
-    let dir = tempfile_dir();
-    let (farm, ca) = farm_and_ca(dir.path()).await;
-    let db = Postgres::start_temp().expect("postgres");
-    let (_broker, bootstrap) = broker("metrics", 2);
-    let list = dir.path().join("sites.csv");
-    std::fs::write(
-        &list,
-        (0..5)
-            .map(|i| format!("{},0.2\n", farm.url(&format!("/site/{i}"))))
-            .collect::<String>(),
-    )
-    .expect("list");
-    let first = consumer(&bootstrap, "metrics", &db, "g");
-    let monitor = monitor(
-        list.to_str().expect("utf8"),
-        &bootstrap,
-        "metrics",
-        &ca,
-        &[],
-    );
-    wait_for(Duration::from_secs(60), "rows arriving", || async {
-        count(&db, "SELECT count(*) FROM metrics").await >= 100
-    })
-    .await;
-    monitor.signal("TERM");
-    let (code, stdout, _) = monitor.wait(Duration::from_secs(30));
-    assert_eq!(code, Some(0));
-    let n = i64::try_from(printed_metrics(&stdout).len()).expect("fits");
+    let stack = Stack::start(2).await;
+    let list = stack.fast_sites(5, "0.2");
+    let first = consumer(&stack.bootstrap, "metrics", &stack.db, "g");
+    let monitor = monitor(&list, &stack.bootstrap, "metrics", &stack.ca, &[]);
+    stack
+        .wait_rows(Duration::from_secs(60), "rows arriving", 100)
+        .await;
+    let n = i64::try_from(stop_monitor(monitor).len()).expect("fits");
     wait_for(
         Duration::from_secs(30),
         "every printed probe stored (the producer was flushed)",
-        || async { count(&db, "SELECT count(*) FROM metrics").await == n },
+        || async { stack.rows().await == n },
     )
     .await;
     first.signal("TERM");
@@ -259,15 +280,15 @@ async fn sigterm_flushes_the_monitor_commits_the_consumer_and_a_restart_reads_no
     assert_eq!(log_event(&log, "consumer stopped")["unwritten"], 0);
 
     // The restarted consumer starts from the committed offsets: it reads only what is new.
-    let second = consumer(&bootstrap, "metrics", &db, "g");
+    let second = consumer(&stack.bootstrap, "metrics", &stack.db, "g");
     let again = Proc::start(
         "monitor",
         &[
             "--targets",
-            list.to_str().expect("utf8"),
+            &list,
             "--once",
             "--kafka-brokers",
-            &bootstrap,
+            &stack.bootstrap,
             "--kafka-topic",
             "metrics",
         ],
@@ -277,7 +298,7 @@ async fn sigterm_flushes_the_monitor_commits_the_consumer_and_a_restart_reads_no
     wait_for(
         Duration::from_secs(60),
         "the 5 new probes stored",
-        || async { count(&db, "SELECT count(*) FROM metrics").await == n + 5 },
+        || async { stack.rows().await == n + 5 },
     )
     .await;
     second.signal("TERM");
@@ -293,13 +314,17 @@ async fn sigterm_flushes_the_monitor_commits_the_consumer_and_a_restart_reads_no
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sites_from_the_websites_table_follow_its_rows() {
-    let dir = tempfile_dir();
-    let (farm, ca) = farm_and_ca(dir.path()).await;
-    let db = Postgres::start_temp().expect("postgres");
-    let (_broker, bootstrap) = broker("metrics", 2);
-    let consumer = consumer(&bootstrap, "metrics", &db, "g");
+    let stack = Stack::start(2).await;
+    let Stack {
+        farm,
+        ca,
+        db,
+        bootstrap,
+        ..
+    } = &stack;
+    let consumer = consumer(bootstrap, "metrics", db, "g");
     wait_for(Duration::from_secs(60), "the consumer's schema", || async {
-        count(&db, "SELECT count(*) FROM refinery_schema_history").await >= 1
+        count(db, "SELECT count(*) FROM refinery_schema_history").await >= 1
     })
     .await;
     let (a, b) = (farm.url("/site/1"), farm.url("/site/2"));
@@ -317,11 +342,11 @@ async fn sites_from_the_websites_table_follow_its_rows() {
             "--targets-refresh",
             "500ms",
             "--kafka-brokers",
-            &bootstrap,
+            bootstrap,
             "--kafka-topic",
             "metrics",
             "--ca-file",
-            &ca,
+            ca,
             "--log-format",
             "json",
         ],
@@ -409,15 +434,20 @@ fn free_port() -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_checks_report_connected_services_and_fail_when_a_dependency_goes() {
-    let dir = tempfile_dir();
-    let (farm, ca) = farm_and_ca(dir.path()).await;
-    let db = Postgres::start_temp().expect("postgres");
-    let (broker, bootstrap) = broker("metrics", 1);
+    let stack = Stack::start(1).await;
+    let Stack {
+        dir,
+        farm,
+        ca,
+        db,
+        broker,
+        bootstrap,
+    } = &stack;
     let list = dir.path().join("sites.csv");
     std::fs::write(&list, format!("{},1\n", farm.url("/ok"))).expect("list");
     let consumer_health = dir.path().join("consumer.health");
     let monitor_health = dir.path().join("monitor.health");
-    let mut args = support::consumer_args(&bootstrap, "metrics", &db.url(), "g");
+    let mut args = support::consumer_args(bootstrap, "metrics", &db.url(), "g");
     args.extend([
         "--health-file".to_owned(),
         consumer_health.to_string_lossy().into_owned(),
@@ -426,9 +456,9 @@ async fn health_checks_report_connected_services_and_fail_when_a_dependency_goes
     let consumer = Proc::start("consumer", &refs, &[]);
     let monitor = monitor(
         list.to_str().expect("utf8"),
-        &bootstrap,
+        bootstrap,
         "metrics",
-        &ca,
+        ca,
         &["--health-file", monitor_health.to_str().expect("utf8")],
     );
     let healthy = |name: &'static str, file: std::path::PathBuf| {
