@@ -5,8 +5,9 @@ set -euo pipefail
 
 # What rdkafka's bundled librdkafka needs to build with TLS and compression,
 # the PostgreSQL server binaries the consumer's tests start in a temp dir,
-# and docker-compose to check the compose files.
-packages=(build-essential pkg-config libssl-dev zlib1g-dev ca-certificates postgresql docker-compose)
+# openssl to make the mutual-TLS tests' certificates, and docker-compose to
+# check the compose files.
+packages=(build-essential pkg-config libssl-dev zlib1g-dev ca-certificates openssl postgresql docker-compose)
 
 missing=()
 for pkg in "${packages[@]}"; do

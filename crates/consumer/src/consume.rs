@@ -11,10 +11,12 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::{ClientContext, Message, TopicPartitionList};
-use sitewatch_service::{health, kafka};
+use sitewatch_service::health;
+use sitewatch_service::kafka::{self, BrokerErrors};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
@@ -48,6 +50,8 @@ pub struct GroupContext {
     revoke_drain: Duration,
     /// Unix seconds of the last successful metadata answer from the brokers, for the health check.
     kafka_ok_at: AtomicU64,
+    /// librdkafka's errors about the brokers, so a failed start can say why.
+    errors: BrokerErrors,
 }
 
 impl std::fmt::Debug for GroupContext {
@@ -77,7 +81,13 @@ impl GroupContext {
             flush_now,
             revoke_drain,
             kafka_ok_at: AtomicU64::new(0),
+            errors: BrokerErrors::default(),
         }
+    }
+
+    /// The last error librdkafka reported about the brokers.
+    pub fn last_broker_error(&self) -> Option<String> {
+        self.errors.last()
     }
 
     /// Whether the brokers answered within the last `within`.
@@ -194,7 +204,15 @@ fn commit(consumer: &BaseConsumer<GroupContext>, when: &str) {
     }
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.errors.record(&error, reason);
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.errors.log(level, fac, log_message);
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

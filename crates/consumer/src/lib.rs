@@ -49,6 +49,16 @@ pub enum ConsumerError {
     /// A part of the consumer failed; what it held is read again by the next consumer.
     #[error("{0}")]
     Stopped(String),
+    /// The brokers did not answer in time (unreachable, wrong port, TLS rejected).
+    #[error("{message}")]
+    Unreachable {
+        /// The brokers, how long we waited and what the operator can do
+        /// (from librdkafka's last broker error); one string keeps the error small.
+        message: String,
+        /// librdkafka's reason.
+        #[source]
+        source: KafkaError,
+    },
     /// librdkafka refused the configuration or the brokers did not answer.
     #[error("Kafka ({kafka}): {source}; check the brokers, the network and the TLS files (librdkafka's log above says more)")]
     Kafka {
@@ -107,11 +117,27 @@ pub async fn run(
         let timeout = settings.connect_timeout;
         let (consumer, partitions) = tokio::task::spawn_blocking(move || {
             let partitions = kafka::topic_partitions(consumer.client(), &topic, timeout);
+            if partitions.is_err() {
+                // Error callbacks are served by poll; without it the failure could not say why.
+                // Nothing is subscribed yet, so no message can come back.
+                let _ = consumer.poll(Duration::from_millis(100));
+            }
             (consumer, partitions)
         })
         .await
         .map_err(|_| kafka_error(KafkaError::Canceled))?;
-        match partitions.map_err(kafka_error)? {
+        let partitions = partitions.map_err(|source| ConsumerError::Unreachable {
+            message: format!(
+                "cannot reach Kafka ({}) within {timeout:?}: {}",
+                settings.kafka.describe(),
+                kafka::explain_unreachable(
+                    &settings.kafka,
+                    consumer.context().last_broker_error().as_deref(),
+                )
+            ),
+            source,
+        })?;
+        match partitions {
             Some(n) => {
                 tracing::info!(kafka = %settings.kafka.describe(), partitions = n, group = %settings.group_id, "connected to Kafka")
             }

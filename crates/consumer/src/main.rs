@@ -45,6 +45,9 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
 }
 
 fn fail(code: u8, err: &anyhow::Error) -> ExitCode {
-    eprintln!("consumer: error: {err:#}");
+    eprintln!(
+        "consumer: error: {}",
+        sitewatch_service::telemetry::error_chain(err.as_ref())
+    );
     ExitCode::from(code)
 }

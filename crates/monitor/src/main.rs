@@ -91,6 +91,9 @@ fn health_check(file: Option<&std::path::Path>) -> ExitCode {
 }
 
 fn fail(code: u8, err: &anyhow::Error) -> ExitCode {
-    eprintln!("monitor: error: {err:#}");
+    eprintln!(
+        "monitor: error: {}",
+        sitewatch_service::telemetry::error_chain(err.as_ref())
+    );
     ExitCode::from(code)
 }

@@ -6,12 +6,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientContext, Message};
 use sitewatch_metric::Metric;
-use sitewatch_service::kafka::{self, KafkaSettings, KafkaSettingsError};
+use sitewatch_service::kafka::{self, BrokerErrors, KafkaSettings, KafkaSettingsError};
 
 use crate::settings::{Output, Settings};
 
@@ -34,12 +35,14 @@ pub enum PublishSetupError {
         source: KafkaError,
     },
     /// The brokers did not answer in time (unreachable, wrong port, TLS rejected).
-    #[error("cannot reach Kafka ({kafka}) within {timeout:?}: {source}; check the brokers, the network and the TLS files (librdkafka's log above says more)")]
+    #[error("cannot reach Kafka ({kafka}) within {timeout:?}: {why}")]
     Unreachable {
         /// Safe description of the settings.
         kafka: String,
         /// How long we waited.
         timeout: Duration,
+        /// What the operator can do, from librdkafka's last broker error.
+        why: String,
         /// librdkafka's reason.
         #[source]
         source: KafkaError,
@@ -95,9 +98,18 @@ impl DeliveryCounts {
 #[derive(Debug, Clone)]
 pub struct DeliveryContext {
     counts: Arc<DeliveryCounts>,
+    errors: Arc<BrokerErrors>,
 }
 
-impl ClientContext for DeliveryContext {}
+impl ClientContext for DeliveryContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.errors.record(&error, reason);
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.errors.log(level, fac, log_message);
+    }
+}
 
 impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = ();
@@ -174,8 +186,10 @@ impl KafkaSink {
         }
         let _ = config.set("queue.buffering.max.messages", queue_messages.to_string());
         let counts = Arc::new(DeliveryCounts::default());
+        let errors = Arc::new(BrokerErrors::default());
         let context = DeliveryContext {
             counts: Arc::clone(&counts),
+            errors: Arc::clone(&errors),
         };
         let producer: ThreadedProducer<DeliveryContext> = config
             .create_with_context(context)
@@ -208,6 +222,7 @@ impl KafkaSink {
                 return Err(PublishSetupError::Unreachable {
                     kafka: settings.describe(),
                     timeout: connect_timeout,
+                    why: kafka::explain_unreachable(settings, errors.last().as_deref()),
                     source,
                 })
             }

@@ -49,3 +49,40 @@ pub fn init(format: LogFormat, filter: &str) -> Result<(), LogFilterError> {
     };
     Ok(())
 }
+
+/// An error and its causes on one line, each cause once: error types that
+/// already quote their source in their own message are not repeated.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = err.to_string();
+    let mut cause = err.source();
+    while let Some(source) = cause {
+        let text = source.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = source.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read {0}: {1}")]
+    struct Quoting(&'static str, #[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("start failed")]
+    struct Plain(#[source] std::io::Error);
+
+    #[test]
+    fn causes_appear_once() {
+        let quoting = Quoting("a.pem", std::io::Error::other("gone"));
+        assert_eq!(error_chain(&quoting), "cannot read a.pem: gone");
+        let plain = Plain(std::io::Error::other("gone"));
+        assert_eq!(error_chain(&plain), "start failed: gone");
+    }
+}
