@@ -88,6 +88,19 @@ async fn require_and_verify_full_encrypt_and_a_wrong_ca_is_refused() {
         "disable is plain"
     );
 
+    let err = encrypted(&settings(&db, SslMode::Require, Some(wrong_ca.clone())))
+        .await
+        .expect_err("require with a CA file checks the chain, as libpq does");
+    assert!(
+        err.to_lowercase().contains("certificate"),
+        "the error says why: {err}"
+    );
+    assert_eq!(
+        encrypted(&settings(&db, SslMode::Require, Some(ca_file.clone()))).await,
+        Ok(true),
+        "require with the right CA file"
+    );
+
     let err = encrypted(&settings(&db, SslMode::VerifyFull, Some(wrong_ca)))
         .await
         .expect_err("an unknown CA is refused");

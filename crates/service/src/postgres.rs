@@ -26,7 +26,8 @@ pub enum SslMode {
     /// TLS if the server offers it, plain otherwise; the certificate is not checked.
     #[default]
     Prefer,
-    /// TLS, without checking the certificate (protects against eavesdropping only).
+    /// TLS, without checking the certificate (protects against eavesdropping only),
+    /// unless a CA file is given: then the chain is checked, as libpq does.
     Require,
     /// TLS, certificate signed by a trusted CA, any host name.
     VerifyCa,
@@ -293,6 +294,12 @@ fn tls_config(
     let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(|e| PgSettingsError::Tls(e.to_string()))?;
+    // As libpq does: with a root CA file, `require` verifies the chain like `verify-ca`,
+    // so an operator who gave a CA file is never silently left unverified.
+    let mode = match (mode, ca_file) {
+        (SslMode::Require, Some(_)) => SslMode::VerifyCa,
+        _ => mode,
+    };
     let config = match mode {
         SslMode::Disable | SslMode::Prefer | SslMode::Require => builder
             .dangerous()
