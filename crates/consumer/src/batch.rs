@@ -80,17 +80,37 @@ impl Totals {
     }
 }
 
-/// A decoded row with the bytes it came from, kept in case the database refuses it.
+/// The key and payload a row was decoded from, kept in case the database refuses it.
 #[derive(Debug)]
-struct Decoded {
-    row: Row,
+struct Source {
     key: Option<Vec<u8>>,
     payload: Option<Vec<u8>>,
 }
 
+/// Decoded rows, with their sources at the same index (apart, so that the
+/// rows can be written as a slice without copying them).
+#[derive(Debug, Default)]
+struct Rows {
+    rows: Vec<Row>,
+    sources: Vec<Source>,
+}
+
+impl Rows {
+    fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    fn split_off(&mut self, at: usize) -> Rows {
+        Rows {
+            rows: self.rows.split_off(at),
+            sources: self.sources.split_off(at),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Batch {
-    rows: Vec<Decoded>,
+    rows: Rows,
     dead: Vec<DeadLetter>,
     acks: Vec<Ack>,
     deadline: Option<Instant>,
@@ -115,14 +135,16 @@ impl Batch {
             Some(bytes) => Metric::from_json(bytes).map_err(|e| e.to_string()),
         };
         match decoded {
-            Ok(metric) => self.rows.push(Decoded {
-                row: Row {
+            Ok(metric) => {
+                self.rows.rows.push(Row {
                     metric,
                     origin: record.origin,
-                },
-                key: record.key,
-                payload: record.payload,
-            }),
+                });
+                self.rows.sources.push(Source {
+                    key: record.key,
+                    payload: record.payload,
+                });
+            }
             Err(reason) => self.dead.push(DeadLetter {
                 origin: record.origin,
                 key: record.key,
@@ -203,8 +225,7 @@ async fn write_batch(store: Arc<Store>, batch: Batch, totals: Arc<Totals>) -> Ve
     } = batch;
     let mut pending = vec![(rows, dead)];
     while let Some((rows, dead)) = pending.pop() {
-        let plain: Vec<Row> = rows.iter().map(|d| d.row.clone()).collect();
-        match write_retrying(&store, &plain, &dead, &totals).await {
+        match write_retrying(&store, &rows.rows, &dead, &totals).await {
             Ok(written) => totals.add(written),
             Err(err) if rows.len() + dead.len() > 1 => {
                 tracing::warn!(error = %err, rows = rows.len(), "a batch failed for its data: splitting it to find the bad rows");
@@ -213,16 +234,16 @@ async fn write_batch(store: Arc<Store>, batch: Batch, totals: Arc<Totals>) -> Ve
                 if rows_a.len() >= 2 {
                     let rows_b = rows_a.split_off(rows_a.len() / 2);
                     pending.push((rows_b, Vec::new()));
-                } else if !rows_a.is_empty() {
-                    pending.push((Vec::new(), std::mem::take(&mut dead_a)));
+                } else if rows_a.len() == 1 {
+                    pending.push((Rows::default(), std::mem::take(&mut dead_a)));
                 } else {
                     let dead_b = dead_a.split_off(dead_a.len() / 2);
-                    pending.push((Vec::new(), dead_b));
+                    pending.push((Rows::default(), dead_b));
                 }
                 pending.push((rows_a, dead_a));
             }
-            Err(err) => match rows.into_iter().next() {
-                Some(Decoded { row, key, payload }) => {
+            Err(err) => match rows.rows.into_iter().zip(rows.sources).next() {
+                Some((row, Source { key, payload })) => {
                     tracing::warn!(error = %err, probe_id = %row.metric.probe_id, "a metric the database refuses goes to dead_letters");
                     let letter = DeadLetter {
                         origin: row.origin,
@@ -230,7 +251,7 @@ async fn write_batch(store: Arc<Store>, batch: Batch, totals: Arc<Totals>) -> Ve
                         payload,
                         reason: format!("refused by PostgreSQL: {err}"),
                     };
-                    pending.push((Vec::new(), vec![letter]));
+                    pending.push((Rows::default(), vec![letter]));
                 }
                 None => tracing::error!(
                     error = %err,

@@ -31,6 +31,19 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one `poll` waits for a message; also how often acks are applied.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
+/// How long the writers may keep the queue full before the partitions are
+/// paused. Until then the loop stops taking messages and waits for room:
+/// librdkafka keeps what it fetched (its queue is bounded by
+/// `queued.max.messages.kbytes`), whereas a pause throws that away and the
+/// resume fetches it again: pausing at the first full queue held a catch-up
+/// to 32k rows/s where it ran at 58k without (the bench's ingest scenario).
+/// Well under `max.poll.interval.ms`, which not polling must not exceed.
+const PAUSE_AFTER: Duration = Duration::from_secs(1);
+
+/// While waiting for room in the queue, how long to wait for an ack (a batch
+/// committed, so the writers are about to take more) before looking again.
+const ROOM_WAIT: Duration = Duration::from_millis(10);
+
 /// State shared by the poll loop and the rebalance callbacks (same thread).
 #[derive(Debug)]
 struct Shared {
@@ -272,6 +285,7 @@ pub fn run(
     let mut report = PollReport::default();
     let mut to_writers = Some(to_writers);
     let mut last_metadata = Instant::now() - health::BEAT_EVERY;
+    let mut full_since = None;
     while !shutdown.is_cancelled() {
         if last_metadata.elapsed() >= health::BEAT_EVERY {
             // Polling alone does not show that the brokers answer; a metadata request does.
@@ -290,7 +304,11 @@ pub fn run(
             }
         }
         if let Some(sender) = &to_writers {
-            set_paused(&consumer, &context, sender);
+            if set_paused(&consumer, &context, sender, &mut full_since) {
+                // The writers are busy: leave the next messages in librdkafka's queue.
+                context.apply_acks(&consumer, ROOM_WAIT);
+                continue;
+            }
         }
         match consumer.poll(POLL_INTERVAL) {
             None => {}
@@ -383,42 +401,53 @@ fn hand_over(
     true
 }
 
-/// Pauses the assignment while the writers are behind, and resumes once they
-/// have taken the backlog and half the queue is free again: resuming at the
-/// first free slot would pause again at once, and each pause makes librdkafka
-/// drop what it had fetched.
+/// Pauses the assignment once the writers have left the queue full for
+/// [`PAUSE_AFTER`] (PostgreSQL slow or down), and resumes once they have taken
+/// the backlog and half the queue is free again: resuming at the first free
+/// slot would pause again at once, and each pause makes librdkafka drop what
+/// it had fetched. Returns true while the queue is full but the partitions
+/// are not paused: then the caller waits for room instead of polling.
 fn set_paused(
     consumer: &BaseConsumer<GroupContext>,
     context: &GroupContext,
     sender: &mpsc::Sender<Record>,
-) {
+    full_since: &mut Option<Instant>,
+) -> bool {
     let mut shared = context.shared();
+    let full = !shared.backlog.is_empty();
+    let waited = if full {
+        full_since.get_or_insert_with(Instant::now).elapsed()
+    } else {
+        *full_since = None;
+        Duration::ZERO
+    };
     let behind = if shared.paused {
-        !shared.backlog.is_empty() || sender.capacity() < sender.max_capacity() / 2
+        full || sender.capacity() < sender.max_capacity() / 2
     } else {
-        !shared.backlog.is_empty()
+        full && waited >= PAUSE_AFTER
     };
-    if behind == shared.paused {
-        return;
-    }
-    let assignment = match consumer.assignment() {
-        Ok(list) => list,
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot read the assignment to pause or resume it");
-            return;
+    if behind != shared.paused {
+        match consumer.assignment() {
+            Ok(assignment) => {
+                let result = if behind {
+                    tracing::warn!("writers are behind (PostgreSQL slow or down?): pausing partitions; polling goes on to stay in the group");
+                    consumer.pause(&assignment)
+                } else {
+                    tracing::info!("writers caught up: resuming partitions");
+                    consumer.resume(&assignment)
+                };
+                match result {
+                    Ok(()) => shared.paused = behind,
+                    Err(err) => tracing::warn!(error = %err, "cannot pause or resume partitions"),
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the assignment to pause or resume it");
+            }
         }
-    };
-    let result = if behind {
-        tracing::warn!("writers are behind (PostgreSQL slow or down?): pausing partitions; polling goes on to stay in the group");
-        consumer.pause(&assignment)
-    } else {
-        tracing::info!("writers caught up: resuming partitions");
-        consumer.resume(&assignment)
-    };
-    match result {
-        Ok(()) => shared.paused = behind,
-        Err(err) => tracing::warn!(error = %err, "cannot pause or resume partitions"),
     }
+    // Past PAUSE_AFTER without a pause (it failed), poll anyway: the group needs it.
+    full && !shared.paused && waited < PAUSE_AFTER
 }
 
 fn stop_fetching(consumer: &BaseConsumer<GroupContext>, context: &GroupContext) {

@@ -289,9 +289,14 @@ fn group_member(
     let commit_ms = settings.commit_interval.as_millis().to_string();
     // Offsets are stored by hand after their rows commit; librdkafka commits
     // what is stored, periodically. The operator's properties still win.
+    // When its fetch queue is full, librdkafka waits fetch.queue.backoff.ms
+    // (1 s by default) before fetching again, although the queue drains in a
+    // fraction of that while catching up: that wait halved the rate at which a
+    // backlog reached the table (about 60k instead of 120k rows/s here).
     for (name, value) in [
         ("auto.offset.reset", "earliest"),
         ("queued.max.messages.kbytes", "16384"),
+        ("fetch.queue.backoff.ms", "10"),
     ] {
         if !settings.kafka.properties.contains(name) {
             let _ = config.set(name, value);

@@ -18,6 +18,7 @@ mod embedded {
 }
 
 const INSERT_METRICS_UNNEST: &str = include_str!("../sql/insert_metrics_unnest.sql");
+const COPY_METRICS: &str = include_str!("../sql/copy_metrics.sql");
 const CREATE_STAGING: &str = include_str!("../sql/create_staging.sql");
 const COPY_STAGING: &str = include_str!("../sql/copy_staging.sql");
 const INSERT_FROM_STAGING: &str = include_str!("../sql/insert_from_staging.sql");
@@ -37,7 +38,9 @@ const SITE_CACHE_LIMIT: usize = 1_000_000;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum WritePath {
-    /// Binary COPY into a temporary staging table, then INSERT ... SELECT ... ON CONFLICT DO NOTHING.
+    /// Binary COPY straight into `metrics`; a batch holding a row already
+    /// stored (a redelivery) is written again by COPY into a temporary staging
+    /// table, then INSERT ... SELECT ... ON CONFLICT DO NOTHING.
     #[default]
     Copy,
     /// One INSERT ... SELECT FROM unnest(arrays) ... ON CONFLICT DO NOTHING.
@@ -159,6 +162,12 @@ impl StoreError {
         }
     }
 
+    /// A row of the batch is already in `metrics` (a redelivered message).
+    fn is_stored_already(&self) -> bool {
+        matches!(self, StoreError::Db(err) if err.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+            && err.as_db_error().and_then(|db| db.constraint()) == Some("metrics_pkey"))
+    }
+
     fn is_missing_site(&self) -> bool {
         matches!(self, StoreError::Db(err) if err.code() == Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION))
     }
@@ -242,100 +251,119 @@ impl Store {
     async fn write_once(&self, rows: &[Row], dead: &[DeadLetter]) -> Result<Written, StoreError> {
         let mut client = self.pool.get().await?;
         let ids = self.site_ids(&client, rows).await?;
-        let tx = client.transaction().await?;
-        let inserted = if rows.is_empty() {
-            0
-        } else {
-            match self.path {
-                WritePath::Unnest => insert_unnest(&tx, rows, &ids).await?,
-                WritePath::Copy => insert_copy(&tx, rows, &ids).await?,
-            }
+        let insert = match self.path {
+            WritePath::Copy => Insert::Copy,
+            WritePath::Unnest => Insert::Unnest,
         };
-        if !dead.is_empty() {
-            insert_dead_letters(&tx, dead).await?;
+        match write_transaction(&mut client, rows, &ids, dead, insert).await {
+            // Fresh rows, the usual case, went straight in; a redelivery is rare
+            // enough that doing its batch twice costs less than checking every batch.
+            Err(err) if insert == Insert::Copy && err.is_stored_already() => {
+                tracing::debug!(
+                    rows = rows.len(),
+                    "the batch holds rows already stored (a redelivery): writing it again, skipping those"
+                );
+                write_transaction(&mut client, rows, &ids, dead, Insert::Staged).await
+            }
+            other => other,
         }
-        tx.commit().await?;
-        Ok(Written {
-            inserted,
-            duplicates: rows.len() as u64 - inserted,
-            dead_letters: dead.len() as u64,
-        })
     }
 
-    /// Ids of the rows' sites, creating the sites first seen; committed on
-    /// their own, as a site row is harmless even if the batch fails.
+    /// Ids of the rows' sites, in the rows' order, creating the sites first
+    /// seen; committed on their own, as a site row is harmless even if the batch fails.
     async fn site_ids(
         &self,
         client: &deadpool_postgres::Client,
         rows: &[Row],
-    ) -> Result<HashMap<String, i64>, StoreError> {
-        let mut ids = HashMap::new();
+    ) -> Result<Vec<i64>, StoreError> {
         let mut missing: Vec<&str> = Vec::new();
-        if let Ok(cache) = self.site_ids.lock() {
-            for row in rows {
-                let url = row.metric.url.as_str();
-                match cache.get(url) {
-                    Some(id) => {
-                        let _ = ids.insert(url.to_owned(), *id);
-                    }
-                    None => missing.push(url),
-                }
+        {
+            let mut cache = self.cache();
+            // Emptied before a lookup, never during one, so this batch's ids stay.
+            if cache.len() > SITE_CACHE_LIMIT {
+                cache.clear();
+            }
+            missing.extend(
+                rows.iter()
+                    .map(|row| row.metric.url.as_str())
+                    .filter(|url| !cache.contains_key(*url)),
+            );
+        }
+        if !missing.is_empty() {
+            missing.sort_unstable();
+            missing.dedup();
+            let upsert = client.prepare_cached(UPSERT_WEBSITES).await?;
+            let _ = client.execute(&upsert, &[&missing]).await?;
+            let select = client.prepare_cached(SELECT_WEBSITE_IDS).await?;
+            let found = client.query(&select, &[&missing]).await?;
+            let mut cache = self.cache();
+            for row in found {
+                let _ = cache.insert(row.try_get(0)?, row.try_get(1)?);
             }
         }
-        if missing.is_empty() {
-            return Ok(ids);
-        }
-        missing.sort_unstable();
-        missing.dedup();
-        let upsert = client.prepare_cached(UPSERT_WEBSITES).await?;
-        let _ = client.execute(&upsert, &[&missing]).await?;
-        let select = client.prepare_cached(SELECT_WEBSITE_IDS).await?;
-        let found = client.query(&select, &[&missing]).await?;
-        let mut cache = self
-            .site_ids
+        let cache = self.cache();
+        // A site deleted meanwhile (-1) fails the foreign key, and `write` looks it up again.
+        Ok(rows
+            .iter()
+            .map(|row| cache.get(&row.metric.url).copied().unwrap_or(-1))
+            .collect())
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, i64>> {
+        // The map is valid whatever a panicking holder left half done: entries are inserted whole.
+        self.site_ids
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if cache.len() > SITE_CACHE_LIMIT {
-            cache.clear();
-        }
-        for row in found {
-            let url: String = row.try_get(0)?;
-            let id: i64 = row.try_get(1)?;
-            let _ = cache.insert(url.clone(), id);
-            let _ = ids.insert(url, id);
-        }
-        Ok(ids)
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
-/// Columns of one batch, in the order of the insert statements.
-struct Columns {
-    probe_id: Vec<Uuid>,
-    website_id: Vec<i64>,
-    schema_version: Vec<i16>,
-    scheduled_at: Vec<DateTime<Utc>>,
-    started_at: Vec<DateTime<Utc>>,
-    lateness_us: Vec<i64>,
-    skipped_before: Vec<i32>,
-    dns_us: Vec<Option<i64>>,
-    connect_us: Vec<Option<i64>>,
-    ttfb_us: Vec<Option<i64>>,
-    body_us: Vec<Option<i64>>,
-    total_us: Vec<i64>,
-    status: Vec<Option<i16>>,
-    body_bytes: Vec<i64>,
-    body_truncated: Vec<bool>,
-    regex: Vec<Option<String>>,
-    regex_matched: Vec<Option<bool>>,
-    regex_match: Vec<Option<String>>,
-    final_url: Vec<Option<String>>,
-    redirects: Vec<i32>,
-    tls_expires_at: Vec<Option<DateTime<Utc>>>,
-    error_kind: Vec<Option<&'static str>>,
-    error_message: Vec<Option<String>>,
-    kafka_topic: Vec<String>,
-    kafka_partition: Vec<i32>,
-    kafka_offset: Vec<i64>,
+/// How one transaction puts rows into `metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Insert {
+    /// Binary COPY into `metrics`; fails if a row is there already.
+    Copy,
+    /// Binary COPY into a staging table, then INSERT ... ON CONFLICT DO NOTHING.
+    Staged,
+    /// INSERT ... SELECT FROM unnest(arrays) ... ON CONFLICT DO NOTHING.
+    Unnest,
+}
+
+/// Rows and dead letters in one transaction; returns what it did.
+async fn write_transaction(
+    client: &mut deadpool_postgres::Client,
+    rows: &[Row],
+    ids: &[i64],
+    dead: &[DeadLetter],
+    insert: Insert,
+) -> Result<Written, StoreError> {
+    let tx = client.transaction().await?;
+    let inserted = if rows.is_empty() {
+        0
+    } else {
+        match insert {
+            Insert::Copy => copy_rows(tx.copy_in(COPY_METRICS).await?, rows, ids).await?,
+            Insert::Staged => {
+                tx.batch_execute(CREATE_STAGING).await?;
+                let _ = copy_rows(tx.copy_in(COPY_STAGING).await?, rows, ids).await?;
+                let statement = tx.prepare_cached(INSERT_FROM_STAGING).await?;
+                tx.execute(&statement, &[]).await?
+            }
+            Insert::Unnest => {
+                let columns = Columns::of(rows, ids);
+                let statement = tx.prepare_cached(INSERT_METRICS_UNNEST).await?;
+                tx.execute(&statement, &columns.params()).await?
+            }
+        }
+    };
+    if !dead.is_empty() {
+        insert_dead_letters(&tx, dead).await?;
+    }
+    tx.commit().await?;
+    Ok(Written {
+        inserted,
+        duplicates: rows.len() as u64 - inserted,
+        dead_letters: dead.len() as u64,
+    })
 }
 
 /// Values were range-checked when the message was decoded; saturating keeps this total.
@@ -347,222 +375,117 @@ fn i32_of(v: u32) -> i32 {
     i32::try_from(v).unwrap_or(i32::MAX)
 }
 
-impl Columns {
-    fn of(rows: &[Row], ids: &HashMap<String, i64>) -> Columns {
-        let n = rows.len();
-        let mut c = Columns {
-            probe_id: Vec::with_capacity(n),
-            website_id: Vec::with_capacity(n),
-            schema_version: Vec::with_capacity(n),
-            scheduled_at: Vec::with_capacity(n),
-            started_at: Vec::with_capacity(n),
-            lateness_us: Vec::with_capacity(n),
-            skipped_before: Vec::with_capacity(n),
-            dns_us: Vec::with_capacity(n),
-            connect_us: Vec::with_capacity(n),
-            ttfb_us: Vec::with_capacity(n),
-            body_us: Vec::with_capacity(n),
-            total_us: Vec::with_capacity(n),
-            status: Vec::with_capacity(n),
-            body_bytes: Vec::with_capacity(n),
-            body_truncated: Vec::with_capacity(n),
-            regex: Vec::with_capacity(n),
-            regex_matched: Vec::with_capacity(n),
-            regex_match: Vec::with_capacity(n),
-            final_url: Vec::with_capacity(n),
-            redirects: Vec::with_capacity(n),
-            tls_expires_at: Vec::with_capacity(n),
-            error_kind: Vec::with_capacity(n),
-            error_message: Vec::with_capacity(n),
-            kafka_topic: Vec::with_capacity(n),
-            kafka_partition: Vec::with_capacity(n),
-            kafka_offset: Vec::with_capacity(n),
-        };
-        for row in rows {
-            let m = &row.metric;
-            c.probe_id.push(m.probe_id);
-            c.website_id.push(ids.get(&m.url).copied().unwrap_or(-1));
-            c.schema_version
-                .push(i16::try_from(m.schema_version).unwrap_or(i16::MAX));
-            c.scheduled_at.push(m.scheduled_at);
-            c.started_at.push(m.started_at);
-            c.lateness_us.push(i64_of(m.lateness_us));
-            c.skipped_before.push(i32_of(m.skipped_before));
-            c.dns_us.push(m.timings.dns_us.map(i64_of));
-            c.connect_us.push(m.timings.connect_us.map(i64_of));
-            c.ttfb_us.push(m.timings.ttfb_us.map(i64_of));
-            c.body_us.push(m.timings.body_us.map(i64_of));
-            c.total_us.push(i64_of(m.timings.total_us));
-            c.status
-                .push(m.status.map(|s| i16::try_from(s).unwrap_or(i16::MAX)));
-            c.body_bytes.push(i64_of(m.body_bytes));
-            c.body_truncated.push(m.body_truncated);
-            c.regex.push(m.regex.clone());
-            c.regex_matched.push(m.regex_matched);
-            c.regex_match.push(m.regex_match.clone());
-            c.final_url.push(m.final_url.clone());
-            c.redirects.push(i32_of(m.redirects));
-            c.tls_expires_at.push(m.tls_expires_at);
-            c.error_kind.push(m.error.as_ref().map(|e| e.kind.as_str()));
-            c.error_message
-                .push(m.error.as_ref().map(|e| e.message.clone()));
-            c.kafka_topic.push(row.origin.topic.to_string());
-            c.kafka_partition.push(row.origin.partition);
-            c.kafka_offset.push(row.origin.offset);
+/// Declares, from one list of `column: Rust type as PostgreSQL type = value`,
+/// everything both write paths need: the column names, the COPY types, the
+/// per-column vectors unnest takes, and the writing of one COPY row.
+macro_rules! metric_columns {
+    (|$row:ident, $m:ident, $website_id:ident| { $($column:ident: $ty:ty as $pg:ident = $value:expr,)* }) => {
+        /// The columns of `metrics` the consumer writes, in the order of the statements in `sql/`.
+        #[cfg(test)]
+        const COLUMNS: &[&str] = &[$(stringify!($column)),*];
+
+        /// Their types, for binary COPY.
+        const COPY_TYPES: &[Type] = &[$(Type::$pg),*];
+
+        /// One vector per column, for unnest.
+        struct Columns<'a> {
+            $($column: Vec<$ty>,)*
         }
-        c
-    }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 26] {
-        [
-            &self.probe_id,
-            &self.website_id,
-            &self.schema_version,
-            &self.scheduled_at,
-            &self.started_at,
-            &self.lateness_us,
-            &self.skipped_before,
-            &self.dns_us,
-            &self.connect_us,
-            &self.ttfb_us,
-            &self.body_us,
-            &self.total_us,
-            &self.status,
-            &self.body_bytes,
-            &self.body_truncated,
-            &self.regex,
-            &self.regex_matched,
-            &self.regex_match,
-            &self.final_url,
-            &self.redirects,
-            &self.tls_expires_at,
-            &self.error_kind,
-            &self.error_message,
-            &self.kafka_topic,
-            &self.kafka_partition,
-            &self.kafka_offset,
-        ]
-    }
+        impl<'a> Columns<'a> {
+            fn of(rows: &'a [Row], ids: &[i64]) -> Columns<'a> {
+                let mut columns = Columns {
+                    $($column: Vec::with_capacity(rows.len()),)*
+                };
+                for ($row, &$website_id) in rows.iter().zip(ids) {
+                    let $m = &$row.metric;
+                    $(columns.$column.push($value);)*
+                }
+                columns
+            }
+
+            fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+                vec![$(&self.$column),*]
+            }
+        }
+
+        /// Writes one row of a binary COPY.
+        async fn copy_row(
+            writer: std::pin::Pin<&mut BinaryCopyInWriter>,
+            $row: &Row,
+            $website_id: i64,
+        ) -> Result<(), tokio_postgres::Error> {
+            let $m = &$row.metric;
+            $(let $column = $value;)*
+            writer.write(&[$(&$column as &(dyn ToSql + Sync)),*]).await
+        }
+    };
 }
 
-async fn insert_unnest(
-    tx: &deadpool_postgres::Transaction<'_>,
-    rows: &[Row],
-    ids: &HashMap<String, i64>,
-) -> Result<u64, StoreError> {
-    let columns = Columns::of(rows, ids);
-    let statement = tx.prepare_cached(INSERT_METRICS_UNNEST).await?;
-    Ok(tx.execute(&statement, &columns.params()).await?)
-}
+// The one mapping from a metric (and its Kafka origin) to the columns of `metrics`.
+metric_columns!(|row, m, site_id| {
+    probe_id: Uuid as UUID = m.probe_id,
+    website_id: i64 as INT8 = site_id,
+    schema_version: i16 as INT2 = i16::try_from(m.schema_version).unwrap_or(i16::MAX),
+    scheduled_at: DateTime<Utc> as TIMESTAMPTZ = m.scheduled_at,
+    started_at: DateTime<Utc> as TIMESTAMPTZ = m.started_at,
+    lateness_us: i64 as INT8 = i64_of(m.lateness_us),
+    skipped_before: i32 as INT4 = i32_of(m.skipped_before),
+    dns_us: Option<i64> as INT8 = m.timings.dns_us.map(i64_of),
+    connect_us: Option<i64> as INT8 = m.timings.connect_us.map(i64_of),
+    ttfb_us: Option<i64> as INT8 = m.timings.ttfb_us.map(i64_of),
+    body_us: Option<i64> as INT8 = m.timings.body_us.map(i64_of),
+    total_us: i64 as INT8 = i64_of(m.timings.total_us),
+    status: Option<i16> as INT2 = m.status.map(|s| i16::try_from(s).unwrap_or(i16::MAX)),
+    body_bytes: i64 as INT8 = i64_of(m.body_bytes),
+    body_truncated: bool as BOOL = m.body_truncated,
+    regex: Option<&'a str> as TEXT = m.regex.as_deref(),
+    regex_matched: Option<bool> as BOOL = m.regex_matched,
+    regex_match: Option<&'a str> as TEXT = m.regex_match.as_deref(),
+    final_url: Option<&'a str> as TEXT = m.final_url.as_deref(),
+    redirects: i32 as INT4 = i32_of(m.redirects),
+    tls_expires_at: Option<DateTime<Utc>> as TIMESTAMPTZ = m.tls_expires_at,
+    error_kind: Option<&'a str> as TEXT = m.error.as_ref().map(|e| e.kind.as_str()),
+    error_message: Option<&'a str> as TEXT = m.error.as_ref().map(|e| e.message.as_str()),
+    kafka_topic: &'a str as TEXT = &*row.origin.topic,
+    kafka_partition: i32 as INT4 = row.origin.partition,
+    kafka_offset: i64 as INT8 = row.origin.offset,
+});
 
-const COPY_TYPES: [Type; 26] = [
-    Type::UUID,
-    Type::INT8,
-    Type::INT2,
-    Type::TIMESTAMPTZ,
-    Type::TIMESTAMPTZ,
-    Type::INT8,
-    Type::INT4,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::INT2,
-    Type::INT8,
-    Type::BOOL,
-    Type::TEXT,
-    Type::BOOL,
-    Type::TEXT,
-    Type::TEXT,
-    Type::INT4,
-    Type::TIMESTAMPTZ,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::INT4,
-    Type::INT8,
-];
-
-async fn insert_copy(
-    tx: &deadpool_postgres::Transaction<'_>,
-    rows: &[Row],
-    ids: &HashMap<String, i64>,
-) -> Result<u64, StoreError> {
-    tx.batch_execute(CREATE_STAGING).await?;
-    copy_rows(tx.copy_in(COPY_STAGING).await?, rows, ids).await?;
-    let statement = tx.prepare_cached(INSERT_FROM_STAGING).await?;
-    Ok(tx.execute(&statement, &[]).await?)
-}
-
-/// Streams rows through a binary COPY.
+/// Streams rows through a binary COPY; `ids` are their sites' ids, in order.
 async fn copy_rows(
     sink: tokio_postgres::CopyInSink<bytes::Bytes>,
     rows: &[Row],
-    ids: &HashMap<String, i64>,
+    ids: &[i64],
 ) -> Result<u64, StoreError> {
-    let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
+    let writer = BinaryCopyInWriter::new(sink, COPY_TYPES);
     futures::pin_mut!(writer);
-    for row in rows {
-        let m = &row.metric;
-        let website_id = ids.get(&m.url).copied().unwrap_or(-1);
-        let schema_version = i16::try_from(m.schema_version).unwrap_or(i16::MAX);
-        let status = m.status.map(|s| i16::try_from(s).unwrap_or(i16::MAX));
-        let error_kind = m.error.as_ref().map(|e| e.kind.as_str());
-        let error_message = m.error.as_ref().map(|e| e.message.as_str());
-        let topic: &str = &row.origin.topic;
-        writer
-            .as_mut()
-            .write(&[
-                &m.probe_id,
-                &website_id,
-                &schema_version,
-                &m.scheduled_at,
-                &m.started_at,
-                &i64_of(m.lateness_us),
-                &i32_of(m.skipped_before),
-                &m.timings.dns_us.map(i64_of),
-                &m.timings.connect_us.map(i64_of),
-                &m.timings.ttfb_us.map(i64_of),
-                &m.timings.body_us.map(i64_of),
-                &i64_of(m.timings.total_us),
-                &status,
-                &i64_of(m.body_bytes),
-                &m.body_truncated,
-                &m.regex,
-                &m.regex_matched,
-                &m.regex_match,
-                &m.final_url,
-                &i32_of(m.redirects),
-                &m.tls_expires_at,
-                &error_kind,
-                &error_message,
-                &topic,
-                &row.origin.partition,
-                &row.origin.offset,
-            ])
-            .await?;
+    for (row, &website_id) in rows.iter().zip(ids) {
+        copy_row(writer.as_mut(), row, website_id).await?;
     }
     Ok(writer.finish().await?)
 }
 
 /// The raw limit, for benchmarks: rows by binary COPY straight into `metrics`
-/// in chunks of `batch`, without staging or conflict checks. Their sites must exist.
+/// in chunks of `batch`, one transaction each, without the consumer around it. Their sites must exist.
 pub async fn copy_raw(
     client: &tokio_postgres::Client,
     rows: &[Row],
     batch: usize,
 ) -> Result<(), StoreError> {
     let urls: Vec<&str> = rows.iter().map(|r| r.metric.url.as_str()).collect();
-    let ids: HashMap<String, i64> = client
+    let known: HashMap<String, i64> = client
         .query(SELECT_WEBSITE_IDS, &[&urls])
         .await?
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    let copy_metrics = COPY_STAGING.replacen("metrics_staging", "metrics", 1);
-    for chunk in rows.chunks(batch.max(1)) {
-        let _ = copy_rows(client.copy_in(&copy_metrics).await?, chunk, &ids).await?;
+    let ids: Vec<i64> = rows
+        .iter()
+        .map(|r| known.get(&r.metric.url).copied().unwrap_or(-1))
+        .collect();
+    for (chunk, chunk_ids) in rows.chunks(batch.max(1)).zip(ids.chunks(batch.max(1))) {
+        let _ = copy_rows(client.copy_in(COPY_METRICS).await?, chunk, chunk_ids).await?;
     }
     Ok(())
 }
@@ -638,4 +561,29 @@ pub fn metric_from_row(
         offset: row.try_get("kafka_offset")?,
     };
     Ok((metric, origin))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The column list of a statement in `sql/`, in order.
+    fn listed(sql: &str) -> Vec<String> {
+        let open = sql.find('(').expect("a column list");
+        let close = sql[open..].find(')').expect("a closed column list") + open;
+        sql[open + 1..close]
+            .split(',')
+            .map(|c| c.trim().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn the_statements_list_the_mapped_columns_in_order() {
+        assert_eq!(COLUMNS.len(), COPY_TYPES.len());
+        for sql in [COPY_METRICS, COPY_STAGING, INSERT_METRICS_UNNEST] {
+            assert_eq!(listed(sql), COLUMNS, "{sql}");
+        }
+        let casts = INSERT_METRICS_UNNEST.matches("::").count();
+        assert_eq!(casts, COLUMNS.len());
+    }
 }
