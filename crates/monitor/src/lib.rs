@@ -101,7 +101,10 @@ struct ProbeAndPublish {
 
 impl RunJob for ProbeAndPublish {
     async fn run(&self, job: Job, started: Instant) {
-        let span = tracing::info_span!("probe", url = %job.target.id);
+        // Debug, not info: a span per probe cost a few percent of the CPU at
+        // 1,000 probes/s (issue 9), and what a probe logs at info or above
+        // names its site itself.
+        let span = tracing::debug_span!("probe", url = %job.target.id);
         async {
             let probe_id = Uuid::now_v7();
             let seen = self.prober.probe(&job.target).await;
@@ -199,8 +202,29 @@ pub async fn run(
         max_in_flight: settings.max_in_flight,
         grace: settings.shutdown_grace,
         once: settings.once,
+        slack: settings.schedule_slack,
     };
-    let schedule = schedule::run(targets, runner, options, shutdown.clone(), updates).await;
+    // On a worker thread rather than the thread that blocks on `run`: a due
+    // probe is then spawned on the worker whose timer fired, instead of the
+    // timer waking this thread and this thread waking a worker, two futex
+    // round trips per probe.
+    let schedule = tokio::spawn(schedule::run(
+        targets,
+        runner,
+        options,
+        shutdown.clone(),
+        updates,
+    ))
+    .await
+    .unwrap_or_else(|err| match err.try_into_panic() {
+        // A bug in the schedule stays as loud as it was on this thread.
+        Ok(panic) => std::panic::resume_unwind(panic),
+        // Cancelled: only a runtime shutting down does that, and then nothing runs after.
+        Err(err) => {
+            tracing::error!(error = %err, "the schedule task was cancelled");
+            ScheduleReport::default()
+        }
+    });
     if let Some(reloader) = reloader {
         reloader.abort();
     }

@@ -178,7 +178,11 @@ impl KafkaSink {
             ("acks", "all"),
             ("enable.idempotence", "true"),
             ("compression.type", "lz4"),
-            ("linger.ms", "5"),
+            // librdkafka wakes its broker thread for the first message of each
+            // batch; 50 ms (not its 5 ms default) makes fewer, larger batches: a
+            // third fewer context switches per probe and about 10% less CPU at
+            // 1,000 probes/s (issue 9), for at most 50 ms more on the way to Kafka.
+            ("linger.ms", "50"),
         ] {
             if !settings.properties.contains(name) {
                 let _ = config.set(name, value);

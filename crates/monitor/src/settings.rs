@@ -38,6 +38,10 @@ pub struct Settings {
     pub once: bool,
     /// Probes running at once across all sites.
     pub max_in_flight: usize,
+    /// Deadlines this close together are served by one timer wake-up: a probe
+    /// starts up to this late, and the monitor wakes far less often.
+    #[serde(with = "humantime_serde")]
+    pub schedule_slack: Duration,
     /// Reload the site list when its file changes (SIGHUP always reloads).
     pub watch_targets: bool,
     /// After SIGTERM, how long probes in flight may take to finish.
@@ -69,6 +73,7 @@ impl Default for Settings {
             output: vec![Output::Kafka],
             once: false,
             max_in_flight: 1000,
+            schedule_slack: Duration::from_millis(5),
             watch_targets: true,
             shutdown_grace: Duration::from_secs(10),
             flush_timeout: Duration::from_secs(30),
@@ -120,6 +125,9 @@ pub struct Cli {
     /// Probes running at once across all sites [setting: max_in_flight] [default: 1000]
     #[arg(long, env = "MONITOR_MAX_IN_FLIGHT", value_name = "N")]
     pub max_in_flight: Option<usize>,
+    /// Deadlines this close are served together: a probe starts up to this late, and the monitor wakes less often (0s: each at its deadline) [setting: schedule_slack] [default: 5ms]
+    #[arg(long, env = "MONITOR_SCHEDULE_SLACK", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub schedule_slack: Option<Duration>,
     /// Do not reload the site list when its file changes (SIGHUP still does) [setting: watch_targets = false]
     #[arg(long)]
     pub no_watch: bool,
@@ -212,6 +220,7 @@ impl Cli {
         set(&mut s.output, self.output);
         s.once |= self.once;
         set(&mut s.max_in_flight, self.max_in_flight);
+        set(&mut s.schedule_slack, self.schedule_slack);
         s.watch_targets &= !self.no_watch;
         set(&mut s.probe.timeout, self.probe_timeout);
         set(&mut s.probe.body_cap, self.body_cap);
