@@ -4,10 +4,12 @@
 .DEFAULT_GOAL := help
 # A site list for `make demo` and `make run-monitor`; empty means the demo's local sites.
 TARGETS ?=
+# Arguments of `make bench` (scripts/bench.sh), e.g. --full or "--scenario schedule".
+ARGS ?=
 # `docker compose` where the plugin exists, else the older `docker-compose`.
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
-.PHONY: help setup build demo test lint bench run-monitor run-consumer up down docker-test
+.PHONY: help setup build demo test lint bench bench-writes run-monitor run-consumer up down docker-test
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-13s %s\n", $$1, $$2}'
@@ -28,7 +30,10 @@ lint: ## fmt check and clippy with warnings as errors
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
-bench: ## Benchmarks that print figures (write paths into PostgreSQL)
+bench: ## Benchmarks of issue 9, quick set (a few minutes); ARGS=--full for the full run, ARGS="--scenario NAME" for one
+	scripts/bench.sh $(ARGS)
+
+bench-writes: ## The consumer's write-path micro-benchmark (COPY vs INSERT into PostgreSQL)
 	cargo bench -p sitewatch-consumer --bench write_path
 
 run-monitor: ## Probe TARGETS (default monitor-data/websites_top100.csv) and print metrics as JSON lines (no Kafka needed)

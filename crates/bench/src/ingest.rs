@@ -1,0 +1,699 @@
+//! Scenario 4, ingest: a topic preloaded with metrics (1,000,000 full,
+//! 200,000 quick) is drained by one `consumer` release binary into a durable
+//! PostgreSQL; then the same rows, exported by psql, are loaded by psql's
+//! `\copy` into an identical table (same columns, defaults, checks, indexes
+//! and foreign key) as the raw limit, in the same run.
+//!
+//! Rates come from PostgreSQL's own commit timestamps
+//! (`track_commit_timestamp`), so polling for completion adds nothing to them.
+//! CPU seconds of the consumer, PostgreSQL (postmaster, its children and
+//! reaped children) and the broker come from /proc; `pg_stat_statements`
+//! says which statements the database time went to.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context};
+use chrono::{DateTime, TimeDelta, Utc};
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::ClientContext;
+use sitewatch_metric::{ErrorKind, Metric, ProbeError, Timings, SCHEMA_VERSION};
+use sitewatch_pgtest::{PgOptions, Postgres};
+use uuid::Uuid;
+
+use crate::procs::{self, Proc};
+use crate::report::{Figure, Goal, ScenarioReport};
+use crate::stack::{self, CpuClock};
+use crate::Options;
+
+/// The topic the scenario preloads.
+const TOPIC: &str = "bench-ingest";
+/// Metrics per partition at most: librdkafka's mock broker keeps only the last
+/// 5 MB (or 100,000 message sets) of a partition and silently drops older
+/// ones (rdkafka_mock.c, `max_size`); 20,000 of these metrics are about 3 MB
+/// compressed, so the topic gets as many partitions as that takes (at least 6,
+/// the compose file's default).
+const ROWS_PER_PARTITION: u64 = 20_000;
+/// Distinct site URLs in the preloaded metrics.
+const SITES: u64 = 5_000;
+/// The database the consumer writes to.
+const DB: &str = "sitewatch";
+
+/// Runs the scenario `options.runs` times on one preloaded topic and reports medians.
+pub async fn run(options: &Options) -> anyhow::Result<ScenarioReport> {
+    let rows: u64 = if options.full { 1_000_000 } else { 200_000 };
+    let dir = stack::fresh_dir(&options.work_dir.join("ingest"))?;
+    let pg = tokio::task::block_in_place(start_postgres)?;
+    let partitions = i32::try_from(rows.div_ceil(ROWS_PER_PARTITION).max(6))?;
+    let broker = stack::Broker::start(&options.bin_dir, &dir, TOPIC, partitions)?;
+    eprintln!("bench: ingest: producing {rows} metrics into {TOPIC} ({partitions} partitions)");
+    let preload = produce(broker.bootstrap.clone(), rows).await?;
+    let kept = stack::topic_messages(&broker.bootstrap, TOPIC, partitions).await?;
+    if kept != (0, i64::try_from(rows)?) {
+        bail!(
+            "the broker holds offsets {}..{} of the {rows} metrics produced (the mock broker drops a partition's oldest messages past 5 MB)",
+            kept.0,
+            kept.1
+        );
+    }
+    eprintln!(
+        "bench: ingest: preloaded in {:.1} s ({:.0} msg/s)",
+        preload.took.as_secs_f64(),
+        rows as f64 / preload.took.as_secs_f64()
+    );
+
+    let settings = ConsumerShape::from_env();
+    let mut runs = Vec::new();
+    for run in 0..options.runs {
+        let measured = measure(options, &pg, &broker, &dir, &preload, rows, run).await?;
+        eprintln!(
+            "bench: ingest run {}: consumer {:.0} rows/s, raw COPY {:.0} rows/s, ratio {:.2}",
+            run + 1,
+            measured.consumer_rate,
+            measured.raw_rate,
+            measured.consumer_rate / measured.raw_rate
+        );
+        runs.push(measured);
+    }
+    let mut report = ScenarioReport::new("ingest");
+    let med = |f: fn(&Measured) -> f64| median(runs.iter().map(f).collect());
+    report.figures.extend([
+        Figure::new(
+            "consumer rows/s, first to last commit",
+            med(|m| m.consumer_rate),
+            "rows/s",
+        )
+        .goal(Goal::AtLeast(100_000.0)),
+        Figure::new(
+            "consumer rows/s, process start to last commit",
+            med(|m| m.start_rate),
+            "rows/s",
+        ),
+        Figure::new("raw psql \\copy rows/s", med(|m| m.raw_rate), "rows/s"),
+        Figure::new(
+            "raw psql \\copy rows/s, table without the foreign key",
+            med(|m| m.no_fk_rate),
+            "rows/s",
+        ),
+        Figure::new(
+            "consumer / raw COPY",
+            med(|m| m.consumer_rate / m.raw_rate),
+            "x",
+        )
+        .goal(Goal::AtLeast(0.6)),
+        Figure::new(
+            "consumer CPU per 100k rows",
+            med(|m| m.cpu.consumer * 100_000.0 / m.rows),
+            "s",
+        ),
+        Figure::new(
+            "PostgreSQL CPU per 100k rows (consumer)",
+            med(|m| m.cpu.postgres * 100_000.0 / m.rows),
+            "s",
+        ),
+        Figure::new(
+            "broker CPU per 100k rows",
+            med(|m| m.cpu.broker * 100_000.0 / m.rows),
+            "s",
+        ),
+        Figure::new(
+            "PostgreSQL CPU per 100k rows (raw COPY)",
+            med(|m| m.raw_pg_cpu * 100_000.0 / m.rows),
+            "s",
+        ),
+    ]);
+    report.notes.push(format!(
+        "{rows} metrics ({SITES} sites, UUIDv7 ids, {partitions} partitions) drained by one consumer: {}; PostgreSQL 15 durable (fsync, synchronous_commit on, full_page_writes), defaults otherwise; CHECKPOINT before each load; median of {} run(s)",
+        settings.describe(),
+        options.runs
+    ));
+    report.notes.push(
+        "consumer rows/s = rows after the first transaction / (last commit - first commit), from track_commit_timestamp; 'process start' counts from spawning the consumer to the last commit, including migrations and the mock broker's 3 s initial group rebalance delay".to_owned(),
+    );
+    report.notes.push(
+        "the consumer writes by binary COPY straight into metrics, two transactions in flight on two connections (a redelivered batch is redone through a staging table with ON CONFLICT DO NOTHING); psql's \\copy is text format on one connection, so the consumer can exceed it".to_owned(),
+    );
+    report.notes.push(
+        "raw limit: the same rows (exported with psql \\copy TO, text format) loaded by one psql \\copy FROM into CREATE TABLE metrics_raw (LIKE metrics INCLUDING ALL) plus the same foreign key: one transaction, no conflict check".to_owned(),
+    );
+    if let Some(last) = runs.last() {
+        report.notes.push(format!(
+            "CPU while draining (last run, {:.1} s at the measured rate): consumer {:.2} cores, PostgreSQL {:.2}, broker {:.2} (2 cores on this machine)",
+            last.drain_secs,
+            last.cpu.consumer / last.drain_secs,
+            last.cpu.postgres / last.drain_secs,
+            last.cpu.broker / last.drain_secs,
+        ));
+        report.notes.push(format!(
+            "database time by statement (pg_stat_statements, last run): {}",
+            last.statements
+        ));
+    }
+    drop(broker);
+    drop(pg);
+    Ok(report)
+}
+
+/// Starts a durable PostgreSQL that records commit times and statement statistics.
+pub(crate) fn start_postgres() -> anyhow::Result<Postgres> {
+    let pg = Postgres::start(PgOptions {
+        fast: false,
+        ..PgOptions::default()
+    })
+    .context("cannot start PostgreSQL (scripts/setup.sh installs it)")?;
+    // Both need a restart; ALTER SYSTEM keeps pgtest's command line as it is.
+    let _ = pg
+        .psql(
+            "postgres",
+            "ALTER SYSTEM SET track_commit_timestamp = on;\n\
+             ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements';",
+        )
+        .context("cannot configure PostgreSQL")?;
+    pg.stop().context("cannot restart PostgreSQL")?;
+    pg.start_again().context("cannot restart PostgreSQL")?;
+    Ok(pg)
+}
+
+/// How the consumer is set up, as the environment (CONSUMER_*) leaves it.
+#[derive(Debug, Clone)]
+pub(crate) struct ConsumerShape {
+    batch_rows: String,
+    batch_wait: String,
+    writers: String,
+    write_path: String,
+}
+
+impl ConsumerShape {
+    /// The consumer's defaults unless the caller's environment overrides them.
+    pub(crate) fn from_env() -> ConsumerShape {
+        let var = |name: &str, default: &str| {
+            std::env::var(name).unwrap_or_else(|_| format!("{default} (default)"))
+        };
+        ConsumerShape {
+            batch_rows: var("CONSUMER_BATCH_ROWS", "5000"),
+            batch_wait: var("CONSUMER_BATCH_WAIT", "100ms"),
+            writers: var("CONSUMER_WRITERS", "2"),
+            write_path: var("CONSUMER_WRITE_PATH", "copy"),
+        }
+    }
+
+    /// One line for the report.
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "batch_rows {}, batch_wait {}, writers {}, write_path {}",
+            self.batch_rows, self.batch_wait, self.writers, self.write_path
+        )
+    }
+}
+
+/// What the preload left in the topic.
+#[derive(Debug)]
+struct Preload {
+    /// Probe id of the last message of each partition.
+    last_ids: Vec<Uuid>,
+    took: Duration,
+}
+
+/// Records, per partition, the probe id of the highest offset delivered.
+#[derive(Debug, Default)]
+struct Deliveries {
+    last: Mutex<HashMap<i32, (i64, Uuid)>>,
+    failed: Mutex<Option<String>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = Box<Uuid>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, id: Box<Uuid>) {
+        match result {
+            Ok(message) => {
+                let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+                let entry = last.entry(message.partition()).or_insert((-1, *id));
+                if message.offset() > entry.0 {
+                    *entry = (message.offset(), *id);
+                }
+            }
+            Err((err, _)) => {
+                let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+                let _ = failed.get_or_insert_with(|| err.to_string());
+            }
+        }
+    }
+}
+
+/// Publishes `rows` metrics keyed by URL, as the monitor does (acks=all, idempotent, lz4).
+async fn produce(bootstrap: String, rows: u64) -> anyhow::Result<Preload> {
+    tokio::task::spawn_blocking(move || {
+        let start = Instant::now();
+        let producer: BaseProducer<Deliveries> = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("compression.type", "lz4")
+            .set("linger.ms", "20")
+            .set("batch.num.messages", "10000")
+            .set("queue.buffering.max.messages", "200000")
+            .create_with_context(Deliveries::default())
+            .context("cannot create the preload producer")?;
+        let base = Utc::now() - TimeDelta::seconds(i64::try_from(rows / 1000 + 60)?);
+        for i in 0..rows {
+            let metric = sample_metric(i, base);
+            let payload = serde_json::to_vec(&metric).context("cannot encode a metric")?;
+            let mut record = BaseRecord::with_opaque_to(TOPIC, Box::new(metric.probe_id))
+                .key(metric.url.as_bytes())
+                .payload(&payload);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        record = back;
+                        producer.poll(Duration::from_millis(5));
+                    }
+                    Err((err, _)) => return Err(err).context("cannot produce a metric"),
+                }
+            }
+            if i % 1000 == 0 {
+                producer.poll(Duration::ZERO);
+            }
+        }
+        producer
+            .flush(Duration::from_secs(120))
+            .context("the broker did not confirm every preloaded metric")?;
+        let context = producer.context();
+        if let Some(err) = context
+            .failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            bail!("a preloaded metric was not delivered: {err}");
+        }
+        let last = context.last.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(Preload {
+            last_ids: last.values().map(|(_, id)| *id).collect(),
+            took: start.elapsed(),
+        })
+    })
+    .await
+    .context("the preload task failed")?
+}
+
+/// A small deterministic generator (SplitMix64), so runs produce the same mix.
+fn mix(i: u64) -> u64 {
+    let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Metric number `i` of the preload: site `i % SITES` probed every 5 s from
+/// `base`, with the outcomes a real list shows (mostly 200s, some redirects,
+/// server errors, timeouts, refused connections and unknown hosts).
+pub(crate) fn sample_metric(i: u64, base: DateTime<Utc>) -> Metric {
+    let site = i % SITES;
+    let r = mix(i);
+    let url = format!("https://www.site-{site:04}.bench.example/status");
+    // 5 s per round of all sites: the i-th probe is due i * 5 s / SITES after base.
+    let due_us = i64::try_from(i * 5_000_000 / SITES).unwrap_or(i64::MAX);
+    let scheduled_at = base + TimeDelta::microseconds(due_us);
+    let lateness_us = 50 + r % 900;
+    let started_at =
+        scheduled_at + TimeDelta::microseconds(i64::try_from(lateness_us).unwrap_or(0));
+    let nanos = started_at.timestamp_subsec_nanos();
+    let secs = u64::try_from(started_at.timestamp()).unwrap_or(0);
+    let probe_id = Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, secs, nanos));
+    let has_regex = site % 3 == 0;
+    let outcome = r % 100;
+    let (dns, connect, ttfb, body) = (
+        200 + (r >> 8) % 3_000,
+        800 + (r >> 16) % 40_000,
+        2_000 + (r >> 24) % 200_000,
+        100 + (r >> 32) % 20_000,
+    );
+    let mut metric = Metric {
+        schema_version: SCHEMA_VERSION,
+        probe_id,
+        url: url.clone(),
+        scheduled_at,
+        started_at,
+        lateness_us,
+        skipped_before: 0,
+        timings: Timings {
+            dns_us: Some(dns),
+            connect_us: Some(connect),
+            ttfb_us: Some(ttfb),
+            body_us: Some(body),
+            total_us: dns + connect + ttfb + body,
+        },
+        status: Some(200),
+        body_bytes: 1_000 + (r >> 40) % 60_000,
+        body_truncated: false,
+        regex: has_regex.then(|| "Welcome|All systems operational".to_owned()),
+        regex_matched: has_regex.then_some(outcome != 7),
+        regex_match: (has_regex && outcome != 7).then(|| "All systems operational".to_owned()),
+        final_url: Some(url),
+        redirects: 0,
+        tls_expires_at: Some(base + TimeDelta::days(40 + i64::try_from(site % 300).unwrap_or(0))),
+        error: None,
+    };
+    let fail = |m: &mut Metric, kind: ErrorKind, message: &str, total_us: u64| {
+        m.status = None;
+        m.body_bytes = 0;
+        m.regex_matched = None;
+        m.regex_match = None;
+        m.final_url = None;
+        m.tls_expires_at = None;
+        m.timings = Timings {
+            dns_us: (kind != ErrorKind::Dns).then_some(dns),
+            connect_us: None,
+            ttfb_us: None,
+            body_us: None,
+            total_us,
+        };
+        m.error = Some(ProbeError {
+            kind,
+            message: message.to_owned(),
+        });
+    };
+    match outcome {
+        0..=84 => {}
+        85..=89 => {
+            metric.redirects = 1;
+            metric.final_url = Some(format!("https://site-{site:04}.bench.example/status/"));
+        }
+        90..=93 => {
+            metric.status = Some(if outcome % 2 == 0 { 503 } else { 500 });
+            metric.body_bytes = 180;
+        }
+        94..=96 => fail(
+            &mut metric,
+            ErrorKind::Timeout,
+            "operation timed out after 10s",
+            10_000_000,
+        ),
+        97..=98 => fail(
+            &mut metric,
+            ErrorKind::Connect,
+            "tcp connect error: Connection refused (os error 111)",
+            connect,
+        ),
+        _ => fail(
+            &mut metric,
+            ErrorKind::Dns,
+            "dns error: failed to lookup address information: Name or service not known",
+            dns,
+        ),
+    }
+    metric
+}
+
+/// CPU seconds spent by each part while the consumer drained the topic.
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuSplit {
+    consumer: f64,
+    postgres: f64,
+    broker: f64,
+}
+
+/// One run's figures.
+#[derive(Debug)]
+struct Measured {
+    rows: f64,
+    consumer_rate: f64,
+    start_rate: f64,
+    raw_rate: f64,
+    no_fk_rate: f64,
+    drain_secs: f64,
+    cpu: CpuSplit,
+    raw_pg_cpu: f64,
+    statements: String,
+}
+
+async fn measure(
+    options: &Options,
+    pg: &Postgres,
+    broker: &stack::Broker,
+    dir: &Path,
+    preload: &Preload,
+    rows: u64,
+    run: usize,
+) -> anyhow::Result<Measured> {
+    let db = format!("{DB}_{run}");
+    tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        pg.drop_database(&db)?;
+        let _ = pg.create_database(&db)?;
+        let _ = pg.psql(&db, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")?;
+        let _ = pg.psql(&db, "CHECKPOINT")?;
+        Ok(())
+    })
+    .context("cannot prepare the database")?;
+    let client = stack::connect(&pg.url_for(&db)).await?;
+    let _ = client
+        .execute("SELECT pg_stat_statements_reset()", &[])
+        .await
+        .context("cannot reset pg_stat_statements")?;
+
+    let postmaster = stack::postmaster_pid(pg.data_dir())?;
+    let pg_clock = CpuClock::tree(postmaster);
+    let broker_clock = CpuClock::process(broker.proc.pid());
+    let started = SystemTime::now();
+    let log_dir = dir.join(format!("run-{run}"));
+    let group = format!("bench-ingest-{}-{run}", std::process::id());
+    let url = pg.url_for(&db);
+    let mut consumer = Proc::release(
+        &options.bin_dir,
+        "consumer",
+        [
+            "--kafka-brokers",
+            &broker.bootstrap,
+            "--kafka-topic",
+            TOPIC,
+            "--group-id",
+            &group,
+            "--postgres-url",
+            &url,
+            "--postgres-sslmode",
+            "disable",
+            "--log-format",
+            "json",
+        ],
+        &[],
+        &log_dir,
+    )?;
+    let consumer_clock = CpuClock::process(consumer.pid());
+
+    // Done when each partition's last message is stored and the count is whole;
+    // writers may commit out of order, hence the count.
+    let deadline = Instant::now() + Duration::from_secs(rows / 5_000 + 180);
+    loop {
+        if !consumer.running() {
+            bail!(
+                "the consumer exited early; its log {}:\n{}",
+                consumer.log().display(),
+                procs::tail(consumer.log(), 20)
+            );
+        }
+        let present: i64 = client
+            .query_one(
+                "SELECT count(*) FROM metrics WHERE probe_id = ANY($1)",
+                &[&preload.last_ids],
+            )
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+        if present == i64::try_from(preload.last_ids.len())? {
+            let all: i64 = client
+                .query_one("SELECT count(*) FROM metrics", &[])
+                .await
+                .context("cannot count metrics")?
+                .get(0);
+            if all == i64::try_from(rows)? {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the consumer did not store {rows} rows in time; its log {}:\n{}",
+                consumer.log().display(),
+                procs::tail(consumer.log(), 20)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let cpu = CpuSplit {
+        consumer: consumer_clock.elapsed(),
+        postgres: pg_clock.elapsed(),
+        broker: broker_clock.elapsed(),
+    };
+    let log = consumer.log().to_owned();
+    let status = consumer.stop(Duration::from_secs(30))?;
+    if !status.success() {
+        bail!(
+            "the consumer exited with {status} on SIGTERM; its log {}:\n{}",
+            log.display(),
+            procs::tail(&log, 20)
+        );
+    }
+
+    let stats = client
+        .query_one(
+            "WITH t AS (SELECT pg_xact_commit_timestamp(xmin) AS ts, count(*) AS n FROM metrics GROUP BY 1)
+             SELECT extract(epoch FROM max(ts) - min(ts))::float8,
+                    (SELECT n FROM t ORDER BY ts LIMIT 1),
+                    extract(epoch FROM max(ts))::float8,
+                    count(*)
+             FROM t",
+            &[],
+        )
+        .await
+        .context("cannot read commit timestamps (track_commit_timestamp)")?;
+    let span: f64 = stats.get(0);
+    let first_tx: i64 = stats.get(1);
+    let last_commit: f64 = stats.get(2);
+    let transactions: i64 = stats.get(3);
+    let started_epoch = started
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .context("clock before 1970")?
+        .as_secs_f64();
+    let consumer_rate = (rows as f64 - first_tx as f64) / span.max(1e-3);
+    let start_rate = rows as f64 / (last_commit - started_epoch).max(1e-3);
+    // The drain at the measured rate, without the group join before it.
+    let drain_secs = rows as f64 / consumer_rate;
+    let statements = top_statements(&client).await?;
+    eprintln!("bench: ingest: {transactions} transactions, first holds {first_tx} rows");
+
+    // The raw limit: the same rows, as stored, loaded by psql into an identical table.
+    let file = std::path::absolute(dir.join("rows.tsv")).context("work dir path")?;
+    let (raw_secs, raw_pg_cpu, no_fk_secs) =
+        tokio::task::block_in_place(|| -> anyhow::Result<(f64, f64, f64)> {
+            let _ = pg.psql(
+                &db,
+                &format!(
+                    "CREATE TABLE metrics_raw (LIKE metrics INCLUDING ALL);\n\
+                     ALTER TABLE metrics_raw ADD FOREIGN KEY (website_id) REFERENCES websites (id);\n\
+                     CREATE TABLE metrics_no_fk (LIKE metrics INCLUDING ALL);\n\
+                     \\copy metrics TO {}\n",
+                    quote(&file)
+                ),
+            )?;
+            let timed = |table: &str| -> anyhow::Result<(f64, f64)> {
+                let _ = pg.psql(&db, "CHECKPOINT")?;
+                let clock = CpuClock::tree(postmaster);
+                let start = Instant::now();
+                let _ = pg.psql(&db, &format!("\\copy {table} FROM {}\n", quote(&file)))?;
+                Ok((start.elapsed().as_secs_f64(), clock.elapsed()))
+            };
+            let (raw_secs, raw_pg_cpu) = timed("metrics_raw")?;
+            // The same without the foreign key, to show what its per-row check costs.
+            let (no_fk_secs, _) = timed("metrics_no_fk")?;
+            Ok((raw_secs, raw_pg_cpu, no_fk_secs))
+        })
+        .context("the raw COPY failed")?;
+    let _ = std::fs::remove_file(&file);
+    let raw_rows: i64 = client
+        .query_one("SELECT count(*) FROM metrics_raw", &[])
+        .await?
+        .get(0);
+    if raw_rows != i64::try_from(rows)? {
+        bail!("the raw COPY loaded {raw_rows} rows, not {rows}");
+    }
+    drop(client);
+    tokio::task::block_in_place(|| pg.drop_database(&db)).context("cannot drop the database")?;
+    Ok(Measured {
+        rows: rows as f64,
+        consumer_rate,
+        start_rate,
+        raw_rate: rows as f64 / raw_secs,
+        no_fk_rate: rows as f64 / no_fk_secs,
+        drain_secs,
+        cpu,
+        raw_pg_cpu,
+        statements,
+    })
+}
+
+/// The statements that took most of the database's time, with their share.
+async fn top_statements(client: &tokio_postgres::Client) -> anyhow::Result<String> {
+    let rows = client
+        .query(
+            // Grouped by text: each batch's temporary staging table makes its own entry.
+            // The bench's own queries (counting, commit times) are left out.
+            "WITH s AS (
+                 SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 60) AS query,
+                        sum(calls)::int8 AS calls, sum(total_exec_time) AS ms
+                 FROM pg_stat_statements
+                 WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+                   AND query NOT LIKE '%count(*)%' AND query NOT LIKE '%pg_xact_commit_timestamp%'
+                 GROUP BY 1)
+             SELECT query, calls, ms, 100 * ms / sum(ms) OVER () FROM s ORDER BY ms DESC LIMIT 5",
+            &[],
+        )
+        .await
+        .context("cannot read pg_stat_statements")?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let query: String = r.get(0);
+            let calls: i64 = r.get(1);
+            let ms: f64 = r.get(2);
+            let share: f64 = r.get(3);
+            format!(
+                "{share:.0}% {:.1} s in {calls} calls of `{query}`",
+                ms / 1000.0
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; "))
+}
+
+/// A path as a psql single-quoted literal.
+fn quote(path: &Path) -> String {
+    format!("'{}'", path.display().to_string().replace('\'', "''"))
+}
+
+/// The middle value (mean of the two middle ones for an even count).
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_decode_and_vary() {
+        let base = Utc::now();
+        let metrics: Vec<Metric> = (0..2_000).map(|i| sample_metric(i, base)).collect();
+        for m in &metrics {
+            let json = serde_json::to_vec(m).expect("encode");
+            let back = Metric::from_json(&json).expect("a sample is a valid metric");
+            assert_eq!(&back, m);
+        }
+        let errors = metrics.iter().filter(|m| m.error.is_some()).count();
+        assert!((40..200).contains(&errors), "{errors} errors in 2000");
+        let ids: std::collections::HashSet<Uuid> = metrics.iter().map(|m| m.probe_id).collect();
+        assert_eq!(ids.len(), metrics.len());
+        assert!(metrics
+            .windows(2)
+            .all(|w| w[0].scheduled_at <= w[1].scheduled_at));
+    }
+
+    #[test]
+    fn median_of_odd_and_even() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+}

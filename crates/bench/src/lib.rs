@@ -1,0 +1,33 @@
+//! Benchmarks of the pipeline, each a scenario that starts what it needs
+//! (site farm, broker, PostgreSQL, the release binaries) and reports figures.
+//! `make bench` runs the quick set; `make bench ARGS=--full` the full one.
+
+pub mod ceiling;
+pub mod farm;
+pub mod ingest;
+pub mod latency;
+pub mod peer;
+pub mod procs;
+pub mod report;
+pub mod schedule;
+mod stack;
+
+use std::path::PathBuf;
+
+pub use report::{Figure, Goal, ScenarioReport};
+
+/// How a run is shaped; every scenario reads the same options.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The full run (issue 9's sizes and durations) rather than the quick one.
+    pub full: bool,
+    /// Repetitions whose median is reported, where a scenario repeats.
+    pub runs: usize,
+    /// Where the release binaries (`monitor`, `consumer`, `broker`, `sitefarm`, ...) are.
+    pub bin_dir: PathBuf,
+    /// Scratch space for this run (data directories, logs, generated site lists).
+    pub work_dir: PathBuf,
+}
+
+/// The scenarios in the order they run.
+pub const SCENARIOS: &[&str] = &["schedule", "ceiling", "peer", "ingest", "latency"];

@@ -1,0 +1,96 @@
+//! `bench`: runs the benchmark scenarios and prints a table and a JSON summary.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use sitewatch_bench::{report, Options, ScenarioReport, SCENARIOS};
+
+/// Runs the benchmark scenarios against the release binaries and prints a
+/// table of figures (with the issue's goals) and a JSON summary.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// The full run: issue 9's site counts and durations (tens of minutes).
+    #[arg(long)]
+    full: bool,
+    /// Run only these scenarios (repeat the flag); default all of them.
+    #[arg(long = "scenario", value_name = "NAME", value_parser = clap::builder::PossibleValuesParser::new(SCENARIOS))]
+    scenarios: Vec<String>,
+    /// Repetitions whose median is reported [default: 1 quick, 3 full]
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Where the release binaries are.
+    #[arg(long, default_value = "target/release")]
+    bin_dir: PathBuf,
+    /// Scratch directory for data, logs and site lists.
+    #[arg(long, default_value = "build/bench")]
+    work_dir: PathBuf,
+    /// Also write the JSON summary to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("bench: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let options = Options {
+        full: cli.full,
+        runs: cli.runs.unwrap_or(if cli.full { 3 } else { 1 }),
+        bin_dir: cli.bin_dir,
+        work_dir: cli.work_dir,
+    };
+    if options.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    std::fs::create_dir_all(&options.work_dir)
+        .with_context(|| format!("cannot create {}", options.work_dir.display()))?;
+    let chosen: Vec<&str> = if cli.scenarios.is_empty() {
+        SCENARIOS.to_vec()
+    } else {
+        SCENARIOS
+            .iter()
+            .copied()
+            .filter(|name| cli.scenarios.iter().any(|chosen| chosen == name))
+            .collect()
+    };
+    let mut reports: Vec<ScenarioReport> = Vec::new();
+    for name in chosen {
+        eprintln!("bench: running {name}");
+        let report = match name {
+            "ingest" => sitewatch_bench::ingest::run(&options).await?,
+            "latency" => sitewatch_bench::latency::run(&options).await?,
+            "schedule" => sitewatch_bench::schedule::run(&options).await?,
+            "ceiling" => sitewatch_bench::ceiling::run(&options).await?,
+            "peer" => sitewatch_bench::peer::run(&options).await?,
+            _ => bail!("scenario {name} is not written yet"),
+        };
+        #[allow(unreachable_code)]
+        reports.push(report);
+    }
+    let json = serde_json::json!({
+        "full": options.full,
+        "runs": options.runs,
+        "scenarios": reports,
+    });
+    let json = serde_json::to_string_pretty(&json).context("cannot serialize the summary")?;
+    if let Some(path) = &cli.json {
+        std::fs::write(path, &json).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{}", report::table(&reports));
+        println!("{json}");
+    }
+    Ok(())
+}
