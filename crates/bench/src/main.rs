@@ -34,12 +34,33 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run(Cli::parse()).await {
+    // Dropping the run on a signal drops the processes it started, which kills
+    // them: a bench stopped with Ctrl-C or SIGTERM leaves nothing running.
+    let outcome = tokio::select! {
+        result = run(Cli::parse()) => result,
+        signal = stop_signal() => Err(anyhow::anyhow!("stopped by {signal}; the processes it started were stopped")),
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("bench: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The first of SIGINT and SIGTERM, by name; never returns if neither can be watched.
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        },
+        _ => std::future::pending().await,
     }
 }
 
