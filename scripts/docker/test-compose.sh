@@ -131,13 +131,18 @@ rm -rf "$codes" && mkdir -p "$codes"
 waiters=()
 for c in $("${compose[@]}" ps -q monitor consumer); do
   [[ $c == "$victim" ]] && continue
-  (docker wait "$c" >"$codes/$(docker inspect -f '{{.Name}}' "$c" | tr -d /)") &
+  # The logs too, read as soon as it stops: `down` removes the container after.
+  (name=$(docker inspect -f '{{.Name}}' "$c" | tr -d /) &&
+    docker wait "$c" >"$codes/$name" && docker logs --tail 40 "$c" >"$work/$name.log" 2>&1) &
   waiters+=($!)
 done
 "${compose[@]}" down >/dev/null 2>&1
 wait "${waiters[@]}"
 for f in "$codes"/*; do
-  [[ $(cat "$f") == 0 ]] || fail "$(basename "$f") exited with $(cat "$f") on down"
+  [[ $(cat "$f") == 0 ]] || {
+    cat "$work/$(basename "$f").log" >&2 || true
+    fail "$(basename "$f") exited with $(cat "$f") on down (its last log lines above)"
+  }
 done
 say "down: monitor and consumers exited 0 ($(find "$codes" -type f | wc -l) containers)"
 

@@ -37,12 +37,20 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let signals = shutdown::listen()?;
         let _ = sitewatch_consumer::run(settings, signals.shutdown).await?;
         Ok(())
-    })
+    });
+    // Dropping a runtime waits for every blocking task without limit (a DNS
+    // lookup or a librdkafka call that never returns): what mattered is done,
+    // so the process ends within a bounded time instead of being killed.
+    runtime.shutdown_timeout(EXIT_TIMEOUT);
+    result
 }
+
+/// How long the runtime's leftover blocking tasks may hold up the exit.
+const EXIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn fail(code: u8, err: &anyhow::Error) -> ExitCode {
     eprintln!(

@@ -42,7 +42,7 @@ fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let signals = shutdown::listen()?;
         let summary = sitewatch_monitor::run(settings, signals.shutdown, signals.reload).await?;
         if summary.lost() > 0 {
@@ -53,8 +53,16 @@ fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
         Ok(ExitCode::SUCCESS)
-    })
+    });
+    // Dropping a runtime waits for every blocking task without limit (a
+    // system DNS lookup of a site that never answers): what mattered is done,
+    // so the process ends within a bounded time instead of being killed.
+    runtime.shutdown_timeout(EXIT_TIMEOUT);
+    result
 }
+
+/// How long the runtime's leftover blocking tasks may hold up the exit.
+const EXIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn check(settings: &Settings) -> ExitCode {
     let Some(spec) = &settings.targets else {
