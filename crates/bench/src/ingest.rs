@@ -470,20 +470,7 @@ async fn measure(
     let mut consumer = Proc::release(
         &options.bin_dir,
         "consumer",
-        [
-            "--kafka-brokers",
-            &broker.bootstrap,
-            "--kafka-topic",
-            TOPIC,
-            "--group-id",
-            &group,
-            "--postgres-url",
-            &url,
-            "--postgres-sslmode",
-            "disable",
-            "--log-format",
-            "json",
-        ],
+        stack::consumer_args(&broker.bootstrap, TOPIC, &group, &url, &[]),
         &[],
         &log_dir,
     )?;

@@ -137,19 +137,7 @@ async fn measure(
     let group = format!("bench-latency-{}-{run}", std::process::id());
     let mut consumers = Vec::new();
     for i in 0..2 {
-        let args = [
-            "--kafka-brokers",
-            &broker.bootstrap,
-            "--kafka-topic",
-            TOPIC,
-            "--group-id",
-            &group,
-            "--postgres-url",
-            &url,
-            "--postgres-sslmode",
-            "disable",
-            "--log-format",
-            "json",
+        let extra = [
             // Short group timeouts: the second member's join settles in seconds (FACTS.md).
             "-X",
             "session.timeout.ms=6000",
@@ -167,7 +155,7 @@ async fn measure(
         consumers.push(Proc::release(
             &options.bin_dir,
             "consumer",
-            args,
+            stack::consumer_args(&broker.bootstrap, TOPIC, &group, &url, &extra),
             &[],
             &dir.join(format!("consumer-{i}")),
         )?);

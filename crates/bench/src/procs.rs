@@ -116,67 +116,51 @@ impl Proc {
     /// returns the rest of it; fails, quoting the log's end, if the child
     /// exits or says nothing of the kind in time.
     pub fn wait_for_line(&mut self, prefix: &str, timeout: Duration) -> anyhow::Result<String> {
+        self.wait_for(&format!("a line starting {prefix:?}"), timeout, |line| {
+            line.strip_prefix(prefix).map(str::to_owned)
+        })
+    }
+
+    /// Waits up to `timeout` for an output line that contains `needle` (a log message).
+    pub fn wait_for_text(&mut self, needle: &str, timeout: Duration) -> anyhow::Result<()> {
+        self.wait_for(&format!("{needle:?}"), timeout, |line| {
+            line.contains(needle).then_some(())
+        })
+    }
+
+    /// Waits up to `timeout` for the first output line `matches` accepts.
+    fn wait_for<T>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        matches: impl Fn(&str) -> Option<T>,
+    ) -> anyhow::Result<T> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left.min(EXIT_POLL * 5)) {
                 Ok(line) => {
-                    if let Some(rest) = line.strip_prefix(prefix) {
-                        return Ok(rest.to_owned());
+                    if let Some(found) = matches(&line) {
+                        return Ok(found);
                     }
                 }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    bail!(
-                        "{} closed its output before printing {prefix:?}:\n{}",
-                        self.name,
-                        tail(&self.log, 15)
-                    )
-                }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => bail!(
+                    "{} closed its output before {what}:\n{}",
+                    self.name,
+                    tail(&self.log, 15)
+                ),
             }
             if let Some(status) = self.child.try_wait().context("cannot wait for a child")? {
                 bail!(
-                    "{} exited ({status}) before printing {prefix:?}:\n{}",
+                    "{} exited ({status}) before {what}:\n{}",
                     self.name,
                     tail(&self.log, 15)
                 );
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "{} printed no {prefix:?} line within {timeout:?}:\n{}",
-                    self.name,
-                    tail(&self.log, 15)
-                );
-            }
-        }
-    }
-
-    /// Waits up to `timeout` for an output line that contains `needle` (a log message).
-    pub fn wait_for_text(&mut self, needle: &str, timeout: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left.min(EXIT_POLL * 5)) {
-                Ok(line) if line.contains(needle) => return Ok(()),
-                Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    bail!(
-                        "{} closed its output before logging {needle:?}:\n{}",
-                        self.name,
-                        tail(&self.log, 15)
-                    )
-                }
-            }
-            if let Some(status) = self.child.try_wait().context("cannot wait for a child")? {
-                bail!(
-                    "{} exited ({status}) before logging {needle:?}:\n{}",
-                    self.name,
-                    tail(&self.log, 15)
-                );
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "{} logged no {needle:?} within {timeout:?}:\n{}",
+                    "{} gave no {what} within {timeout:?}:\n{}",
                     self.name,
                     tail(&self.log, 15)
                 );

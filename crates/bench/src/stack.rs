@@ -19,6 +19,33 @@ pub(crate) fn fresh_dir(path: &Path) -> anyhow::Result<PathBuf> {
     std::path::absolute(path).with_context(|| format!("no absolute path for {}", path.display()))
 }
 
+/// The consumer's flags for a bench run: the broker, topic and group, the
+/// database by URL without TLS, JSON logs; `extra` follows them.
+pub(crate) fn consumer_args<'a>(
+    bootstrap: &'a str,
+    topic: &'a str,
+    group: &'a str,
+    db_url: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "--kafka-brokers",
+        bootstrap,
+        "--kafka-topic",
+        topic,
+        "--group-id",
+        group,
+        "--postgres-url",
+        db_url,
+        "--postgres-sslmode",
+        "disable",
+        "--log-format",
+        "json",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 /// The workspace's `broker` binary with one topic.
 #[derive(Debug)]
 pub(crate) struct Broker {
