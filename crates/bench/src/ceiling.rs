@@ -15,8 +15,8 @@ use serde::Deserialize;
 
 use crate::farm::{self, REGEX};
 use crate::procs::{self, MachineCpu, Proc};
-use crate::report::{Figure, Goal, ScenarioReport};
-use crate::schedule::{self, median, Bed, Measured, Plan};
+use crate::report::{median, Figure, Goal, ScenarioReport};
+use crate::schedule::{self, Bed, Measured, Plan};
 use crate::Options;
 
 /// The test of "on schedule" for the ceiling.

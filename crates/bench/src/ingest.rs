@@ -27,7 +27,7 @@ use sitewatch_pgtest::{PgOptions, Postgres};
 use uuid::Uuid;
 
 use crate::procs::{self, Proc};
-use crate::report::{Figure, Goal, ScenarioReport};
+use crate::report::{median, Figure, Goal, ScenarioReport};
 use crate::stack::{self, CpuClock};
 use crate::Options;
 
@@ -446,9 +446,8 @@ async fn measure(
     run: usize,
 ) -> anyhow::Result<Measured> {
     let db = format!("{DB}_{run}");
+    stack::fresh_database(pg, &db)?;
     tokio::task::block_in_place(|| -> anyhow::Result<()> {
-        pg.drop_database(&db)?;
-        let _ = pg.create_database(&db)?;
         let _ = pg.psql(&db, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")?;
         let _ = pg.psql(&db, "CHECKPOINT")?;
         Ok(())
@@ -645,17 +644,6 @@ fn quote(path: &Path) -> String {
     format!("'{}'", path.display().to_string().replace('\'', "''"))
 }
 
-/// The middle value (mean of the two middle ones for an even count).
-pub(crate) fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    match n {
-        0 => f64::NAN,
-        _ if n % 2 == 1 => values[n / 2],
-        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -676,11 +664,5 @@ mod tests {
         assert!(metrics
             .windows(2)
             .all(|w| w[0].scheduled_at <= w[1].scheduled_at));
-    }
-
-    #[test]
-    fn median_of_odd_and_even() {
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
     }
 }

@@ -17,9 +17,9 @@ use anyhow::{bail, Context};
 use chrono::{TimeDelta, Utc};
 
 use crate::farm::{self, Farm};
-use crate::ingest::{median, start_postgres, ConsumerShape};
+use crate::ingest::{start_postgres, ConsumerShape};
 use crate::procs::{self, Proc};
-use crate::report::{Figure, Goal, ScenarioReport};
+use crate::report::{median, Figure, Goal, ScenarioReport};
 use crate::stack::{self, Broker};
 use crate::Options;
 
@@ -126,12 +126,7 @@ async fn measure(
     run: usize,
 ) -> anyhow::Result<Measured> {
     let db = format!("{DB}_{run}");
-    tokio::task::block_in_place(|| -> anyhow::Result<()> {
-        pg.drop_database(&db)?;
-        let _ = pg.create_database(&db)?;
-        Ok(())
-    })
-    .context("cannot prepare the database")?;
+    stack::fresh_database(pg, &db)?;
     let url = pg.url_for(&db);
     let broker = Broker::start(&options.bin_dir, dir, TOPIC, PARTITIONS)?;
     let group = format!("bench-latency-{}-{run}", std::process::id());

@@ -16,8 +16,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::farm::{self, REGEX};
 use crate::procs::{self, Proc};
-use crate::report::{Figure, Goal, ScenarioReport};
-use crate::schedule::{self, median, Bed, Plan};
+use crate::report::{median, Figure, Goal, ScenarioReport};
+use crate::schedule::{self, Bed, Plan};
 use crate::Options;
 
 /// Where Debian installs blackbox_exporter.

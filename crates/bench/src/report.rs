@@ -135,6 +135,17 @@ pub fn table(reports: &[ScenarioReport]) -> String {
     out
 }
 
+/// The middle value (mean of the two middle ones for an even count).
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
 /// A number with as many decimals as its size deserves.
 fn number(value: f64) -> String {
     let magnitude = value.abs();
@@ -150,6 +161,13 @@ fn number(value: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(vec![]).is_nan());
+    }
 
     #[test]
     fn the_table_marks_missed_goals() {

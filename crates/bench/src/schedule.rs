@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 use crate::farm::{self, Farm, Site};
 use crate::procs::{self, MachineCpu, Proc};
-use crate::report::{Figure, Goal, ScenarioReport};
+use crate::report::{median, Figure, Goal, ScenarioReport};
 use crate::stack::{self, Broker};
 use crate::Options;
 
@@ -421,17 +421,6 @@ pub(crate) fn percentile(sorted: &[u64], q: f64) -> Option<u64> {
     sorted.get(rank.saturating_sub(1)).copied()
 }
 
-/// The middle value (mean of the two middle ones for an even count).
-pub(crate) fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    match n {
-        0 => f64::NAN,
-        _ if n % 2 == 1 => values[n / 2],
-        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
-}
-
 /// A consumer that only reads assigned partitions (no group membership, no commits).
 fn reader(bootstrap: &str) -> anyhow::Result<BaseConsumer> {
     ClientConfig::new()
@@ -558,13 +547,6 @@ mod tests {
         assert_eq!(percentile(&values, 0.0), Some(1));
         assert_eq!(percentile(&[7], 0.99), Some(7));
         assert_eq!(percentile(&[], 0.5), None);
-    }
-
-    #[test]
-    fn medians() {
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
-        assert!(median(vec![]).is_nan());
     }
 
     #[test]

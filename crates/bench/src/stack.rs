@@ -46,6 +46,16 @@ pub(crate) fn consumer_args<'a>(
     args
 }
 
+/// Database `name` on `pg`, dropped first if a previous run left it.
+pub(crate) fn fresh_database(pg: &sitewatch_pgtest::Postgres, name: &str) -> anyhow::Result<()> {
+    tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        pg.drop_database(name)?;
+        let _ = pg.create_database(name)?;
+        Ok(())
+    })
+    .with_context(|| format!("cannot make a fresh database {name}"))
+}
+
 /// The workspace's `broker` binary with one topic.
 #[derive(Debug)]
 pub(crate) struct Broker {
