@@ -81,7 +81,10 @@ async fn run_demo(
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        // Kept for the failure message: the demo says there which part stopped.
+        .stderr(
+            std::fs::File::create(demo_dir.with_file_name("demo-stderr.log")).expect("stderr file"),
+        )
         // Its own process group, as a shell gives a foreground job: Ctrl-C goes to the group.
         .process_group(0)
         .spawn()
@@ -94,7 +97,9 @@ async fn run_demo(
                 .status();
             let log =
                 std::fs::read_to_string(demo_dir.join("logs/consumer-1.log")).unwrap_or_default();
-            panic!("no {rows} rows from the demo; consumer-1 log:\n{log}");
+            let said = std::fs::read_to_string(demo_dir.with_file_name("demo-stderr.log"))
+                .unwrap_or_default();
+            panic!("no {rows} rows from the demo; it said:\n{said}\nconsumer-1 log:\n{log}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
