@@ -10,9 +10,9 @@ use std::time::Instant;
 
 use chrono::{DateTime, TimeDelta};
 use sitewatch_consumer::store::{self, Origin, Row, Store, WritePath};
+use sitewatch_db::{PgSettings, SslMode};
 use sitewatch_metric::{Metric, Timings, SCHEMA_VERSION};
 use sitewatch_pgtest::{PgOptions, Postgres};
-use sitewatch_service::postgres::{PgSettings, SslMode};
 use sitewatch_service::SecretString;
 
 fn metric(i: u64) -> Metric {
@@ -66,7 +66,7 @@ async fn run_path(
 ) -> f64 {
     let _ = db.create_database(name).expect("database");
     let s = settings(db, name);
-    store::migrate(&s.connector().expect("connector"))
+    sitewatch_db::schema::migrate(&s.connector().expect("connector"))
         .await
         .expect("schema");
     let store = Store::new(s.pool().expect("pool"), path.unwrap_or(WritePath::Copy));

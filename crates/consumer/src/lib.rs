@@ -17,16 +17,16 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
+use sitewatch_db::PgSettingsError;
+use sitewatch_kafka::{broker as kafka, KafkaSettingsError};
 use sitewatch_service::health::{self, Heartbeat};
-use sitewatch_service::kafka::{self, KafkaSettingsError};
-use sitewatch_service::postgres::PgSettingsError;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{BatchOptions, Totals};
 use crate::consume::GroupContext;
 use crate::settings::Settings;
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 
 /// Why the consumer could not run.
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +44,7 @@ pub enum ConsumerError {
         postgres: String,
         /// Why.
         #[source]
-        source: StoreError,
+        source: sitewatch_db::schema::MigrateError,
     },
     /// A part of the consumer failed; what it held is read again by the next consumer.
     #[error("{0}")]
@@ -251,13 +251,13 @@ async fn beat_while_reachable(
 /// yet; false when shutdown came first.
 async fn migrate(
     settings: &Settings,
-    connector: &sitewatch_service::postgres::Connector,
+    connector: &sitewatch_db::Connector,
     shutdown: &CancellationToken,
 ) -> Result<bool, ConsumerError> {
     let mut backoff = Duration::from_millis(200);
     loop {
         let result = tokio::select! {
-            result = store::migrate(connector) => result,
+            result = sitewatch_db::schema::migrate(connector) => result,
             () = shutdown.cancelled() => return Ok(false),
         };
         match result {

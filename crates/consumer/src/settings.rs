@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use serde::Deserialize;
-use sitewatch_service::kafka::{KafkaArgs, KafkaSettings};
-use sitewatch_service::postgres::{PgArgs, PgSettings};
+use sitewatch_db::{PgArgs, PgSettings};
+use sitewatch_kafka::{KafkaArgs, KafkaSettings};
 use sitewatch_service::settings::{self as layers, set, LogArgs, LogSettings, SettingsError};
 
 use crate::store::WritePath;

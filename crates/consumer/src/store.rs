@@ -8,14 +8,9 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::{Pool, PoolError};
 use serde::Deserialize;
 use sitewatch_metric::{ErrorKind, Metric, ProbeError, Timings};
-use sitewatch_service::postgres::Connector;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
-
-mod embedded {
-    refinery::embed_migrations!("migrations");
-}
 
 const INSERT_METRICS_UNNEST: &str = include_str!("../sql/insert_metrics_unnest.sql");
 const COPY_METRICS: &str = include_str!("../sql/copy_metrics.sql");
@@ -27,9 +22,6 @@ const SELECT_WEBSITE_IDS: &str = include_str!("../sql/select_website_ids.sql");
 const INSERT_DEAD_LETTERS: &str = include_str!("../sql/insert_dead_letters.sql");
 /// Reads metrics back as the consumer stored them, joined with their site's URL.
 pub const SELECT_METRICS: &str = include_str!("../sql/select_metrics.sql");
-
-/// Any number that keeps two consumers from migrating the same database at once.
-const MIGRATION_LOCK: i64 = 0x5173_7761_7463_6801;
 
 /// Sites whose ids are remembered; past this the cache starts over.
 const SITE_CACHE_LIMIT: usize = 1_000_000;
@@ -98,26 +90,8 @@ pub enum StoreError {
     #[error("no PostgreSQL connection: {0}")]
     Pool(#[from] PoolError),
     /// The database refused or the connection broke.
-    #[error("PostgreSQL: {}", describe_pg(.0))]
+    #[error("PostgreSQL: {}", sitewatch_db::describe_error(.0))]
     Db(#[from] tokio_postgres::Error),
-    /// Migrations failed.
-    #[error("schema migration failed: {0}")]
-    Migrate(#[from] refinery::Error),
-}
-
-fn describe_pg(err: &tokio_postgres::Error) -> String {
-    match err.as_db_error() {
-        Some(db) => format!(
-            "{} ({}) {}",
-            db.message(),
-            db.code().code(),
-            db.detail().unwrap_or("")
-        ),
-        None => match std::error::Error::source(err) {
-            Some(cause) => format!("{err}: {cause}"),
-            None => err.to_string(),
-        },
-    }
 }
 
 impl StoreError {
@@ -126,13 +100,6 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Pool(_) => true,
-            // A database that cannot be reached may come; a schema that diverged will not.
-            StoreError::Migrate(err) => match err.kind() {
-                refinery::error::Kind::Connection(_, source) => source
-                    .downcast_ref::<tokio_postgres::Error>()
-                    .is_none_or(|pg| !is_refused_login(pg)),
-                _ => false,
-            },
             StoreError::Db(err) => match err.code() {
                 // A value the client could not even encode is the data's fault.
                 None => !err.to_string().starts_with("error serializing"),
@@ -147,21 +114,6 @@ impl StoreError {
         }
     }
 
-    /// Whether the server refused who we are or where we asked to go: a wrong
-    /// password (28) or a database that does not exist (3D), which no retry fixes.
-    pub fn is_refused_login(&self) -> bool {
-        match self {
-            StoreError::Db(err) => is_refused_login(err),
-            StoreError::Migrate(err) => match err.kind() {
-                refinery::error::Kind::Connection(_, source) => source
-                    .downcast_ref::<tokio_postgres::Error>()
-                    .is_some_and(is_refused_login),
-                _ => false,
-            },
-            StoreError::Pool(_) => false,
-        }
-    }
-
     /// A row of the batch is already in `metrics` (a redelivered message).
     fn is_stored_already(&self) -> bool {
         matches!(self, StoreError::Db(err) if err.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
@@ -173,39 +125,12 @@ impl StoreError {
     }
 }
 
-fn is_refused_login(err: &tokio_postgres::Error) -> bool {
-    err.code()
-        .is_some_and(|c| c.code().starts_with("28") || c.code().starts_with("3D"))
-}
-
 /// Writes batches through a bounded pool.
 #[derive(Debug)]
 pub struct Store {
     pool: Pool,
     path: WritePath,
     site_ids: Mutex<HashMap<String, i64>>,
-}
-
-/// Applies the embedded migrations, holding an advisory lock so that two
-/// consumers starting together against an empty database take turns.
-pub async fn migrate(connector: &Connector) -> Result<(), StoreError> {
-    let mut client = connector.connect().await?;
-    let _ = client
-        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
-        .await?;
-    let result = embedded::migrations::runner().run_async(&mut client).await;
-    let _ = client
-        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
-        .await?;
-    let report = result?;
-    for applied in report.applied_migrations() {
-        tracing::info!(
-            version = applied.version(),
-            name = applied.name(),
-            "schema migration applied"
-        );
-    }
-    Ok(())
 }
 
 impl Store {

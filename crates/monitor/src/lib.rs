@@ -33,6 +33,9 @@ use crate::settings::Settings;
 use crate::source::TargetSource;
 use crate::targets::TargetsError;
 
+/// How long Kafka may take to answer the health check's metadata request.
+const KAFKA_ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Why the monitor could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum MonitorError {
@@ -141,22 +144,6 @@ impl RunJob for ProbeAndPublish {
     }
 }
 
-/// Beats every [`health::BEAT_EVERY`] while the outputs are reachable.
-async fn beat_while_reachable(heartbeat: Heartbeat, sink: Arc<Sink>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(health::BEAT_EVERY);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = stop.cancelled() => return,
-        }
-        if sink.reachable(std::time::Duration::from_secs(5)).await {
-            heartbeat.beat();
-        } else {
-            tracing::warn!("Kafka does not answer; the health check will report unhealthy");
-        }
-    }
-}
-
 /// Loads the site list, connects the destination, and probes until `shutdown`
 /// (or once, with `once`); then lets probes in flight finish and flushes.
 ///
@@ -192,10 +179,20 @@ pub async fn run(
         ))
     });
     let health = settings.health_file.clone().map(|file| {
-        tokio::spawn(beat_while_reachable(
+        let sink = Arc::clone(&sink);
+        tokio::spawn(health::beat_while(
             Heartbeat::new(file),
-            Arc::clone(&sink),
             shutdown.child_token(),
+            move || {
+                let sink = Arc::clone(&sink);
+                async move {
+                    if sink.reachable(KAFKA_ANSWER_WITHIN).await {
+                        Ok(())
+                    } else {
+                        Err("Kafka does not answer".to_owned())
+                    }
+                }
+            },
         ))
     });
     let options = ScheduleOptions {

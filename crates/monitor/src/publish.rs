@@ -6,13 +6,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::util::Timeout;
-use rdkafka::{ClientContext, Message};
+use rdkafka::Message;
+use sitewatch_kafka::{broker, BrokerErrors, KafkaSettings, KafkaSettingsError, Unreachable};
 use sitewatch_metric::Metric;
-use sitewatch_service::kafka::{self, BrokerErrors, KafkaSettings, KafkaSettingsError};
 
 use crate::settings::{Output, Settings};
 
@@ -35,18 +34,8 @@ pub enum PublishSetupError {
         source: KafkaError,
     },
     /// The brokers did not answer in time (unreachable, wrong port, TLS rejected).
-    #[error("cannot reach Kafka ({kafka}) within {timeout:?}: {why}")]
-    Unreachable {
-        /// Safe description of the settings.
-        kafka: String,
-        /// How long we waited.
-        timeout: Duration,
-        /// What the operator can do, from librdkafka's last broker error.
-        why: String,
-        /// librdkafka's reason.
-        #[source]
-        source: KafkaError,
-    },
+    #[error(transparent)]
+    Unreachable(#[from] Unreachable),
 }
 
 /// A metric that could not be handed to Kafka at all.
@@ -101,15 +90,7 @@ pub struct DeliveryContext {
     errors: Arc<BrokerErrors>,
 }
 
-impl ClientContext for DeliveryContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.errors.record(&error, reason);
-    }
-
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        self.errors.log(level, fac, log_message);
-    }
-}
+sitewatch_kafka::forward_client_context!(DeliveryContext, errors);
 
 impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = ();
@@ -208,28 +189,19 @@ impl KafkaSink {
         };
         let topic = sink.topic.clone();
         let producer = sink.producer.clone();
-        let metadata = tokio::task::spawn_blocking(move || {
-            kafka::topic_partitions(producer.client(), &topic, connect_timeout)
-        })
-        .await
-        // The blocking task only fails if it panicked; report it as no answer.
-        .unwrap_or(Err(KafkaError::Canceled));
-        match metadata {
-            Ok(Some(partitions)) => {
+        let partitions =
+            broker::check_reachable(settings, &errors, connect_timeout, move |timeout| {
+                broker::topic_partitions(producer.client(), &topic, timeout)
+            })
+            .await?;
+        match partitions {
+            Some(partitions) => {
                 tracing::info!(kafka = %settings.describe(), partitions, "connected to Kafka");
             }
-            Ok(None) => tracing::warn!(
+            None => tracing::warn!(
                 kafka = %settings.describe(),
                 "topic not found in the brokers' metadata; publishing relies on auto-creation"
             ),
-            Err(source) => {
-                return Err(PublishSetupError::Unreachable {
-                    kafka: settings.describe(),
-                    timeout: connect_timeout,
-                    why: kafka::explain_unreachable(settings, errors.last().as_deref()),
-                    source,
-                })
-            }
         }
         Ok(sink)
     }
@@ -333,7 +305,7 @@ impl Sink {
         let producer = kafka.producer.clone();
         let topic = kafka.topic.clone();
         tokio::task::spawn_blocking(move || {
-            kafka::topic_partitions(producer.client(), &topic, timeout).is_ok()
+            broker::topic_partitions(producer.client(), &topic, timeout).is_ok()
         })
         .await
         .unwrap_or(false)

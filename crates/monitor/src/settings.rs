@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use serde::Deserialize;
-use sitewatch_service::kafka::{KafkaArgs, KafkaSettings};
+use sitewatch_kafka::{KafkaArgs, KafkaSettings};
 use sitewatch_service::settings::{self as layers, LogArgs, LogSettings, SettingsError};
 
 use crate::probe::ProbeSettings;

@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use serde::Deserialize;
-use sitewatch_service::postgres::PgSettings;
+use sitewatch_db::PgSettings;
 use sitewatch_service::SecretString;
 
 use crate::targets::{self, RawRow, Target, TargetsError};

@@ -6,8 +6,8 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use sitewatch_db::PgSettings;
 use sitewatch_metric::Metric;
-use sitewatch_service::postgres::PgSettings;
 use sitewatch_service::SecretString;
 use sitewatch_sitefarm::{FarmOptions, SiteFarm};
 
@@ -44,7 +44,7 @@ async fn enabled_rows_are_probed_and_the_table_is_re_read() {
         url: Some(SecretString::from(url.clone())),
         ..PgSettings::default()
     };
-    sitewatch_consumer::store::migrate(&settings.connector().expect("connector"))
+    sitewatch_db::schema::migrate(&settings.connector().expect("connector"))
         .await
         .expect("schema");
     let (a, seen_only, off) = (

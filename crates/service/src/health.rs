@@ -2,8 +2,11 @@
 //! to it while it is up and connected, and `--check-health` (run by the
 //! container runtime) says whether the last beat is recent.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio_util::sync::CancellationToken;
 
 /// How often a healthy service beats.
 pub const BEAT_EVERY: Duration = Duration::from_secs(10);
@@ -35,6 +38,26 @@ impl Heartbeat {
             std::fs::write(&tmp, now.to_string()).and_then(|()| std::fs::rename(&tmp, &self.path));
         if let Err(err) = written {
             tracing::warn!(file = %self.path.display(), error = %err, "cannot write the health file");
+        }
+    }
+}
+
+/// Beats into `heartbeat` every [`BEAT_EVERY`] while `healthy` finds the
+/// service healthy, until `stop`; when it is not, logs why and skips the beat.
+pub async fn beat_while<F, Fut>(heartbeat: Heartbeat, stop: CancellationToken, mut healthy: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let mut tick = tokio::time::interval(BEAT_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        match healthy().await {
+            Ok(()) => heartbeat.beat(),
+            Err(why) => tracing::warn!(%why, "not healthy: the health check will report it"),
         }
     }
 }

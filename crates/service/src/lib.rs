@@ -1,10 +1,12 @@
-//! What `monitor` and `consumer` share to run as services: Kafka client
-//! settings (TLS files, pass-through properties, redacted secrets), logging,
-//! and the shutdown and reload signals.
+//! What `monitor` and `consumer` need to run as services: settings in layers
+//! (defaults, a TOML file, environment, flags), logging, the shutdown and
+//! reload signals, a health file, and the TLS trust anchors both use.
+//!
+//! The clients they make live beside this crate: `sitewatch-kafka` (the
+//! Kafka client) and `sitewatch-db` (PostgreSQL and its schema).
 
 pub mod health;
-pub mod kafka;
-pub mod postgres;
+pub mod process;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;

@@ -1,9 +1,10 @@
-//! TLS to PostgreSQL: `require` encrypts, `verify-full` also checks the
-//! certificate against a CA file, and a wrong CA is a clear error.
+//! PostgreSQL as both services reach it: `require` encrypts, `verify-full`
+//! also checks the certificate against a CA file, a wrong CA is a clear
+//! error; and two processes migrating an empty database at once both succeed.
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use sitewatch_db::{PgSettings, SslMode};
 use sitewatch_pgtest::{PgOptions, Postgres, TlsFiles};
-use sitewatch_service::postgres::{PgSettings, SslMode};
 use sitewatch_service::SecretString;
 
 /// A CA and a server certificate for localhost signed by it (PEM: ca, cert, key).
@@ -79,7 +80,7 @@ async fn require_and_verify_full_encrypt_and_a_wrong_ca_is_refused() {
         Ok(true),
         "verify-full with the right CA"
     );
-    sitewatch_consumer::store::migrate(&full.connector().expect("connector"))
+    sitewatch_db::schema::migrate(&full.connector().expect("connector"))
         .await
         .expect("migrations over TLS");
     assert_eq!(
@@ -140,8 +141,8 @@ async fn two_consumers_migrating_an_empty_database_at_once_both_succeed() {
         s.connector().expect("connector"),
     );
     let (ra, rb) = tokio::join!(
-        sitewatch_consumer::store::migrate(&a),
-        sitewatch_consumer::store::migrate(&b)
+        sitewatch_db::schema::migrate(&a),
+        sitewatch_db::schema::migrate(&b)
     );
     ra.expect("first migrates");
     rb.expect("second waits, then finds nothing to do");

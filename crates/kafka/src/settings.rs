@@ -1,16 +1,10 @@
-//! Kafka client settings shared by both services: brokers, topic, the TLS
+//! Kafka client settings shared by both services (so one `.env` configures both): brokers, topic, the TLS
 //! files of a managed cluster, and any other librdkafka property.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
-use rdkafka::client::{Client, ClientContext};
-use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::util::Timeout;
 use rdkafka::ClientConfig;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -231,136 +225,6 @@ impl KafkaSettings {
     }
 }
 
-/// Asks the brokers for the topic's metadata, so that an unreachable cluster
-/// or a refused TLS handshake shows at start-up; returns the partition count,
-/// or `None` when the topic does not exist yet. Blocks up to `timeout`.
-pub fn topic_partitions<C: ClientContext>(
-    client: &Client<C>,
-    topic: &str,
-    timeout: std::time::Duration,
-) -> Result<Option<usize>, KafkaError> {
-    let metadata = client.fetch_metadata(Some(topic), Timeout::After(timeout))?;
-    Ok(metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-        .map(|t| t.partitions().len()))
-}
-
-/// How often the same broker error is logged again while it repeats: librdkafka
-/// reports a refused handshake on every reconnect, several times a second.
-const REPEAT_LOG_EVERY: Duration = Duration::from_secs(60);
-
-/// The errors librdkafka reports about the brokers, kept so that a failed
-/// start can say why, and logged once a minute per kind rather than on every
-/// reconnect. Client contexts call [`BrokerErrors::record`] from their
-/// `error` callback and [`BrokerErrors::log`] from their `log` callback.
-#[derive(Debug, Default)]
-pub struct BrokerErrors {
-    state: Mutex<ErrorState>,
-}
-
-#[derive(Debug, Default)]
-struct ErrorState {
-    /// The last reason that said something about a broker ("all brokers are down" does not).
-    last: Option<String>,
-    /// When each kind of error was last logged.
-    logged: HashMap<String, Instant>,
-}
-
-impl BrokerErrors {
-    /// Keeps `reason` as the last error and logs it unless an error of the
-    /// same kind was logged within the last minute.
-    pub fn record(&self, error: &KafkaError, reason: &str) {
-        let code = error.rdkafka_error_code();
-        let Ok(mut state) = self.state.lock() else {
-            return;
-        };
-        // A summary without a cause; the error before it says which broker failed and why.
-        if code != Some(RDKafkaErrorCode::AllBrokersDown) {
-            state.last = Some(reason.to_owned());
-        }
-        let kind = code.map_or_else(|| error.to_string(), |code| format!("{code:?}"));
-        let now = Instant::now();
-        let due = state
-            .logged
-            .get(&kind)
-            .is_none_or(|at| now.duration_since(*at) >= REPEAT_LOG_EVERY);
-        if due {
-            tracing::error!(error = %error, reason, "Kafka client error (the same kind is logged again after a minute at most)");
-            let _ = state.logged.insert(kind, now);
-        }
-    }
-
-    /// Forwards a librdkafka log line to `tracing`, except connection
-    /// failures, which the error callback reports (and rate-limits) too.
-    pub fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        if fac == "FAIL" {
-            return;
-        }
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", fac, "{message}"),
-            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{message}"),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(target: "librdkafka", fac, "{message}");
-            }
-            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{message}"),
-        }
-    }
-
-    /// The last reason recorded that names a broker, if any.
-    pub fn last(&self) -> Option<String> {
-        self.state.lock().ok().and_then(|state| state.last.clone())
-    }
-}
-
-/// Why the brokers did not answer, in words an operator can act on: a TLS
-/// failure names the file to replace; otherwise librdkafka's last reason.
-pub fn explain_unreachable(settings: &KafkaSettings, last_error: Option<&str>) -> String {
-    let tls = settings.tls_files();
-    let shown = |path: &Option<PathBuf>| {
-        path.as_ref()
-            .map_or_else(|| "(not set)".to_owned(), |p| p.display().to_string())
-    };
-    let Some(reason) = last_error else {
-        return format!(
-            "no broker answered; check that {} is the bootstrap address and that this host can reach it",
-            settings.brokers
-        );
-    };
-    let lower = reason.to_ascii_lowercase();
-    if lower.contains("certificate verify failed") {
-        let trusted = match &tls.ca {
-            Some(ca) => format!("the CA in {}", ca.display()),
-            None => "this system's CA certificates".to_owned(),
-        };
-        return format!(
-            "TLS: the broker's certificate is not signed by {trusted}; use the CA certificate of this Kafka service (ca.pem). librdkafka: {reason}"
-        );
-    }
-    let refused_client = [
-        "certificate required",
-        "unknown ca",
-        "bad certificate",
-        "certificate unknown",
-        "handshake failure",
-    ];
-    if refused_client.iter().any(|s| lower.contains(s)) {
-        return format!(
-            "TLS: the broker refused the client certificate {} (with key {}): it is not signed by a CA the broker trusts; download service.cert and service.key of this Kafka service again. librdkafka: {reason}",
-            shown(&tls.cert),
-            shown(&tls.key)
-        );
-    }
-    if lower.contains("ssl") {
-        return format!("TLS handshake failed: {reason}");
-    }
-    format!("last broker error: {reason}")
-}
-
 fn check_readable(setting: &'static str, path: &Path) -> Result<(), KafkaSettingsError> {
     std::fs::File::open(path)
         .map(drop)
@@ -490,7 +354,6 @@ mod tests {
             ..KafkaSettings::default()
         }
     }
-
     #[test]
     fn certs_dir_gives_the_three_managed_kafka_files() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -554,47 +417,6 @@ mod tests {
         assert_eq!(
             parse_property("novalue").map_err(|e| e.contains("NAME=VALUE")),
             Err(true)
-        );
-    }
-
-    #[test]
-    fn a_tls_failure_names_the_file_to_replace() {
-        let settings = with_certs_dir(Path::new("/certs"));
-        let wrong_ca = explain_unreachable(
-            &settings,
-            Some("ssl://k:9093/bootstrap: SSL handshake failed: error:0A000086:SSL routines::certificate verify failed"),
-        );
-        assert!(
-            wrong_ca.contains("not signed by the CA in /certs/ca.pem"),
-            "{wrong_ca}"
-        );
-
-        let refused = explain_unreachable(
-            &settings,
-            Some("ssl://k:9093/bootstrap: Receive failed: error:0A00045C:SSL routines::tlsv13 alert certificate required"),
-        );
-        assert!(
-            refused.contains("refused the client certificate /certs/service.cert"),
-            "{refused}"
-        );
-
-        let silent = explain_unreachable(&settings, None);
-        assert!(silent.contains("no broker answered"), "{silent}");
-    }
-
-    #[test]
-    fn the_last_reason_names_a_broker() {
-        let errors = BrokerErrors::default();
-        assert_eq!(errors.last(), None);
-        let down = KafkaError::Global(RDKafkaErrorCode::AllBrokersDown);
-        errors.record(&down, "1/1 brokers are down");
-        assert_eq!(errors.last(), None, "a summary is not a reason");
-        let ssl = KafkaError::Global(RDKafkaErrorCode::SSL);
-        errors.record(&ssl, "ssl://k:9093: certificate verify failed");
-        errors.record(&down, "1/1 brokers are down");
-        assert_eq!(
-            errors.last().as_deref(),
-            Some("ssl://k:9093: certificate verify failed")
         );
     }
 }
