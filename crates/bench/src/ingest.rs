@@ -22,7 +22,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::ClientContext;
-use sitewatch_metric::{ErrorKind, Metric, ProbeError, Timings, SCHEMA_VERSION};
+use sitewatch_metric::{ErrorKind, Metric, ProbeError, Timings};
 use sitewatch_pgtest::{PgOptions, Postgres};
 use uuid::Uuid;
 
@@ -338,7 +338,6 @@ pub(crate) fn sample_metric(i: u64, base: DateTime<Utc>) -> Metric {
         100 + (r >> 32) % 20_000,
     );
     let mut metric = Metric {
-        schema_version: SCHEMA_VERSION,
         probe_id,
         url: url.clone(),
         scheduled_at,
@@ -361,7 +360,7 @@ pub(crate) fn sample_metric(i: u64, base: DateTime<Utc>) -> Metric {
         final_url: Some(url),
         redirects: 0,
         tls_expires_at: Some(base + TimeDelta::days(40 + i64::try_from(site % 300).unwrap_or(0))),
-        error: None,
+        ..Metric::example()
     };
     let fail = |m: &mut Metric, kind: ErrorKind, message: &str, total_us: u64| {
         m.status = None;

@@ -1,65 +1,159 @@
-//! The Kafka side: a consumer-group member polled on its own thread, handing
-//! messages to the writers through a bounded channel, storing offsets only
-//! after their rows are committed, and committing on revoke and at shutdown.
+//! The Kafka side: a consumer-group member polled on its own thread, a thin
+//! pump that turns what librdkafka gives it (messages, assignments,
+//! revocations) into [`Event`]s on one bounded channel, in order.
 //!
 //! librdkafka runs the rebalance callbacks inside `poll`, on this thread, so
-//! they can wait for the writers without blocking the async runtime.
+//! a revocation can wait for the pipeline to write what it holds of the
+//! revoked partitions before their offsets are committed, without blocking
+//! the async runtime. Offsets are stored by the pipeline ([`GroupOffsets`])
+//! only after their rows are committed.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::{ClientContext, Message, TopicPartitionList};
-use sitewatch_kafka::{broker as kafka, BrokerErrors};
+use rdkafka::{Message, TopicPartitionList};
+use sitewatch_kafka::{broker, BrokerErrors};
 use sitewatch_service::health;
+use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::{Ack, Record};
-use crate::offsets::OffsetTracker;
-use crate::store::Origin;
+use crate::offsets::{OffsetStore, Origin};
 
 /// How long leaving the group may take at exit before the process ends anyway.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long one `poll` waits for a message; also how often acks are applied.
+/// How long one `poll` waits for a message.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
-/// How long the writers may keep the queue full before the partitions are
-/// paused. Until then the loop stops taking messages and waits for room:
+/// How long the pipeline may keep the channel full before the partitions are
+/// paused. Until then the pump stops taking messages and waits for room:
 /// librdkafka keeps what it fetched (its queue is bounded by
 /// `queued.max.messages.kbytes`), whereas a pause throws that away and the
-/// resume fetches it again: pausing at the first full queue held a catch-up
-/// to 32k rows/s where it ran at 58k without (the bench's ingest scenario).
+/// resume fetches it again, which held a catch-up to half its rate.
 /// Well under `max.poll.interval.ms`, which not polling must not exceed.
 const PAUSE_AFTER: Duration = Duration::from_secs(1);
 
-/// While waiting for room in the queue, how long to wait for an ack (a batch
-/// committed, so the writers are about to take more) before looking again.
+/// While the channel is full, how long to wait before offering again.
 const ROOM_WAIT: Duration = Duration::from_millis(10);
 
-/// State shared by the poll loop and the rebalance callbacks (same thread).
+/// A message as read from Kafka, not yet decoded.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Where it came from.
+    pub origin: Origin,
+    /// Message key.
+    pub key: Option<Vec<u8>>,
+    /// Message payload.
+    pub payload: Option<Vec<u8>>,
+}
+
+/// What the group member tells the pipeline, in the order it happened.
 #[derive(Debug)]
-struct Shared {
-    tracker: OffsetTracker,
-    /// Messages read but not yet taken by the writers (they are behind).
-    backlog: VecDeque<Record>,
+pub enum Event {
+    /// These partitions are ours now; their messages follow.
+    Assigned(Vec<i32>),
+    /// A message of an assigned partition.
+    Message(Record),
+    /// These partitions are no longer ours.
+    Revoked {
+        /// The partitions.
+        partitions: Vec<i32>,
+        /// Whether the group already gave them to another member: nothing of
+        /// them may be committed, so there is nothing to wait for.
+        lost: bool,
+        /// Dropped (or sent to) once what was handed over of them is written,
+        /// or the pipeline gave up waiting; the group member then commits.
+        done: std_mpsc::Sender<()>,
+    },
+}
+
+/// What the pump offers the pipeline and has not handed over yet, shared with
+/// the rebalance callbacks (which run on the pump's thread, inside `poll`).
+#[derive(Debug)]
+struct Outbox {
+    /// The channel to the pipeline; `None` once the pump stopped.
+    events: Option<mpsc::Sender<Event>>,
+    /// Events the channel had no room for yet, in order.
+    pending: VecDeque<Event>,
+    /// Whether the assignment is paused because the pipeline is behind.
     paused: bool,
 }
 
-/// librdkafka callbacks for the group member, with what they need to drain
-/// revoked partitions before committing.
+/// How far the outbox got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Offered {
+    /// Everything is in the channel.
+    All,
+    /// The channel is full; some events wait.
+    Full,
+    /// The pipeline is gone.
+    Closed,
+}
+
+impl Outbox {
+    /// Offers `event` after what is pending.
+    fn offer(&mut self, event: Event) -> Offered {
+        self.pending.push_back(event);
+        self.flush()
+    }
+
+    /// Moves pending events into the channel as far as it has room.
+    fn flush(&mut self) -> Offered {
+        let Some(sender) = &self.events else {
+            return Offered::Closed;
+        };
+        while let Some(event) = self.pending.pop_front() {
+            match sender.try_send(event) {
+                Ok(()) => {}
+                Err(TrySendError::Full(event)) => {
+                    self.pending.push_front(event);
+                    return Offered::Full;
+                }
+                Err(TrySendError::Closed(_)) => return Offered::Closed,
+            }
+        }
+        Offered::All
+    }
+
+    /// Whether the pipeline has taken the backlog and half the channel is free.
+    fn caught_up(&self) -> bool {
+        self.pending.is_empty()
+            && self
+                .events
+                .as_ref()
+                .is_some_and(|s| s.capacity() >= s.max_capacity() / 2)
+    }
+
+    /// A revocation the pipeline did not take in time: the messages of those
+    /// partitions are not handed over any more (their next owner reads them),
+    /// and the pipeline is not to wait for what it already has of them.
+    fn expire(&mut self, revoked: &[i32]) {
+        self.pending.retain(|event| match event {
+            Event::Message(record) => !revoked.contains(&record.origin.partition),
+            _ => true,
+        });
+        for event in &mut self.pending {
+            if let Event::Revoked {
+                partitions, lost, ..
+            } = event
+            {
+                if partitions.as_slice() == revoked {
+                    *lost = true;
+                }
+            }
+        }
+    }
+}
+
+/// librdkafka callbacks for the group member.
 pub struct GroupContext {
     topic: Arc<str>,
-    shared: Mutex<Shared>,
-    acks: Mutex<Receiver<Vec<Ack>>>,
-    flush_now: Arc<Notify>,
+    outbox: Mutex<Outbox>,
     revoke_drain: Duration,
     /// Unix seconds of the last successful metadata answer from the brokers, for the health check.
     kafka_ok_at: AtomicU64,
@@ -75,32 +169,27 @@ impl std::fmt::Debug for GroupContext {
     }
 }
 
+sitewatch_kafka::forward_client_context!(GroupContext, errors);
+
 impl GroupContext {
-    /// Callbacks for `topic`; writers report on `acks` and are hurried by `flush_now`.
-    pub fn new(
-        topic: &str,
-        acks: Receiver<Vec<Ack>>,
-        flush_now: Arc<Notify>,
-        revoke_drain: Duration,
-    ) -> GroupContext {
+    /// Callbacks for `topic`, sending events on `events`.
+    pub fn new(topic: &str, events: mpsc::Sender<Event>, revoke_drain: Duration) -> GroupContext {
         GroupContext {
             topic: Arc::from(topic),
-            shared: Mutex::new(Shared {
-                tracker: OffsetTracker::default(),
-                backlog: VecDeque::new(),
+            outbox: Mutex::new(Outbox {
+                events: Some(events),
+                pending: VecDeque::new(),
                 paused: false,
             }),
-            acks: Mutex::new(acks),
-            flush_now,
             revoke_drain,
             kafka_ok_at: AtomicU64::new(0),
             errors: BrokerErrors::default(),
         }
     }
 
-    /// The last error librdkafka reported about the brokers.
-    pub fn last_broker_error(&self) -> Option<String> {
-        self.errors.last()
+    /// librdkafka's errors about the brokers.
+    pub fn errors(&self) -> &BrokerErrors {
+        &self.errors
     }
 
     /// Whether the brokers answered within the last `within`.
@@ -109,85 +198,88 @@ impl GroupContext {
         unix_now().saturating_sub(last) <= within.as_secs()
     }
 
-    fn shared(&self) -> MutexGuard<'_, Shared> {
-        // Only this thread takes the lock; a poisoned lock means a panic already unwound here.
-        self.shared.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Stores the offsets that acks made storable; waits up to `wait` for the first ack.
-    fn apply_acks(&self, consumer: &BaseConsumer<GroupContext>, wait: Duration) {
-        let acks = self.acks.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut batches = Vec::new();
-        match acks.recv_timeout(wait) {
-            Ok(first) => batches.push(first),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
-        }
-        batches.extend(acks.try_iter());
-        drop(acks);
-        if batches.is_empty() {
-            return;
-        }
-        let mut shared = self.shared();
-        for ack in batches.into_iter().flatten() {
-            if let Some(offset) = shared.tracker.written(ack.partition, ack.epoch, ack.offset) {
-                match consumer.store_offset(&self.topic, ack.partition, offset) {
-                    Ok(()) => {}
-                    // The partition went away between the write and now: the next owner re-reads.
-                    Err(KafkaError::StoreOffset(RDKafkaErrorCode::State)) => {
-                        tracing::debug!(
-                            partition = ack.partition,
-                            offset,
-                            "partition no longer assigned; offset not stored"
-                        );
-                    }
-                    Err(err) => {
-                        tracing::warn!(partition = ack.partition, offset, error = %err, "cannot store offset")
-                    }
-                }
-            }
-        }
-    }
-
-    /// Waits until nothing handed over in `partitions` is unwritten, or `deadline`.
-    fn drain(
-        &self,
-        consumer: &BaseConsumer<GroupContext>,
-        partitions: Option<&[i32]>,
-        deadline: Instant,
-    ) -> usize {
-        self.flush_now.notify_one();
-        loop {
-            let outstanding = self.shared().tracker.outstanding(partitions);
-            let now = Instant::now();
-            if outstanding == 0 || now >= deadline {
-                return outstanding;
-            }
-            self.apply_acks(consumer, (deadline - now).min(POLL_INTERVAL));
-        }
+    fn outbox(&self) -> MutexGuard<'_, Outbox> {
+        // Only the pump's thread takes the lock; a poisoned lock means a panic already unwound there.
+        self.outbox.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn on_revoke(&self, consumer: &BaseConsumer<GroupContext>, revoked: &TopicPartitionList) {
         let partitions = partitions_of(revoked, &self.topic);
+        let (done, written) = std_mpsc::channel();
         if consumer.assignment_lost() {
             tracing::warn!(?partitions, "partitions lost (the group moved on without us); not committing, their next owner re-reads what was not committed");
-        } else {
-            let left = self.drain(
-                consumer,
-                Some(&partitions),
-                Instant::now() + self.revoke_drain,
-            );
-            if left > 0 {
-                tracing::warn!(?partitions, unwritten = left, "revoked partitions not fully written in time; their next owner re-reads those messages (rows are idempotent)");
-            }
-            commit(consumer, "revoke");
+            let _ = self.outbox().offer(Event::Revoked {
+                partitions,
+                lost: true,
+                done,
+            });
+            return;
         }
-        let mut shared = self.shared();
-        shared.tracker.revoke(partitions.iter().copied());
-        // Read but never handed over: not stored, so the next owner reads them again.
-        shared
-            .backlog
-            .retain(|r| !partitions.contains(&r.origin.partition));
+        let deadline = Instant::now() + self.revoke_drain;
+        let mut offered = self.outbox().offer(Event::Revoked {
+            partitions: partitions.clone(),
+            lost: false,
+            done,
+        });
+        while offered == Offered::Full && Instant::now() < deadline {
+            std::thread::sleep(ROOM_WAIT);
+            offered = self.outbox().flush();
+        }
+        let drained = match offered {
+            // Disconnected: the pipeline gave up waiting itself (and said so) or stopped.
+            Offered::All => !matches!(
+                written.recv_timeout(deadline.saturating_duration_since(Instant::now())),
+                Err(std_mpsc::RecvTimeoutError::Timeout)
+            ),
+            Offered::Full => false,
+            // The pipeline finished (shutdown): it holds nothing more.
+            Offered::Closed => true,
+        };
+        if !drained {
+            self.outbox().expire(&partitions);
+            tracing::warn!(?partitions, "revoked partitions not fully written in time; their next owner re-reads those messages (rows are idempotent)");
+        }
+        commit(consumer, "revoke");
         tracing::info!(?partitions, "partitions revoked");
+    }
+}
+
+/// Stores offsets in the group member, for the pipeline, which runs on the
+/// async runtime while the pump polls.
+#[derive(Debug, Clone)]
+pub struct GroupOffsets {
+    consumer: Weak<BaseConsumer<GroupContext>>,
+    topic: Arc<str>,
+}
+
+impl GroupOffsets {
+    /// Offsets of `consumer`'s topic. It holds no strong reference, so the
+    /// pump alone decides when the group member closes.
+    pub fn new(consumer: &Arc<BaseConsumer<GroupContext>>) -> GroupOffsets {
+        GroupOffsets {
+            consumer: Arc::downgrade(consumer),
+            topic: Arc::clone(&consumer.context().topic),
+        }
+    }
+}
+
+impl OffsetStore for GroupOffsets {
+    fn store(&self, partition: i32, offset: i64) {
+        let Some(consumer) = self.consumer.upgrade() else {
+            return;
+        };
+        match consumer.store_offset(&self.topic, partition, offset) {
+            Ok(()) => {}
+            // The partition went away between the write and now: the next owner re-reads.
+            Err(KafkaError::StoreOffset(RDKafkaErrorCode::State)) => {
+                tracing::debug!(
+                    partition,
+                    offset,
+                    "partition no longer assigned; offset not stored"
+                );
+            }
+            Err(err) => tracing::warn!(partition, offset, error = %err, "cannot store offset"),
+        }
     }
 }
 
@@ -217,16 +309,6 @@ fn commit(consumer: &BaseConsumer<GroupContext>, when: &str) {
     }
 }
 
-impl ClientContext for GroupContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.errors.record(&error, reason);
-    }
-
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        self.errors.log(level, fac, log_message);
-    }
-}
-
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
@@ -239,16 +321,16 @@ impl ConsumerContext for GroupContext {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(list) = rebalance {
             // librdkafka keeps a partition paused across unassign and assign;
-            // start every assigned partition fetching, and pause again below if needed.
+            // start every assigned partition fetching, and pause again if needed.
             if let Err(err) = consumer.resume(list) {
                 tracing::debug!(error = %err, "cannot resume newly assigned partitions");
             }
             let partitions = partitions_of(list, &self.topic);
-            let mut shared = self.shared();
-            shared.tracker.assign(partitions.iter().copied());
-            // New partitions start fetching; the loop pauses them again if the writers are still behind.
-            shared.paused = false;
             tracing::info!(?partitions, "partitions assigned");
+            let mut outbox = self.outbox();
+            // The pump pauses them again if the pipeline is still behind.
+            outbox.paused = false;
+            let _ = outbox.offer(Event::Assigned(partitions));
         }
     }
 
@@ -262,53 +344,47 @@ impl ConsumerContext for GroupContext {
     }
 }
 
-/// What the poll loop did.
+/// How the pump ended.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PollReport {
-    /// Messages handed to the writers.
-    pub handed_over: u64,
-    /// Messages handed over but not written when the grace period ended.
-    pub unwritten_at_exit: u64,
-    /// The writers went away before shutdown (a bug or a panic): the loop stopped early.
-    pub writers_gone: bool,
+pub struct PumpReport {
+    /// The pipeline went away before shutdown (a bug or a panic): the pump stopped early.
+    pub pipeline_gone: bool,
+    /// The pipeline had not finished when the grace period ended.
+    pub pipeline_late: bool,
 }
 
-/// Polls until `shutdown`, then drains within `grace`, commits and leaves the group.
+/// Polls until `shutdown`; then hands over what was read within `grace`,
+/// waits for the pipeline to finish (`finished` disconnects), commits and
+/// leaves the group.
 pub fn run(
-    consumer: BaseConsumer<GroupContext>,
-    to_writers: mpsc::Sender<Record>,
+    consumer: Arc<BaseConsumer<GroupContext>>,
     shutdown: &CancellationToken,
     grace: Duration,
-) -> PollReport {
+    finished: &std_mpsc::Receiver<()>,
+) -> PumpReport {
     let context = Arc::clone(consumer.context());
-    let topic = Arc::clone(&context.topic);
-    let mut report = PollReport::default();
-    let mut to_writers = Some(to_writers);
+    let mut report = PumpReport::default();
     let mut last_metadata = Instant::now() - health::BEAT_EVERY;
     let mut full_since = None;
     while !shutdown.is_cancelled() {
         if last_metadata.elapsed() >= health::BEAT_EVERY {
             // Polling alone does not show that the brokers answer; a metadata request does.
-            if kafka::topic_partitions(consumer.client(), &topic, Duration::from_secs(2)).is_ok() {
+            if broker::topic_partitions(consumer.client(), &context.topic, Duration::from_secs(2))
+                .is_ok()
+            {
                 context.kafka_ok_at.store(unix_now(), Ordering::Relaxed);
             }
             last_metadata = Instant::now();
         }
-        context.apply_acks(&consumer, Duration::ZERO);
-        if let Some(sender) = &to_writers {
-            if !hand_over(&context, sender, &mut report) {
-                tracing::error!("the writers stopped; stopping consumption");
-                to_writers = None;
-                report.writers_gone = true;
-                break;
-            }
+        let offered = context.outbox().flush();
+        if offered == Offered::Closed {
+            tracing::error!("the pipeline stopped; stopping consumption");
+            report.pipeline_gone = true;
+            break;
         }
-        if let Some(sender) = &to_writers {
-            if set_paused(&consumer, &context, sender, &mut full_since) {
-                // The writers are busy: leave the next messages in librdkafka's queue.
-                context.apply_acks(&consumer, ROOM_WAIT);
-                continue;
-            }
+        if wait_for_room(&consumer, &context, offered, &mut full_since) {
+            std::thread::sleep(ROOM_WAIT);
+            continue;
         }
         match consumer.poll(POLL_INTERVAL) {
             None => {}
@@ -318,115 +394,52 @@ pub fn run(
             Some(Ok(message)) => {
                 let record = Record {
                     origin: Origin {
-                        topic: Arc::clone(&topic),
+                        topic: Arc::clone(&context.topic),
                         partition: message.partition(),
                         offset: message.offset(),
                     },
-                    epoch: 0,
                     key: message.key().map(<[u8]>::to_vec),
                     payload: message.payload().map(<[u8]>::to_vec),
                 };
-                context.shared().backlog.push_back(record);
+                let _ = context.outbox().offer(Event::Message(record));
             }
         }
     }
-    let deadline = Instant::now() + grace;
-    stop_fetching(&consumer, &context);
-    // What was already read is still handed over, as far as the writers take it in time.
-    if let Some(sender) = to_writers.take() {
-        while !context.shared().backlog.is_empty() && Instant::now() < deadline {
-            if !hand_over(&context, &sender, &mut report) {
-                break;
-            }
-            context.apply_acks(&consumer, POLL_INTERVAL);
-            let _ = consumer.poll(Duration::ZERO);
-        }
-        context.shared().backlog.clear();
-        // Dropping the sender tells the writers to write what they hold and finish.
-    }
-    let left = context.drain(&consumer, None, deadline);
-    report.unwritten_at_exit = left as u64;
-    if left > 0 {
-        tracing::warn!(unwritten = left, "grace period over: messages not yet written keep their offsets uncommitted and will be read again");
+    if !report.pipeline_gone {
+        report.pipeline_late = !finish(&consumer, &context, grace, finished);
     }
     commit(&consumer, "shutdown");
-    // Leaving the group runs the revoke callback once more; with nothing
-    // tracked it has nothing to wait for.
-    let assigned = context.shared().tracker.assigned();
-    context.shared().tracker.revoke(assigned);
     consumer.unsubscribe();
-    // Leaving the group needs the brokers; when they went away too (a whole
-    // stack stopping at once), librdkafka's close can wait for good. Give it a
-    // few seconds on another thread, then let the process end: the group
-    // drops a silent member after its session timeout, and nothing unwritten
-    // was committed.
-    let (closed_tx, closed) = std::sync::mpsc::channel();
-    let _ = std::thread::spawn(move || {
-        drop(consumer);
-        let _ = closed_tx.send(());
-    });
-    if closed.recv_timeout(CLOSE_TIMEOUT).is_err() {
-        tracing::warn!(timeout = ?CLOSE_TIMEOUT, "leaving the consumer group did not finish (brokers unreachable?); exiting anyway");
-    }
+    close(consumer);
     report
 }
 
-/// Moves the backlog into the channel as far as it has room; false if the writers are gone.
-fn hand_over(
-    context: &GroupContext,
-    sender: &mpsc::Sender<Record>,
-    report: &mut PollReport,
-) -> bool {
-    let mut shared = context.shared();
-    while let Some(mut record) = shared.backlog.pop_front() {
-        let (partition, offset) = (record.origin.partition, record.origin.offset);
-        // A record of a partition revoked meanwhile is dropped: its next owner reads it.
-        let Some(epoch) = shared.tracker.epoch(partition) else {
-            continue;
-        };
-        record.epoch = epoch;
-        match sender.try_send(record) {
-            Ok(()) => {
-                // The ack cannot overtake this: acks are applied on this thread, under this lock.
-                let _ = shared.tracker.hand_over(partition, offset);
-                report.handed_over += 1;
-            }
-            Err(TrySendError::Full(record)) => {
-                shared.backlog.push_front(record);
-                return true;
-            }
-            Err(TrySendError::Closed(_)) => return false,
-        }
-    }
-    true
-}
-
-/// Pauses the assignment once the writers have left the queue full for
-/// [`PAUSE_AFTER`] (PostgreSQL slow or down), and resumes once they have taken
-/// the backlog and half the queue is free again: resuming at the first free
+/// Pauses the assignment once the pipeline has left the channel full for
+/// [`PAUSE_AFTER`] (PostgreSQL slow or down), and resumes once it has taken
+/// the backlog and half the channel is free again: resuming at the first free
 /// slot would pause again at once, and each pause makes librdkafka drop what
-/// it had fetched. Returns true while the queue is full but the partitions
+/// it had fetched. Returns true while the channel is full but the partitions
 /// are not paused: then the caller waits for room instead of polling.
-fn set_paused(
+fn wait_for_room(
     consumer: &BaseConsumer<GroupContext>,
     context: &GroupContext,
-    sender: &mpsc::Sender<Record>,
+    offered: Offered,
     full_since: &mut Option<Instant>,
 ) -> bool {
-    let mut shared = context.shared();
-    let full = !shared.backlog.is_empty();
+    let mut outbox = context.outbox();
+    let full = offered == Offered::Full;
     let waited = if full {
         full_since.get_or_insert_with(Instant::now).elapsed()
     } else {
         *full_since = None;
         Duration::ZERO
     };
-    let behind = if shared.paused {
-        full || sender.capacity() < sender.max_capacity() / 2
+    let behind = if outbox.paused {
+        !outbox.caught_up()
     } else {
         full && waited >= PAUSE_AFTER
     };
-    if behind != shared.paused {
+    if behind != outbox.paused {
         match consumer.assignment() {
             Ok(assignment) => {
                 let result = if behind {
@@ -437,7 +450,7 @@ fn set_paused(
                     consumer.resume(&assignment)
                 };
                 match result {
-                    Ok(()) => shared.paused = behind,
+                    Ok(()) => outbox.paused = behind,
                     Err(err) => tracing::warn!(error = %err, "cannot pause or resume partitions"),
                 }
             }
@@ -447,14 +460,70 @@ fn set_paused(
         }
     }
     // Past PAUSE_AFTER without a pause (it failed), poll anyway: the group needs it.
-    full && !shared.paused && waited < PAUSE_AFTER
+    full && !outbox.paused && waited < PAUSE_AFTER
 }
 
-fn stop_fetching(consumer: &BaseConsumer<GroupContext>, context: &GroupContext) {
+/// Stops fetching, hands over what was already read as far as the pipeline
+/// takes it within `grace`, closes the channel and waits for the pipeline to
+/// write it; false if the pipeline did not finish in time.
+fn finish(
+    consumer: &BaseConsumer<GroupContext>,
+    context: &GroupContext,
+    grace: Duration,
+    finished: &std_mpsc::Receiver<()>,
+) -> bool {
+    let deadline = Instant::now() + grace;
     if let Ok(assignment) = consumer.assignment() {
         if let Err(err) = consumer.pause(&assignment) {
             tracing::debug!(error = %err, "cannot pause partitions at shutdown");
         }
     }
-    context.shared().paused = true;
+    context.outbox().paused = true;
+    loop {
+        let offered = context.outbox().flush();
+        if offered != Offered::Full || Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(ROOM_WAIT);
+        // Serves the group's callbacks meanwhile; the partitions are paused.
+        let _ = consumer.poll(Duration::ZERO);
+    }
+    {
+        let mut outbox = context.outbox();
+        // Read but never handed over: not stored, so read again by the next consumer.
+        outbox.pending.clear();
+        // Closing the channel tells the pipeline to write what it holds and finish.
+        outbox.events = None;
+    }
+    match finished.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        Err(std_mpsc::RecvTimeoutError::Timeout) => false,
+        Ok(()) | Err(std_mpsc::RecvTimeoutError::Disconnected) => true,
+    }
+}
+
+/// Leaves the group and closes the member. Leaving needs the brokers; when
+/// they went away too (a whole stack stopping at once), librdkafka's close
+/// can wait for good. Give it a few seconds on another thread, then let the
+/// process end: the group drops a silent member after its session timeout,
+/// and nothing unwritten was committed.
+fn close(consumer: Arc<BaseConsumer<GroupContext>>) {
+    let (closed_tx, closed) = std_mpsc::channel();
+    let _ = std::thread::spawn(move || {
+        // The pipeline's offset store holds the member only for a moment;
+        // waiting until this is the last reference keeps the close on this thread.
+        let mut consumer = consumer;
+        loop {
+            match Arc::try_unwrap(consumer) {
+                Ok(member) => break drop(member),
+                Err(shared) => {
+                    consumer = shared;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+        let _ = closed_tx.send(());
+    });
+    if closed.recv_timeout(CLOSE_TIMEOUT).is_err() {
+        tracing::warn!(timeout = ?CLOSE_TIMEOUT, "leaving the consumer group did not finish (brokers unreachable?); exiting anyway");
+    }
 }

@@ -1,15 +1,22 @@
 //! `consumer`: reads website metrics from Kafka in a consumer group and
 //! writes them to PostgreSQL in batches, exactly once per probe.
 //!
-//! [`consume`] polls the group on its own thread and hands messages to
-//! [`batch`], which writes them through [`store`]; [`offsets`] decides which
-//! offsets may be stored once their rows are committed.
+//! The data path, in order: [`consume`] polls the group on its own thread
+//! and sends what happens (messages, assignments, revocations) as events on
+//! one bounded channel to the [`pipeline`], which [`decode`]s each message,
+//! gathers [`batch`]es, [`write`]s them through a [`sink::Sink`] (PostgreSQL
+//! is [`store`]) and, through [`offsets`], stores an offset only once every
+//! message before it in its partition is written.
 
 pub mod batch;
 pub mod consume;
+pub mod decode;
 pub mod offsets;
+pub mod pipeline;
 pub mod settings;
+pub mod sink;
 pub mod store;
+pub mod write;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,16 +24,23 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use sitewatch_db::PgSettingsError;
-use sitewatch_kafka::{broker as kafka, KafkaSettingsError};
+use sitewatch_db::schema::MigrateError;
+use sitewatch_db::{Connector, PgSettingsError};
+use sitewatch_kafka::{broker, KafkaSettingsError, Unreachable};
 use sitewatch_service::health::{self, Heartbeat};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::{BatchOptions, Totals};
-use crate::consume::GroupContext;
+use crate::batch::BatchPolicy;
+use crate::consume::{GroupContext, GroupOffsets};
+use crate::pipeline::PipelineOptions;
 use crate::settings::Settings;
+use crate::sink::Sink;
 use crate::store::Store;
+use crate::write::Totals;
+
+/// How long the pipeline may outlive the grace period before it is cut off.
+const PIPELINE_EXIT_MARGIN: Duration = Duration::from_secs(1);
 
 /// Why the consumer could not run.
 #[derive(Debug, thiserror::Error)]
@@ -44,21 +58,14 @@ pub enum ConsumerError {
         postgres: String,
         /// Why.
         #[source]
-        source: sitewatch_db::schema::MigrateError,
+        source: MigrateError,
     },
     /// A part of the consumer failed; what it held is read again by the next consumer.
     #[error("{0}")]
     Stopped(String),
     /// The brokers did not answer in time (unreachable, wrong port, TLS rejected).
-    #[error("{message}")]
-    Unreachable {
-        /// The brokers, how long we waited and what the operator can do
-        /// (from librdkafka's last broker error); one string keeps the error small.
-        message: String,
-        /// librdkafka's reason.
-        #[source]
-        source: KafkaError,
-    },
+    #[error(transparent)]
+    Unreachable(Box<Unreachable>),
     /// librdkafka refused the configuration or the brokers did not answer.
     #[error("Kafka ({kafka}): {source}; check the brokers, the network and the TLS files (librdkafka's log above says more)")]
     Kafka {
@@ -70,10 +77,16 @@ pub enum ConsumerError {
     },
 }
 
+impl From<Unreachable> for ConsumerError {
+    fn from(err: Unreachable) -> Self {
+        ConsumerError::Unreachable(Box::new(err))
+    }
+}
+
 /// What a run did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Summary {
-    /// Messages handed to the writers.
+    /// Messages taken from Kafka into batches.
     pub read: u64,
     /// New rows in `metrics`.
     pub inserted: u64,
@@ -87,7 +100,7 @@ pub struct Summary {
     pub unwritten: u64,
 }
 
-/// Migrates the schema, joins the group, and consumes until `shutdown`.
+/// Migrates the schema, joins the group, and consumes into PostgreSQL until `shutdown`.
 pub async fn run(
     settings: Settings,
     shutdown: CancellationToken,
@@ -98,120 +111,133 @@ pub async fn run(
     }
     let store = Arc::new(Store::new(settings.postgres.pool()?, settings.write_path));
     tracing::info!(postgres = %settings.postgres.describe(), write_path = ?settings.write_path, "database ready");
+    consume_into(&settings, store, shutdown).await
+}
 
-    let (ack_tx, ack_rx) = std::sync::mpsc::channel();
-    let flush_now = Arc::new(Notify::new());
-    let context = GroupContext::new(
-        &settings.kafka.topic,
-        ack_rx,
-        Arc::clone(&flush_now),
-        settings.revoke_drain,
-    );
-    let consumer = group_member(&settings, context)?;
-    let kafka_error = |source| ConsumerError::Kafka {
-        kafka: settings.kafka.describe(),
-        source,
-    };
-    let consumer = {
+/// Joins the group and consumes into `sink` until `shutdown`: the Kafka side
+/// of [`run`], with any sink.
+pub async fn consume_into<S: Sink>(
+    settings: &Settings,
+    sink: Arc<S>,
+    shutdown: CancellationToken,
+) -> Result<Summary, ConsumerError> {
+    let (events_tx, events) = mpsc::channel(settings.queue_messages);
+    let context = GroupContext::new(&settings.kafka.topic, events_tx, settings.revoke_drain);
+    let consumer = Arc::new(group_member(settings, context)?);
+    let partitions = {
+        let member = Arc::clone(&consumer);
         let topic = settings.kafka.topic.clone();
-        let timeout = settings.connect_timeout;
-        let (consumer, partitions) = tokio::task::spawn_blocking(move || {
-            let partitions = kafka::topic_partitions(consumer.client(), &topic, timeout);
-            if partitions.is_err() {
-                // Error callbacks are served by poll; without it the failure could not say why.
-                // Nothing is subscribed yet, so no message can come back.
-                let _ = consumer.poll(Duration::from_millis(100));
-            }
-            (consumer, partitions)
-        })
-        .await
-        .map_err(|_| kafka_error(KafkaError::Canceled))?;
-        let partitions = partitions.map_err(|source| ConsumerError::Unreachable {
-            message: format!(
-                "cannot reach Kafka ({}) within {timeout:?}: {}",
-                settings.kafka.describe(),
-                kafka::explain_unreachable(
-                    &settings.kafka,
-                    consumer.context().last_broker_error().as_deref(),
-                )
-            ),
-            source,
-        })?;
-        match partitions {
-            Some(n) => {
-                tracing::info!(kafka = %settings.kafka.describe(), partitions = n, group = %settings.group_id, "connected to Kafka")
-            }
-            None => {
-                tracing::warn!(kafka = %settings.kafka.describe(), "topic not found yet; waiting for it to be created")
-            }
-        }
-        consumer
+        broker::check_reachable(
+            &settings.kafka,
+            consumer.context().errors(),
+            settings.connect_timeout,
+            move |timeout| {
+                let partitions = broker::topic_partitions(member.client(), &topic, timeout);
+                if partitions.is_err() {
+                    // Error callbacks are served by poll; without it the failure could not say why.
+                    // Nothing is subscribed yet, so no message can come back.
+                    let _ = member.poll(Duration::from_millis(100));
+                }
+                partitions
+            },
+        )
+        .await?
     };
+    match partitions {
+        Some(n) => {
+            tracing::info!(kafka = %settings.kafka.describe(), partitions = n, group = %settings.group_id, "connected to Kafka")
+        }
+        None => {
+            tracing::warn!(kafka = %settings.kafka.describe(), "topic not found yet; waiting for it to be created")
+        }
+    }
     consumer
         .subscribe(&[&settings.kafka.topic])
-        .map_err(kafka_error)?;
+        .map_err(|source| ConsumerError::Kafka {
+            kafka: settings.kafka.describe(),
+            source,
+        })?;
 
-    let (records_tx, records_rx) = mpsc::channel(settings.queue_messages);
     let totals = Arc::new(Totals::default());
-    let options = BatchOptions {
-        max_rows: settings.batch_rows,
-        max_wait: settings.batch_wait,
-        max_in_flight: settings.writers,
+    let options = PipelineOptions {
+        batch: BatchPolicy {
+            max_rows: settings.batch_rows,
+            max_wait: settings.batch_wait,
+        },
+        writers: settings.writers,
+        revoke_drain: settings.revoke_drain,
+        shutdown_grace: settings.shutdown_grace,
     };
-    let writers = tokio::spawn(batch::run(
-        records_rx,
-        flush_now,
-        Arc::clone(&store),
+    let (finished_tx, finished) = std::sync::mpsc::channel();
+    let pipeline = tokio::spawn(pipeline::run(
+        events,
+        Arc::clone(&sink),
+        GroupOffsets::new(&consumer),
         options,
-        ack_tx,
         Arc::clone(&totals),
+        shutdown.clone(),
+        finished_tx,
     ));
     let health = settings.health_file.clone().map(|file| {
         let context = Arc::clone(consumer.context());
-        tokio::spawn(beat_while_reachable(
+        let sink = Arc::clone(&sink);
+        tokio::spawn(health::beat_while(
             Heartbeat::new(file),
-            context,
-            Arc::clone(&store),
             shutdown.clone(),
+            move || {
+                let kafka = context.kafka_reachable(health::BEAT_EVERY * 2);
+                let sink = Arc::clone(&sink);
+                async move {
+                    let postgres = sink.ping().await;
+                    if kafka && postgres {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "a dependency does not answer (kafka={kafka} postgres={postgres})"
+                        ))
+                    }
+                }
+            },
         ))
     });
     let grace = settings.shutdown_grace;
-    let poll_shutdown = shutdown.clone();
-    let poll = tokio::task::spawn_blocking(move || {
-        consume::run(consumer, records_tx, &poll_shutdown, grace)
+    let pump_shutdown = shutdown.clone();
+    let pump = tokio::task::spawn_blocking(move || {
+        consume::run(consumer, &pump_shutdown, grace, &finished)
     });
     let progress = tokio::spawn(log_progress(Arc::clone(&totals), shutdown.clone()));
 
-    let report = poll.await;
+    let pumped = pump.await;
     progress.abort();
     if let Some(health) = health {
         health.abort();
     }
-    // Writers that still hold rows after the grace period (PostgreSQL down) are
-    // cut off: their offsets were never stored, so the messages are read again.
-    let mut writers = writers;
-    if tokio::time::timeout(Duration::from_secs(1), &mut writers)
-        .await
-        .is_err()
-    {
-        tracing::warn!("writers still busy after the grace period; stopping them without storing their offsets");
-        writers.abort();
-    }
-    let report = report
+    // Writes still running after the grace period (PostgreSQL down) are cut
+    // off: their offsets were never stored, so the messages are read again.
+    let mut pipeline = pipeline;
+    let piped = match tokio::time::timeout(PIPELINE_EXIT_MARGIN, &mut pipeline).await {
+        Ok(joined) => joined.ok(),
+        Err(_) => {
+            tracing::warn!("writers still busy after the grace period; stopping them without storing their offsets");
+            pipeline.abort();
+            None
+        }
+    };
+    let pumped = pumped
         .map_err(|err| ConsumerError::Stopped(format!("the Kafka poll loop failed: {err}")))?;
-    if report.writers_gone {
+    if pumped.pipeline_gone {
         return Err(ConsumerError::Stopped(
             "the writers stopped before the consumer did; unwritten messages keep their offsets"
                 .into(),
         ));
     }
     let summary = Summary {
-        read: report.handed_over,
+        read: totals.read.load(Ordering::Relaxed),
         inserted: totals.inserted.load(Ordering::Relaxed),
         duplicates: totals.duplicates.load(Ordering::Relaxed),
         dead_letters: totals.dead_letters.load(Ordering::Relaxed),
         retries: totals.retries.load(Ordering::Relaxed),
-        unwritten: report.unwritten_at_exit,
+        unwritten: piped.map_or(0, |report| report.unwritten),
     };
     tracing::info!(
         read = summary.read,
@@ -224,34 +250,11 @@ pub async fn run(
     Ok(summary)
 }
 
-/// Beats while the brokers answered recently and PostgreSQL answers now.
-async fn beat_while_reachable(
-    heartbeat: Heartbeat,
-    group: Arc<GroupContext>,
-    store: Arc<Store>,
-    stop: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(health::BEAT_EVERY);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = stop.cancelled() => return,
-        }
-        let kafka = group.kafka_reachable(health::BEAT_EVERY * 2);
-        let postgres = store.ping().await;
-        if kafka && postgres {
-            heartbeat.beat();
-        } else {
-            tracing::warn!(kafka, postgres, "not healthy: a dependency does not answer");
-        }
-    }
-}
-
 /// Brings the schema up to date, retrying while the database is not reachable
 /// yet; false when shutdown came first.
 async fn migrate(
     settings: &Settings,
-    connector: &sitewatch_db::Connector,
+    connector: &Connector,
     shutdown: &CancellationToken,
 ) -> Result<bool, ConsumerError> {
     let mut backoff = Duration::from_millis(200);
@@ -291,8 +294,8 @@ fn group_member(
     // what is stored, periodically. The operator's properties still win.
     // When its fetch queue is full, librdkafka waits fetch.queue.backoff.ms
     // (1 s by default) before fetching again, although the queue drains in a
-    // fraction of that while catching up: that wait halved the rate at which a
-    // backlog reached the table (about 60k instead of 120k rows/s here).
+    // fraction of that while catching up: that wait halved the rate at which
+    // a backlog reached the table.
     for (name, value) in [
         ("auto.offset.reset", "earliest"),
         ("queued.max.messages.kbytes", "16384"),

@@ -1,5 +1,6 @@
-//! Which offset of each partition may be stored: the highest one below which
-//! every message handed to the writers has been written.
+//! Where a message came from and when its offset may be stored: the
+//! highest offset below which every message handed to the writers has been
+//! written.
 //!
 //! Batches may commit out of order, so "the offset of the last message
 //! written" is not enough: an offset is storable only when every earlier
@@ -8,6 +9,36 @@
 //! (and perhaps assigned back) cannot move its offset.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+/// Where a message came from in Kafka.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// Topic.
+    pub topic: Arc<str>,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+}
+
+/// A message now stored for good (as a row or a dead letter), quoting the
+/// epoch of its partition's assignment when it was handed over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    /// Partition.
+    pub partition: i32,
+    /// Epoch quoted when handed over.
+    pub epoch: u64,
+    /// Offset.
+    pub offset: i64,
+}
+
+/// Where storable offsets go: the consumer group, which commits them.
+pub trait OffsetStore: Send + Sync + 'static {
+    /// Marks every message of `partition` up to `offset` as processed.
+    fn store(&self, partition: i32, offset: i64);
+}
 
 /// Per-partition bookkeeping of messages handed to the writers.
 #[derive(Debug, Default)]
@@ -58,16 +89,17 @@ impl OffsetTracker {
         Some(track.epoch)
     }
 
-    /// Records that `offset` was written; returns the offset now storable for
-    /// the partition (the last of an unbroken written prefix), if it moved.
-    pub fn written(&mut self, partition: i32, epoch: u64, offset: i64) -> Option<i64> {
-        let track = self.partitions.get_mut(&partition)?;
-        if track.epoch != epoch {
+    /// Records that the acknowledged message was written; returns the offset
+    /// now storable for its partition (the last of an unbroken written
+    /// prefix), if it moved.
+    pub fn written(&mut self, ack: Ack) -> Option<i64> {
+        let track = self.partitions.get_mut(&ack.partition)?;
+        if track.epoch != ack.epoch {
             return None;
         }
         let index = track
             .pending
-            .binary_search_by_key(&offset, |&(o, _)| o)
+            .binary_search_by_key(&ack.offset, |&(o, _)| o)
             .ok()?;
         track.pending[index].1 = true;
         let mut storable = None;
@@ -99,6 +131,14 @@ impl OffsetTracker {
 mod tests {
     use super::*;
 
+    fn ack(partition: i32, epoch: u64, offset: i64) -> Ack {
+        Ack {
+            partition,
+            epoch,
+            offset,
+        }
+    }
+
     #[test]
     fn stores_only_up_to_the_lowest_unwritten_offset() {
         let mut t = OffsetTracker::default();
@@ -109,12 +149,12 @@ mod tests {
             .flatten()
             .expect("ours");
         // A later batch commits first: nothing may be stored yet.
-        assert_eq!(t.written(0, epoch, 13), None);
-        assert_eq!(t.written(0, epoch, 14), None);
-        assert_eq!(t.written(0, epoch, 10), Some(10));
-        assert_eq!(t.written(0, epoch, 12), None, "11 is still unwritten");
+        assert_eq!(t.written(ack(0, epoch, 13)), None);
+        assert_eq!(t.written(ack(0, epoch, 14)), None);
+        assert_eq!(t.written(ack(0, epoch, 10)), Some(10));
+        assert_eq!(t.written(ack(0, epoch, 12)), None, "11 is still unwritten");
         assert_eq!(
-            t.written(0, epoch, 11),
+            t.written(ack(0, epoch, 11)),
             Some(14),
             "the gap closed: all of 10..=14 written"
         );
@@ -129,7 +169,7 @@ mod tests {
         let e1 = t.hand_over(1, 7).expect("ours");
         assert_ne!(e0, e1);
         assert_eq!(t.outstanding(Some(&[1])), 1);
-        assert_eq!(t.written(1, e1, 7), Some(7));
+        assert_eq!(t.written(ack(1, e1, 7)), Some(7));
         assert_eq!(t.outstanding(Some(&[1])), 0);
         assert_eq!(t.outstanding(Some(&[0])), 1);
     }
@@ -141,16 +181,16 @@ mod tests {
         let old = t.hand_over(3, 100).expect("ours");
         t.revoke([3]);
         assert_eq!(t.hand_over(3, 101), None, "not ours any more");
-        assert_eq!(t.written(3, old, 100), None);
+        assert_eq!(t.written(ack(3, old, 100)), None);
         t.assign([3]);
         let new = t.hand_over(3, 100).expect("ours again");
         assert_ne!(old, new);
         assert_eq!(
-            t.written(3, old, 100),
+            t.written(ack(3, old, 100)),
             None,
             "the old epoch's write cannot move the new offset"
         );
-        assert_eq!(t.written(3, new, 100), Some(100));
+        assert_eq!(t.written(ack(3, new, 100)), Some(100));
     }
 
     #[test]
@@ -158,8 +198,8 @@ mod tests {
         let mut t = OffsetTracker::default();
         t.assign([0]);
         let e = t.hand_over(0, 1).expect("ours");
-        assert_eq!(t.written(0, e, 2), None);
-        assert_eq!(t.written(9, e, 1), None);
+        assert_eq!(t.written(ack(0, e, 2)), None);
+        assert_eq!(t.written(ack(9, e, 1)), None);
         assert_eq!(t.assigned(), vec![0]);
     }
 }

@@ -1,8 +1,9 @@
 //! PostgreSQL for both services: where the server is and how to reach it
 //! ([`settings`], with libpq's TLS modes in [`tls`]), and the schema they
-//! share ([`schema`]): the consumer writes `metrics`, the monitor can read its
-//! sites from `websites`.
+//! share ([`schema`]): the consumer writes `metrics` (each column mapped
+//! once, in [`columns`]), the monitor can read its sites from `websites`.
 
+pub mod columns;
 pub mod schema;
 pub mod settings;
 mod tls;

@@ -59,6 +59,23 @@ async fn metric_rows(pg_port: u16) -> i64 {
         .unwrap_or(0)
 }
 
+/// The last lines of every log the demo wrote, for a failure message.
+fn logs(demo_dir: &Path) -> String {
+    let mut out = String::new();
+    let Ok(entries) = std::fs::read_dir(demo_dir.join("logs")) else {
+        return out;
+    };
+    let mut paths: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+    paths.sort();
+    for path in paths {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+        out.push_str(&format!("--- {}:\n{tail}\n", path.display()));
+    }
+    out
+}
+
 /// Runs the demo until `rows` rows are in PostgreSQL, then Ctrl-C; returns the exit code.
 async fn run_demo(
     repo: &Path,
@@ -95,11 +112,13 @@ async fn run_demo(
             let _ = Command::new("kill")
                 .args(["-KILL", "--", &format!("-{}", child.id())])
                 .status();
-            let log =
-                std::fs::read_to_string(demo_dir.join("logs/consumer-1.log")).unwrap_or_default();
+            let exit = child.try_wait().ok().flatten();
             let said = std::fs::read_to_string(demo_dir.with_file_name("demo-stderr.log"))
                 .unwrap_or_default();
-            panic!("no {rows} rows from the demo; it said:\n{said}\nconsumer-1 log:\n{log}");
+            panic!(
+                "no {rows} rows from the demo (script exit: {exit:?}); it said:\n{said}\n{}",
+                logs(demo_dir)
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -56,7 +56,10 @@ pub const MAX_MATCH_BYTES: usize = 256;
 pub const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
 
 /// One probe of one site: what was asked, when, and what came back.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// The default is an empty probe (nil id, epoch times): a base for the
+/// struct-update syntax, not a valid message.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Metric {
     /// Always [`SCHEMA_VERSION`] for messages this crate writes.
     pub schema_version: u32,
@@ -201,12 +204,41 @@ pub enum DecodeError {
     },
 }
 
+/// The successful probe of this crate's documentation, as JSON: every field
+/// but `error` holds a value, so tests that must see every field start here.
+pub const EXAMPLE_JSON: &str = r#"{
+  "schema_version": 1,
+  "probe_id": "019abc6e-8a3c-7d2e-9b1f-3c5d7e9f1a2b",
+  "url": "https://www.example.com/",
+  "scheduled_at": "2026-11-25T17:00:00.000000Z",
+  "started_at": "2026-11-25T17:00:00.000412Z",
+  "lateness_us": 412,
+  "skipped_before": 0,
+  "timings": { "dns_us": 1200, "connect_us": 35000, "ttfb_us": 41000, "body_us": 3000, "total_us": 80200 },
+  "status": 200,
+  "body_bytes": 1256,
+  "body_truncated": false,
+  "regex": "Example Domain",
+  "regex_matched": true,
+  "regex_match": "Example Domain",
+  "final_url": "https://www.example.com/",
+  "redirects": 0,
+  "tls_expires_at": "2027-01-15T23:59:59Z",
+  "error": null
+}"#;
+
 #[derive(Deserialize)]
 struct Envelope {
     schema_version: Option<u64>,
 }
 
 impl Metric {
+    /// [`EXAMPLE_JSON`] as a metric.
+    pub fn example() -> Metric {
+        // A test of this crate checks that the example parses.
+        Metric::from_json(EXAMPLE_JSON.as_bytes()).unwrap_or_default()
+    }
+
     /// The Kafka message key: the site URL, so one site stays in one partition.
     pub fn key(&self) -> &[u8] {
         self.url.as_bytes()
@@ -346,7 +378,7 @@ mod tests {
     }
 
     #[test]
-    fn the_documented_example_is_a_valid_metric() {
+    fn the_documented_example_is_the_example_and_a_valid_metric() {
         let doc = include_str!("lib.rs");
         let start = doc.find("//! ```json\n").expect("example") + "//! ```json\n".len();
         let end = start + doc[start..].find("//! ```").expect("end of example");
@@ -357,6 +389,9 @@ mod tests {
         let m = Metric::from_json(json.as_bytes()).expect("doc example parses");
         assert_eq!(m.status, Some(200));
         assert_eq!(m.timings.total_us, 80_200);
+        let example = Metric::from_json(EXAMPLE_JSON.as_bytes()).expect("EXAMPLE_JSON parses");
+        assert_eq!(m, example, "the docs show EXAMPLE_JSON");
+        assert_eq!(Metric::example(), example);
     }
 
     #[test]

@@ -18,13 +18,12 @@ pub mod timing;
 use std::sync::Arc;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
-use sitewatch_metric::{Metric, SCHEMA_VERSION};
+use sitewatch_metric::Metric;
 use sitewatch_service::health::{self, Heartbeat};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use uuid::Uuid;
 
 use crate::probe::{ProbeSetupError, Prober};
 use crate::publish::{DeliveryReport, PublishSetupError, Sink};
@@ -105,19 +104,15 @@ struct ProbeAndPublish {
 impl RunJob for ProbeAndPublish {
     async fn run(&self, job: Job, started: Instant) {
         // Debug, not info: a span per probe cost a few percent of the CPU at
-        // 1,000 probes/s (issue 9), and what a probe logs at info or above
+        // a thousand probes a second, and what a probe logs at info or above
         // names its site itself.
         let span = tracing::debug_span!("probe", url = %job.target.id);
         async {
-            let probe_id = Uuid::now_v7();
             let seen = self.prober.probe(&job.target).await;
             if let Some(err) = &seen.error {
                 tracing::debug!(kind = %err.kind, message = %err.message, "probe failed");
             }
             let metric = Metric {
-                schema_version: SCHEMA_VERSION,
-                probe_id,
-                url: job.target.id.clone(),
                 scheduled_at: self.clock.at(job.scheduled),
                 started_at: self.clock.at(started),
                 lateness_us: u64::try_from(
@@ -125,17 +120,7 @@ impl RunJob for ProbeAndPublish {
                 )
                 .unwrap_or(u64::MAX),
                 skipped_before: job.skipped_before,
-                timings: seen.timings,
-                status: seen.status,
-                body_bytes: seen.body_bytes,
-                body_truncated: seen.body_truncated,
-                regex: job.target.regex.as_ref().map(|r| r.as_str().to_owned()),
-                regex_matched: seen.regex_matched,
-                regex_match: seen.regex_match,
-                final_url: seen.final_url,
-                redirects: seen.redirects,
-                tls_expires_at: seen.tls_expires_at,
-                error: seen.error,
+                ..seen
             };
             self.sink.publish(&metric).await;
         }

@@ -1,5 +1,6 @@
 //! One HTTP GET of one site, timed by phase, with the body checked against
-//! the site's regex and every failure given a kind instead of a fake status.
+//! the site's regex and every failure given a kind instead of a fake status;
+//! what it saw is the metric itself.
 
 use std::error::Error as StdError;
 use std::path::PathBuf;
@@ -9,10 +10,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use sitewatch_metric::{
-    truncate_utf8, ErrorKind, ProbeError, Timings, MAX_ERROR_MESSAGE_BYTES, MAX_MATCH_BYTES,
+    truncate_utf8, ErrorKind, Metric, ProbeError, Timings, MAX_ERROR_MESSAGE_BYTES,
+    MAX_MATCH_BYTES, SCHEMA_VERSION,
 };
 use sitewatch_service::tls;
 use tokio::time::Instant;
+use uuid::Uuid;
 
 use crate::targets::Target;
 use crate::timing::{DnsFailure, PhaseLog, TimedConnectLayer, TimedResolver};
@@ -60,31 +63,6 @@ pub enum ProbeSetupError {
     /// rustls or reqwest refused the configuration.
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
-}
-
-/// What one probe saw, before it becomes a metric.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Observation {
-    /// Phase durations.
-    pub timings: Timings,
-    /// Status of the final response.
-    pub status: Option<u16>,
-    /// Body bytes read, at most the cap.
-    pub body_bytes: u64,
-    /// Whether the body was cut at the cap.
-    pub body_truncated: bool,
-    /// Whether the regex matched; `None` without a regex or a response.
-    pub regex_matched: Option<bool>,
-    /// First match, cut.
-    pub regex_match: Option<String>,
-    /// URL of the final response.
-    pub final_url: Option<String>,
-    /// Redirects followed.
-    pub redirects: u32,
-    /// Expiry of the final response's leaf certificate.
-    pub tls_expires_at: Option<DateTime<Utc>>,
-    /// Why the probe failed.
-    pub error: Option<ProbeError>,
 }
 
 /// Makes probes; one per process, shared by every site.
@@ -167,8 +145,12 @@ impl Prober {
         &self.settings
     }
 
-    /// Probes `target` once.
-    pub async fn probe(&self, target: &Target) -> Observation {
+    /// Probes `target` once, starting now: the metric of the probe, with
+    /// what the schedule knows (when it was due, how late it started) left
+    /// for the caller to fill in.
+    pub async fn probe(&self, target: &Target) -> Metric {
+        let probe_id = Uuid::now_v7();
+        let started_at = Utc::now();
         let log = Arc::new(PhaseLog::default());
         let start = Instant::now();
         let timeout = target.effective_timeout(self.settings.timeout);
@@ -202,7 +184,12 @@ impl Prober {
             (Some(regex), Some(_)) => Some(regex.find(&head.body)),
             _ => None,
         };
-        Observation {
+        Metric {
+            schema_version: SCHEMA_VERSION,
+            probe_id,
+            url: target.id.clone(),
+            scheduled_at: started_at,
+            started_at,
             timings: Timings {
                 dns_us: phases.dns.map(micros),
                 connect_us: phases.connect.map(micros),
@@ -213,6 +200,7 @@ impl Prober {
             status: head.status,
             body_bytes: head.body.len() as u64,
             body_truncated: head.truncated,
+            regex: target.regex.as_ref().map(|r| r.as_str().to_owned()),
             regex_matched: matched.map(|m| m.is_some()),
             regex_match: matched.flatten().map(|m| {
                 let cut = &m[..m.len().min(MAX_MATCH_BYTES)];
@@ -224,6 +212,7 @@ impl Prober {
             redirects: phases.redirects,
             tls_expires_at: head.tls_expires_at,
             error,
+            ..Metric::default()
         }
     }
 

@@ -2,8 +2,8 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use sitewatch_metric::ErrorKind;
-use sitewatch_monitor::probe::{Observation, ProbeSettings, Prober};
+use sitewatch_metric::{ErrorKind, Metric};
+use sitewatch_monitor::probe::{ProbeSettings, Prober};
 use sitewatch_monitor::targets::{parse_url, SiteRegex, Target};
 use sitewatch_sitefarm::{FarmOptions, SiteFarm};
 
@@ -45,14 +45,14 @@ fn site(url: &str, regex: Option<&str>, timeout: Option<Duration>) -> Target {
 }
 
 impl Bench {
-    async fn probe(&self, path: &str, regex: Option<&str>) -> Observation {
+    async fn probe(&self, path: &str, regex: Option<&str>) -> Metric {
         self.prober
             .probe(&site(&self.farm.url(path), regex, None))
             .await
     }
 }
 
-fn kind(o: &Observation) -> Option<ErrorKind> {
+fn kind(o: &Metric) -> Option<ErrorKind> {
     o.error.as_ref().map(|e| e.kind)
 }
 

@@ -13,10 +13,11 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use sitewatch_consumer::offsets::Origin;
 use sitewatch_consumer::settings::Settings;
-use sitewatch_consumer::store::{metric_from_row, Origin, SELECT_METRICS};
+use sitewatch_db::columns;
 use sitewatch_db::SslMode;
-use sitewatch_metric::{ErrorKind, Metric, ProbeError, Timings, SCHEMA_VERSION};
+use sitewatch_metric::{ErrorKind, Metric, ProbeError, Timings};
 use sitewatch_pgtest::Postgres;
 use sitewatch_service::SecretString;
 use tokio::time::Instant;
@@ -38,6 +39,14 @@ pub fn kafka(topic: &str, partitions: i32) -> MockCluster<'static, DefaultProduc
 
 /// Consumer settings for tests: short group timeouts (rebalances in ~3 s on the mock, FACTS.md).
 pub fn settings(bootstrap: &str, topic: &str, db: &Postgres, group: &str) -> Settings {
+    let mut s = kafka_settings(bootstrap, topic, group);
+    s.postgres.url = Some(SecretString::from(db.url()));
+    s.postgres.sslmode = SslMode::Disable;
+    s
+}
+
+/// [`settings`] without a database, for a sink of the test's own.
+pub fn kafka_settings(bootstrap: &str, topic: &str, group: &str) -> Settings {
     let mut s = Settings {
         group_id: group.to_owned(),
         batch_rows: 200,
@@ -49,8 +58,6 @@ pub fn settings(bootstrap: &str, topic: &str, db: &Postgres, group: &str) -> Set
     s.kafka.brokers = bootstrap.to_owned();
     s.kafka.topic = topic.to_owned();
     s.kafka.properties.extend(group_timeouts());
-    s.postgres.url = Some(SecretString::from(db.url()));
-    s.postgres.sslmode = SslMode::Disable;
     s
 }
 
@@ -78,7 +85,6 @@ pub fn metric(i: u64, sites: u64) -> Metric {
     let site = i % sites;
     let failed = i % 7 == 3;
     Metric {
-        schema_version: SCHEMA_VERSION,
         probe_id: Uuid::now_v7(),
         url: format!("https://site-{site}.example/health"),
         scheduled_at: base,
@@ -106,6 +112,7 @@ pub fn metric(i: u64, sites: u64) -> Metric {
             kind: ErrorKind::ALL[usize::try_from(i / 7).expect("small") % ErrorKind::ALL.len()],
             message: format!("failure number {i} with 'quotes' and \"double\" and ünïcode"),
         }),
+        ..Metric::example()
     }
 }
 
@@ -164,13 +171,18 @@ pub async fn client(db: &Postgres) -> tokio_postgres::Client {
 pub async fn stored(db: &Postgres) -> HashMap<Uuid, (Metric, Origin)> {
     let client = client(db).await;
     let rows = client
-        .query(SELECT_METRICS, &[])
+        .query(columns::select(), &[])
         .await
         .expect("select metrics");
     rows.iter()
         .map(|r| {
-            let (m, o) = metric_from_row(r).expect("row decodes");
-            (m.probe_id, (m, o))
+            let stored = columns::read(r).expect("row decodes");
+            let origin = Origin {
+                topic: Arc::from(stored.topic),
+                partition: stored.partition,
+                offset: stored.offset,
+            };
+            (stored.metric.probe_id, (stored.metric, origin))
         })
         .collect()
 }

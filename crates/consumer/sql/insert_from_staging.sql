@@ -1,1 +1,0 @@
-INSERT INTO metrics SELECT * FROM metrics_staging ON CONFLICT (probe_id) DO NOTHING

@@ -1,0 +1,85 @@
+//! Where batches are written: the seam between the consumer's pipeline and
+//! its database. PostgreSQL ([`crate::store::Store`]) is one sink; a test can
+//! put any other behind the same trait.
+
+use std::future::Future;
+
+use sitewatch_metric::Metric;
+
+use crate::offsets::Origin;
+
+/// A decoded metric and the message it came from, kept in case the sink
+/// refuses it and it must become a dead letter.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// The message, decoded.
+    pub metric: Metric,
+    /// Its Kafka position.
+    pub origin: Origin,
+    /// The message key as received.
+    pub key: Option<Vec<u8>>,
+    /// The payload as received.
+    pub payload: Option<Vec<u8>>,
+}
+
+/// A message that can never be a metric row, kept whole with the reason.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// Its Kafka position.
+    pub origin: Origin,
+    /// The message key as received.
+    pub key: Option<Vec<u8>>,
+    /// The payload as received.
+    pub payload: Option<Vec<u8>>,
+    /// Why it cannot be stored.
+    pub reason: String,
+}
+
+impl Row {
+    /// This row as a dead letter, for `reason`.
+    pub fn into_dead_letter(self, reason: String) -> DeadLetter {
+        DeadLetter {
+            origin: self.origin,
+            key: self.key,
+            payload: self.payload,
+            reason,
+        }
+    }
+}
+
+/// What a write did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Written {
+    /// New rows stored.
+    pub inserted: u64,
+    /// Rows already there (a redelivery), skipped.
+    pub duplicates: u64,
+    /// Dead letters stored (new or already there).
+    pub dead_letters: u64,
+}
+
+/// A failed write, told apart by whether the same write may succeed later.
+pub trait SinkError: std::error::Error + Send + Sync + 'static {
+    /// Whether retrying can help (the database is down, a connection broke,
+    /// a lock conflict); otherwise the data itself is at fault.
+    fn is_transient(&self) -> bool;
+}
+
+/// Stores batches of rows and dead letters, each batch all or nothing, and
+/// idempotently: a row already stored is skipped, not stored twice.
+pub trait Sink: Send + Sync + 'static {
+    /// Why a write failed.
+    type Error: SinkError;
+
+    /// Stores `rows` and `dead` in one transaction.
+    fn write(
+        &self,
+        rows: &[Row],
+        dead: &[DeadLetter],
+    ) -> impl Future<Output = Result<Written, Self::Error>> + Send;
+
+    /// Whether the sink answers now, for the health check.
+    fn ping(&self) -> impl Future<Output = bool> + Send {
+        async { true }
+    }
+}

@@ -1,0 +1,194 @@
+//! PostgreSQL as the consumer's sink: a batch of metrics and dead letters in
+//! one transaction, through a bounded pool, idempotently on `probe_id`.
+//!
+//! The columns come from `sitewatch_db::columns`, the one mapping between a
+//! metric and a row; the schema from `sitewatch_db::schema`.
+
+mod error;
+mod sites;
+
+use std::sync::LazyLock;
+
+use deadpool_postgres::Pool;
+use serde::Deserialize;
+use sitewatch_db::columns::{self, Columns, RowRef};
+
+pub use self::error::StoreError;
+use self::sites::SiteIds;
+use crate::sink::{DeadLetter, Row, Sink, Written};
+
+const CREATE_STAGING: &str = include_str!("../../sql/create_staging.sql");
+const INSERT_DEAD_LETTERS: &str = include_str!("../../sql/insert_dead_letters.sql");
+
+/// The staging table's rows into `metrics`, skipping those already stored.
+static INSERT_FROM_STAGING: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO metrics ({list}) SELECT {list} FROM metrics_staging ON CONFLICT (probe_id) DO NOTHING",
+        list = columns::list()
+    )
+});
+static COPY_METRICS: LazyLock<String> = LazyLock::new(|| columns::copy_into("metrics"));
+static COPY_STAGING: LazyLock<String> = LazyLock::new(|| columns::copy_into("metrics_staging"));
+
+/// How rows get into `metrics`; both are idempotent on `probe_id`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum WritePath {
+    /// Binary COPY straight into `metrics`; a batch holding a row already
+    /// stored (a redelivery) is written again by COPY into a temporary staging
+    /// table, then INSERT ... SELECT ... ON CONFLICT DO NOTHING.
+    #[default]
+    Copy,
+    /// One INSERT ... SELECT FROM unnest(arrays) ... ON CONFLICT DO NOTHING.
+    Unnest,
+}
+
+/// Writes batches through a bounded pool.
+#[derive(Debug)]
+pub struct Store {
+    pool: Pool,
+    path: WritePath,
+    sites: SiteIds,
+}
+
+impl Store {
+    /// A store writing through `pool` by `path`.
+    pub fn new(pool: Pool, path: WritePath) -> Store {
+        Store {
+            pool,
+            path,
+            sites: SiteIds::default(),
+        }
+    }
+
+    async fn write_once(&self, rows: &[Row], dead: &[DeadLetter]) -> Result<Written, StoreError> {
+        let mut client = self.pool.get().await?;
+        let ids = self.sites.of(&client, rows).await?;
+        let insert = match self.path {
+            WritePath::Copy => Insert::Copy,
+            WritePath::Unnest => Insert::Unnest,
+        };
+        match write_transaction(&mut client, rows, &ids, dead, insert).await {
+            // Fresh rows, the usual case, went straight in; a redelivery is rare
+            // enough that doing its batch twice costs less than checking every batch.
+            Err(err) if insert == Insert::Copy && err.is_stored_already() => {
+                tracing::debug!(
+                    rows = rows.len(),
+                    "the batch holds rows already stored (a redelivery): writing it again, skipping those"
+                );
+                write_transaction(&mut client, rows, &ids, dead, Insert::Staged).await
+            }
+            other => other,
+        }
+    }
+}
+
+impl Sink for Store {
+    type Error = StoreError;
+
+    async fn write(&self, rows: &[Row], dead: &[DeadLetter]) -> Result<Written, StoreError> {
+        match self.write_once(rows, dead).await {
+            // A site row deleted by an operator while its id was cached: forget
+            // the batch's sites so they are looked up (and created) again.
+            Err(err) if err.is_missing_site() => {
+                self.sites.forget(rows);
+                self.write_once(rows, dead).await
+            }
+            other => other,
+        }
+    }
+
+    /// Whether PostgreSQL answers a trivial query through the pool.
+    async fn ping(&self) -> bool {
+        match self.pool.get().await {
+            Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
+            Err(_) => false,
+        }
+    }
+}
+
+/// How one transaction puts rows into `metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Insert {
+    /// Binary COPY into `metrics`; fails if a row is there already.
+    Copy,
+    /// Binary COPY into a staging table, then INSERT ... ON CONFLICT DO NOTHING.
+    Staged,
+    /// INSERT ... SELECT FROM unnest(arrays) ... ON CONFLICT DO NOTHING.
+    Unnest,
+}
+
+/// The rows as the column mapping takes them; `ids` are their sites' ids, in order.
+fn row_refs<'a>(rows: &'a [Row], ids: &'a [i64]) -> impl Iterator<Item = RowRef<'a>> {
+    rows.iter().zip(ids).map(|(row, &website_id)| RowRef {
+        metric: &row.metric,
+        website_id,
+        topic: &row.origin.topic,
+        partition: row.origin.partition,
+        offset: row.origin.offset,
+    })
+}
+
+/// Rows and dead letters in one transaction; returns what it did.
+async fn write_transaction(
+    client: &mut deadpool_postgres::Client,
+    rows: &[Row],
+    ids: &[i64],
+    dead: &[DeadLetter],
+    insert: Insert,
+) -> Result<Written, StoreError> {
+    let tx = client.transaction().await?;
+    let inserted = if rows.is_empty() {
+        0
+    } else {
+        match insert {
+            Insert::Copy => {
+                let sink = tx.copy_in(COPY_METRICS.as_str()).await?;
+                columns::copy_rows(sink, row_refs(rows, ids)).await?
+            }
+            Insert::Staged => {
+                tx.batch_execute(CREATE_STAGING).await?;
+                let sink = tx.copy_in(COPY_STAGING.as_str()).await?;
+                let _ = columns::copy_rows(sink, row_refs(rows, ids)).await?;
+                let statement = tx.prepare_cached(&INSERT_FROM_STAGING).await?;
+                tx.execute(&statement, &[]).await?
+            }
+            Insert::Unnest => {
+                let refs: Vec<RowRef<'_>> = row_refs(rows, ids).collect();
+                let by_column = Columns::of(&refs);
+                let statement = tx.prepare_cached(columns::insert_unnest()).await?;
+                tx.execute(&statement, &by_column.params()).await?
+            }
+        }
+    };
+    if !dead.is_empty() {
+        insert_dead_letters(&tx, dead).await?;
+    }
+    tx.commit().await?;
+    Ok(Written {
+        inserted,
+        duplicates: rows.len() as u64 - inserted,
+        dead_letters: dead.len() as u64,
+    })
+}
+
+async fn insert_dead_letters(
+    tx: &deadpool_postgres::Transaction<'_>,
+    dead: &[DeadLetter],
+) -> Result<(), StoreError> {
+    let topics: Vec<&str> = dead.iter().map(|d| &*d.origin.topic).collect();
+    let partitions: Vec<i32> = dead.iter().map(|d| d.origin.partition).collect();
+    let offsets: Vec<i64> = dead.iter().map(|d| d.origin.offset).collect();
+    let keys: Vec<Option<&[u8]>> = dead.iter().map(|d| d.key.as_deref()).collect();
+    let payloads: Vec<Option<&[u8]>> = dead.iter().map(|d| d.payload.as_deref()).collect();
+    // PostgreSQL text cannot hold NUL; a reason quoting a bad payload might.
+    let reasons: Vec<String> = dead.iter().map(|d| d.reason.replace('\0', "\\0")).collect();
+    let statement = tx.prepare_cached(INSERT_DEAD_LETTERS).await?;
+    let _ = tx
+        .execute(
+            &statement,
+            &[&topics, &partitions, &offsets, &keys, &payloads, &reasons],
+        )
+        .await?;
+    Ok(())
+}
