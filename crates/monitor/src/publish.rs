@@ -160,9 +160,9 @@ impl KafkaSink {
             ("enable.idempotence", "true"),
             ("compression.type", "lz4"),
             // librdkafka wakes its broker thread for the first message of each
-            // batch; 50 ms (not its 5 ms default) makes fewer, larger batches: a
-            // third fewer context switches per probe and about 10% less CPU at
-            // 1,000 probes/s (issue 9), for at most 50 ms more on the way to Kafka.
+            // batch; a longer linger than its 5 ms default makes fewer, larger
+            // batches, so fewer context switches and less CPU per probe (see
+            // BENCHMARKS.md), for at most this much more on the way to Kafka.
             ("linger.ms", "50"),
         ] {
             if !settings.properties.contains(name) {

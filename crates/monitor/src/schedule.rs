@@ -45,8 +45,8 @@ pub struct ScheduleOptions {
     /// Probe every site once, now, then return.
     pub once: bool,
     /// Deadlines are served in batches this far apart (zero: each at its own
-    /// instant). A timer wake-up per deadline costs a context switch or two;
-    /// at 1,000 probes/s, 5 ms of slack cut the monitor's CPU by a sixth.
+    /// instant). A timer wake-up per deadline costs a context switch or two,
+    /// which at a thousand probes a second is a large share of the CPU.
     pub slack: Duration,
 }
 
