@@ -342,31 +342,9 @@ mod tests {
 
     fn sample() -> Metric {
         Metric {
-            schema_version: SCHEMA_VERSION,
             probe_id: Uuid::now_v7(),
-            url: "https://www.example.com/".into(),
-            scheduled_at: DateTime::from_timestamp_micros(1_790_000_000_000_000)
-                .unwrap_or_default(),
-            started_at: DateTime::from_timestamp_micros(1_790_000_000_000_412).unwrap_or_default(),
-            lateness_us: 412,
-            skipped_before: 0,
-            timings: Timings {
-                dns_us: Some(1200),
-                connect_us: Some(35_000),
-                ttfb_us: Some(41_000),
-                body_us: Some(3000),
-                total_us: 80_200,
-            },
-            status: Some(200),
-            body_bytes: 1256,
-            body_truncated: false,
-            regex: Some("Example Domain".into()),
-            regex_matched: Some(true),
-            regex_match: Some("Example Domain".into()),
-            final_url: Some("https://www.example.com/".into()),
-            redirects: 0,
             tls_expires_at: None,
-            error: None,
+            ..Metric::example()
         }
     }
 
