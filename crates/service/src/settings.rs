@@ -2,8 +2,9 @@
 //!
 //! A setting is a field of a struct deriving both `clap::Args` and
 //! `serde::Deserialize`: its `#[arg(...)]` gives the flag, the environment
-//! variable, the default and (as `id`) the key in the config file, its doc
-//! comment the help. [`Cli::read`] lays, lowest to highest, the declared
+//! variable and the default, its doc comment the help, and the argument's id
+//! is its key in the config file (the field's name at the top of the file,
+//! written out as `id = "kafka.brokers"` in a table). [`Cli::read`] lays, lowest to highest, the declared
 //! defaults, the TOML file (`--config`), environment variables and flags,
 //! and the `config` crate turns the result into the struct.
 //!
@@ -34,7 +35,7 @@ pub const HEALTH_FILE: &str = "health_file";
 
 /// Logging settings, shared by every binary (and so by one `.env`).
 #[derive(Debug, Clone, Deserialize, clap::Args)]
-#[serde(default, deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct LogSettings {
     /// Log format: text for people, JSON for collectors
     #[arg(
@@ -59,52 +60,7 @@ pub struct LogSettings {
 
 impl Default for LogSettings {
     fn default() -> Self {
-        LogSettings {
-            format: LogFormat::Text,
-            level: "info".into(),
-        }
-    }
-}
-
-/// Settings from `file` laid over the defaults (`T`'s `#[serde(default)]`);
-/// without a file, the defaults.
-pub fn read<T: DeserializeOwned + Default>(file: Option<&Path>) -> Result<T, ConfigFileError> {
-    let Some(path) = file else {
-        return Ok(T::default());
-    };
-    config::Config::builder()
-        .add_source(config::File::from(path).format(config::FileFormat::Toml))
-        .build()
-        .and_then(config::Config::try_deserialize)
-        .map_err(|source| ConfigFileError {
-            path: path.to_owned(),
-            source: Box::new(source),
-        })
-}
-
-/// Logging flags, shared by both binaries (and so by one `.env`).
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct LogArgs {
-    /// Log format [setting: log.format] [default: text]
-    #[arg(long = "log-format", env = "SITEWATCH_LOG_FORMAT", value_enum)]
-    pub format: Option<LogFormat>,
-    /// Log filter, e.g. `info` or `debug,rdkafka=info`; RUST_LOG wins [setting: log.level] [default: info]
-    #[arg(long = "log-level", env = "SITEWATCH_LOG_LEVEL", value_name = "FILTER")]
-    pub level: Option<String>,
-}
-
-impl LogArgs {
-    /// Lays these flags over the file's log settings.
-    pub fn apply(self, s: &mut LogSettings) {
-        set(&mut s.format, self.format);
-        set(&mut s.level, self.level);
-    }
-}
-
-/// Sets `slot` when a higher layer gave a value.
-pub fn set<T>(slot: &mut T, value: Option<T>) {
-    if let Some(value) = value {
-        *slot = value;
+        defaults()
     }
 }
 
