@@ -12,6 +12,8 @@
 //! (the librdkafka properties) are built from several values and the file,
 //! which clap alone cannot do.
 
+pub mod check;
+
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::path::{Path, PathBuf};
