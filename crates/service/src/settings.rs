@@ -2,11 +2,12 @@
 //!
 //! A setting is a field of a struct deriving both `clap::Args` and
 //! `serde::Deserialize`: its `#[arg(...)]` gives the flag, the environment
-//! variable and the default, its doc comment the help, and the argument's id
-//! is its key in the config file (the field's name at the top of the file,
-//! written out as `id = "kafka.brokers"` in a table). [`Cli::read`] lays, lowest to highest, the declared
-//! defaults, the TOML file (`--config`), environment variables and flags,
-//! and the `config` crate turns the result into the struct.
+//! variable and the default, its doc comment the help, and the argument's
+//! id is its key in the config file (the field's name at the top of the
+//! file, written out as `id = "kafka.brokers"` in a table). [`Cli::read`]
+//! lays, lowest to highest, the declared defaults, the TOML file
+//! (`--config`), environment variables and flags, and the `config` crate
+//! turns the result into the struct.
 //!
 //! The structs' derived `FromArgMatches` is not used for them: some fields
 //! (the librdkafka properties) are built from several values and the file,
