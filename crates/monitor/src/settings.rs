@@ -64,7 +64,7 @@ pub struct Settings {
     )]
     pub output: Vec<Output>,
     /// Probe every site once, publish, flush and exit
-    #[arg(id = "once", long = "once", env = "MONITOR_ONCE")]
+    #[arg(long, env = "MONITOR_ONCE")]
     pub once: bool,
     /// Probes running at once across all sites
     #[arg(
