@@ -9,7 +9,6 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use sitewatch_broker::{Advertised, Broker, BrokerOptions, FrontOptions, TlsFiles};
-use sitewatch_service::settings::LogArgs;
 use sitewatch_service::settings::LogSettings;
 use sitewatch_service::{shutdown, telemetry};
 
@@ -46,14 +45,13 @@ struct Cli {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
     #[command(flatten)]
-    log: LogArgs,
+    log: LogSettings,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mut log = LogSettings::default();
-    cli.log.clone().apply(&mut log);
-    if let Err(err) = telemetry::init(log.format, &log.level) {
+    // No config file here: clap's own parsing gives the flags, environment and defaults.
+    if let Err(err) = telemetry::init(cli.log.format, &cli.log.level) {
         eprintln!("broker: error: {err}");
         return ExitCode::from(2);
     }

@@ -8,7 +8,7 @@ pub mod schema;
 pub mod settings;
 mod tls;
 
-pub use settings::{Connector, PgArgs, PgSettings, PgSettingsError, SslMode};
+pub use settings::{Connector, PgSettings, PgSettingsError, SslMode};
 
 /// A PostgreSQL error in one line: the server's message, SQLSTATE and detail,
 /// or the client's error and its cause.

@@ -10,6 +10,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+use sitewatch_service::settings;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// How the connection to PostgreSQL is protected, with libpq's names.
@@ -59,56 +60,112 @@ impl FromStr for SslMode {
     }
 }
 
-/// Where PostgreSQL is and how to log in.
+/// Where PostgreSQL is and how to log in, each setting declared once: its
+/// flag, environment variable, default and config-file key (the `id`).
 ///
-/// `url` wins over the separate fields it sets; `sslmode`, `ca_file` and
-/// `pool_size` apply either way.
-#[derive(Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+/// `url` wins over the separate fields it sets; `sslmode`, `ca_file`,
+/// `pool_size` and `connect_timeout` apply either way. `Debug` shows the
+/// password and the URL redacted.
+#[derive(Debug, Clone, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
 pub struct PgSettings {
-    /// `postgres://user:password@host:port/database?sslmode=...`; secret, as it may hold a password.
+    /// PostgreSQL URL, postgres://user:password@host:port/db?sslmode=... (never printed)
+    #[arg(
+        id = "postgres.url",
+        long = "postgres-url",
+        env = "SITEWATCH_POSTGRES_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub url: Option<SecretString>,
-    /// Server host.
+    /// PostgreSQL host, when no URL is given
+    #[arg(
+        id = "postgres.host",
+        long = "postgres-host",
+        env = "SITEWATCH_POSTGRES_HOST",
+        value_name = "HOST",
+        default_value = "localhost"
+    )]
     pub host: String,
-    /// Server port.
+    /// PostgreSQL port
+    #[arg(
+        id = "postgres.port",
+        long = "postgres-port",
+        env = "SITEWATCH_POSTGRES_PORT",
+        value_name = "PORT",
+        default_value = "5432"
+    )]
     pub port: u16,
-    /// User name.
+    /// PostgreSQL user
+    #[arg(
+        id = "postgres.user",
+        long = "postgres-user",
+        env = "SITEWATCH_POSTGRES_USER",
+        value_name = "USER",
+        default_value = "postgres"
+    )]
     pub user: String,
-    /// Password.
+    /// PostgreSQL password (never printed)
+    #[arg(
+        id = "postgres.password",
+        long = "postgres-password",
+        env = "SITEWATCH_POSTGRES_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
     pub password: Option<SecretString>,
-    /// Database name.
+    /// PostgreSQL database
+    #[arg(
+        id = "postgres.database",
+        long = "postgres-database",
+        env = "SITEWATCH_POSTGRES_DATABASE",
+        value_name = "NAME",
+        default_value = "sitewatch"
+    )]
     pub database: String,
-    /// TLS mode (`sslmode` in the URL overrides it).
+    /// TLS to PostgreSQL (`sslmode` in the URL overrides it)
+    #[arg(
+        id = "postgres.sslmode",
+        long = "postgres-sslmode",
+        env = "SITEWATCH_POSTGRES_SSLMODE",
+        value_name = "SSLMODE",
+        value_enum,
+        default_value = "prefer"
+    )]
     pub sslmode: SslMode,
-    /// CA certificate (PEM) for verify-ca / verify-full; the system CAs otherwise.
+    /// CA certificate (PEM) for verify-ca / verify-full; the system CAs otherwise
+    #[arg(
+        id = "postgres.ca_file",
+        long = "postgres-ca-file",
+        env = "SITEWATCH_POSTGRES_CA_FILE",
+        value_name = "FILE"
+    )]
     pub ca_file: Option<PathBuf>,
-    /// Connections in the pool, at most.
+    /// Connections in the pool, at most
+    #[arg(
+        id = "postgres.pool_size",
+        long = "postgres-pool-size",
+        env = "SITEWATCH_POSTGRES_POOL_SIZE",
+        value_name = "N",
+        default_value = "4"
+    )]
     pub pool_size: usize,
-    /// How long a connection attempt may take.
+    /// How long a connection attempt to PostgreSQL may take
+    #[arg(
+        id = "postgres.connect_timeout",
+        long = "postgres-connect-timeout",
+        env = "SITEWATCH_POSTGRES_CONNECT_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "10s",
+        value_parser = humantime::parse_duration
+    )]
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
 }
 
 impl Default for PgSettings {
     fn default() -> Self {
-        PgSettings {
-            url: None,
-            host: "localhost".into(),
-            port: 5432,
-            user: "postgres".into(),
-            password: None,
-            database: "sitewatch".into(),
-            sslmode: SslMode::Prefer,
-            ca_file: None,
-            pool_size: 4,
-            connect_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
-impl fmt::Debug for PgSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.describe())
+        settings::defaults()
     }
 }
 
@@ -281,107 +338,6 @@ impl PgSettings {
     }
 }
 
-/// Command-line flags (and environment variables) for the PostgreSQL settings.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct PgArgs {
-    /// PostgreSQL URL, postgres://user:password@host:port/db?sslmode=... (never printed) [setting: postgres.url]
-    #[arg(
-        long = "postgres-url",
-        env = "SITEWATCH_POSTGRES_URL",
-        value_name = "URL",
-        hide_env_values = true
-    )]
-    pub url: Option<String>,
-    /// PostgreSQL host, when no URL is given [setting: postgres.host] [default: localhost]
-    #[arg(
-        long = "postgres-host",
-        env = "SITEWATCH_POSTGRES_HOST",
-        value_name = "HOST"
-    )]
-    pub host: Option<String>,
-    /// PostgreSQL port [setting: postgres.port] [default: 5432]
-    #[arg(
-        long = "postgres-port",
-        env = "SITEWATCH_POSTGRES_PORT",
-        value_name = "PORT"
-    )]
-    pub port: Option<u16>,
-    /// PostgreSQL user [setting: postgres.user] [default: postgres]
-    #[arg(
-        long = "postgres-user",
-        env = "SITEWATCH_POSTGRES_USER",
-        value_name = "USER"
-    )]
-    pub user: Option<String>,
-    /// PostgreSQL password (never printed) [setting: postgres.password]
-    #[arg(
-        long = "postgres-password",
-        env = "SITEWATCH_POSTGRES_PASSWORD",
-        value_name = "PASSWORD",
-        hide_env_values = true
-    )]
-    pub password: Option<String>,
-    /// PostgreSQL database [setting: postgres.database] [default: sitewatch]
-    #[arg(
-        long = "postgres-database",
-        env = "SITEWATCH_POSTGRES_DATABASE",
-        value_name = "NAME"
-    )]
-    pub database: Option<String>,
-    /// TLS to PostgreSQL [setting: postgres.sslmode] [default: prefer]
-    #[arg(
-        long = "postgres-sslmode",
-        env = "SITEWATCH_POSTGRES_SSLMODE",
-        value_enum
-    )]
-    pub sslmode: Option<SslMode>,
-    /// CA certificate (PEM) for verify-ca / verify-full [setting: postgres.ca_file]
-    #[arg(
-        long = "postgres-ca-file",
-        env = "SITEWATCH_POSTGRES_CA_FILE",
-        value_name = "FILE"
-    )]
-    pub ca_file: Option<PathBuf>,
-    /// Connections in the pool, at most [setting: postgres.pool_size] [default: 4]
-    #[arg(
-        long = "postgres-pool-size",
-        env = "SITEWATCH_POSTGRES_POOL_SIZE",
-        value_name = "N"
-    )]
-    pub pool_size: Option<usize>,
-}
-
-impl PgArgs {
-    /// Lays these flags over settings read from defaults and the config file.
-    pub fn apply(self, s: &mut PgSettings) {
-        if let Some(v) = self.url {
-            s.url = Some(SecretString::from(v));
-        }
-        if let Some(v) = self.password {
-            s.password = Some(SecretString::from(v));
-        }
-        if let Some(v) = self.host {
-            s.host = v;
-        }
-        if let Some(v) = self.port {
-            s.port = v;
-        }
-        if let Some(v) = self.user {
-            s.user = v;
-        }
-        if let Some(v) = self.database {
-            s.database = v;
-        }
-        if let Some(v) = self.sslmode {
-            s.sslmode = v;
-        }
-        s.ca_file = self.ca_file.or(s.ca_file.take());
-        if let Some(v) = self.pool_size {
-            s.pool_size = v;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -432,6 +388,17 @@ mod tests {
             err.contains("postgres.url") && err.contains("sometimes") && !err.contains("hunter2"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn defaults_come_from_the_declaration() {
+        let s = PgSettings::default();
+        assert_eq!(
+            s.describe(),
+            "host=localhost port=5432 user=postgres database=sitewatch sslmode=prefer pool_size=4"
+        );
+        assert_eq!(s.connect_timeout, Duration::from_secs(10));
+        assert!(s.url.is_none() && s.password.is_none() && s.ca_file.is_none());
     }
 
     #[test]

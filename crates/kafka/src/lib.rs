@@ -10,4 +10,4 @@ pub mod settings;
 pub use broker::{BrokerErrors, Unreachable};
 /// The Kafka client library, for [`forward_client_context!`]'s expansion.
 pub use rdkafka;
-pub use settings::{KafkaArgs, KafkaSettings, KafkaSettingsError, TlsFiles};
+pub use settings::{KafkaSettings, KafkaSettingsError, Properties, TlsFiles};

@@ -5,9 +5,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use clap::ArgAction;
 use rdkafka::ClientConfig;
 use secrecy::{ExposeSecret, SecretString};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use sitewatch_service::settings;
 
 /// File names a managed Kafka service hands out, looked up in `certs_dir`.
 pub const CA_FILE: &str = "ca.pem";
@@ -16,47 +19,102 @@ pub const CERT_FILE: &str = "service.cert";
 /// Client private key file name in `certs_dir`.
 pub const KEY_FILE: &str = "service.key";
 
-/// Kafka settings as read from defaults, the config file, environment and flags.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+/// Kafka settings, each declared once: its flag, environment variable,
+/// default and config-file key (the `id`), shared by both services so that
+/// one `.env` configures both.
+#[derive(Debug, Clone, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
 pub struct KafkaSettings {
-    /// Bootstrap servers, `host:port[,host:port...]`.
+    /// Kafka bootstrap servers, host:port[,host:port]
+    #[arg(
+        id = "kafka.brokers",
+        long = "kafka-brokers",
+        env = "SITEWATCH_KAFKA_BROKERS",
+        value_name = "HOST:PORT",
+        default_value = "localhost:9092"
+    )]
     pub brokers: String,
-    /// Topic the metrics go to.
+    /// Topic of the metrics
+    #[arg(
+        id = "kafka.topic",
+        long = "kafka-topic",
+        env = "SITEWATCH_KAFKA_TOPIC",
+        value_name = "NAME",
+        default_value = "website-metrics"
+    )]
     pub topic: String,
-    /// Folder with `ca.pem`, `service.cert` and `service.key`; turns on TLS.
+    /// Folder with ca.pem, service.cert and service.key (a managed Kafka's files); turns on TLS
+    #[arg(
+        id = "kafka.certs_dir",
+        long = "kafka-certs-dir",
+        env = "SITEWATCH_KAFKA_CERTS_DIR",
+        value_name = "DIR"
+    )]
     pub certs_dir: Option<PathBuf>,
-    /// CA certificate file (overrides `certs_dir/ca.pem`).
+    /// CA certificate file, instead of `<certs-dir>/ca.pem`
+    #[arg(
+        id = "kafka.ssl_ca",
+        long = "kafka-ssl-ca",
+        env = "SITEWATCH_KAFKA_SSL_CA",
+        value_name = "FILE"
+    )]
     pub ssl_ca: Option<PathBuf>,
-    /// Client certificate file (overrides `certs_dir/service.cert`).
+    /// Client certificate file, instead of `<certs-dir>/service.cert`
+    #[arg(
+        id = "kafka.ssl_cert",
+        long = "kafka-ssl-cert",
+        env = "SITEWATCH_KAFKA_SSL_CERT",
+        value_name = "FILE"
+    )]
     pub ssl_cert: Option<PathBuf>,
-    /// Client private key file (overrides `certs_dir/service.key`).
+    /// Client private key file, instead of `<certs-dir>/service.key`
+    #[arg(
+        id = "kafka.ssl_key",
+        long = "kafka-ssl-key",
+        env = "SITEWATCH_KAFKA_SSL_KEY",
+        value_name = "FILE"
+    )]
     pub ssl_key: Option<PathBuf>,
-    /// Password of the private key, if it is encrypted.
+    /// Password of an encrypted private key (never printed)
+    #[arg(
+        id = "kafka.ssl_key_password",
+        long = "kafka-ssl-key-password",
+        env = "SITEWATCH_KAFKA_SSL_KEY_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
     pub ssl_key_password: Option<SecretString>,
-    /// Any other librdkafka property (SASL, timeouts, ...), applied last.
+    /// Any librdkafka property as NAME=VALUE, repeatable (e.g. sasl.mechanism=PLAIN), added to the file's table; one per line in the environment variable
+    #[arg(
+        id = "kafka.properties",
+        short = 'X',
+        long = "kafka-property",
+        env = "SITEWATCH_KAFKA_PROPERTIES",
+        value_name = "NAME=VALUE",
+        value_parser = parse_property,
+        // Values may hold commas and semicolons (sasl.jaas.config, debug lists); lines may not.
+        value_delimiter = '\n',
+        action = ArgAction::Append,
+        required = false,
+        hide_env_values = true
+    )]
+    #[serde(default)]
     pub properties: Properties,
 }
 
 impl Default for KafkaSettings {
     fn default() -> Self {
-        KafkaSettings {
-            brokers: "localhost:9092".into(),
-            topic: "website-metrics".into(),
-            certs_dir: None,
-            ssl_ca: None,
-            ssl_cert: None,
-            ssl_key: None,
-            ssl_key_password: None,
-            properties: Properties::default(),
-        }
+        settings::defaults()
     }
 }
 
 /// librdkafka properties passed through as given; values whose names look
 /// secret are redacted when printed.
-#[derive(Clone, Default, Deserialize)]
-#[serde(transparent)]
+///
+/// In a file they are a table; from flags and the environment, `NAME=VALUE`
+/// entries laid over the file's table, which then come as a list (see
+/// `sitewatch_service::settings`).
+#[derive(Clone, Default)]
 pub struct Properties(BTreeMap<String, String>);
 
 impl Properties {
@@ -68,6 +126,13 @@ impl Properties {
     /// Whether `name` is set.
     pub fn contains(&self, name: &str) -> bool {
         self.0.contains_key(name)
+    }
+
+    /// Every property, secrets in the clear.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
     }
 
     fn is_secret(name: &str) -> bool {
@@ -82,6 +147,44 @@ impl Properties {
         ]
         .iter()
         .any(|word| name.contains(word))
+    }
+}
+
+impl<'de> Deserialize<'de> for Properties {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(PropertiesVisitor)
+    }
+}
+
+/// Reads a table, a `NAME=VALUE` entry, or a list of both (later wins).
+struct PropertiesVisitor;
+
+impl<'de> Visitor<'de> for PropertiesVisitor {
+    type Value = Properties;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a table of librdkafka properties or NAME=VALUE entries")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Properties, A::Error> {
+        let mut properties = Properties::default();
+        while let Some((name, value)) = map.next_entry::<String, String>()? {
+            let _ = properties.0.insert(name, value);
+        }
+        Ok(properties)
+    }
+
+    fn visit_str<E: de::Error>(self, entry: &str) -> Result<Properties, E> {
+        let (name, value) = parse_property(entry).map_err(E::custom)?;
+        Ok(Properties(BTreeMap::from([(name, value)])))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Properties, A::Error> {
+        let mut properties = Properties::default();
+        while let Some(item) = seq.next_element::<Properties>()? {
+            properties.0.extend(item.0);
+        }
+        Ok(properties)
     }
 }
 
@@ -218,7 +321,7 @@ impl KafkaSettings {
         if let Some(password) = &self.ssl_key_password {
             let _ = config.set("ssl.key.password", password.expose_secret());
         }
-        for (name, value) in &self.properties.0 {
+        for (name, value) in self.properties.iter() {
             let _ = config.set(name, value);
         }
         Ok(config)
@@ -235,74 +338,6 @@ fn check_readable(setting: &'static str, path: &Path) -> Result<(), KafkaSetting
         })
 }
 
-/// Command-line flags (and their environment variables) for the Kafka settings,
-/// shared by both services so that one `.env` configures both.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct KafkaArgs {
-    /// Kafka bootstrap servers, host:port[,host:port] [default: localhost:9092]
-    #[arg(
-        long = "kafka-brokers",
-        env = "SITEWATCH_KAFKA_BROKERS",
-        value_name = "HOST:PORT"
-    )]
-    pub brokers: Option<String>,
-    /// Topic of the metrics [default: website-metrics]
-    #[arg(
-        long = "kafka-topic",
-        env = "SITEWATCH_KAFKA_TOPIC",
-        value_name = "NAME"
-    )]
-    pub topic: Option<String>,
-    /// Folder with ca.pem, service.cert and service.key (a managed Kafka's files); turns on TLS
-    #[arg(
-        long = "kafka-certs-dir",
-        env = "SITEWATCH_KAFKA_CERTS_DIR",
-        value_name = "DIR"
-    )]
-    pub certs_dir: Option<PathBuf>,
-    /// CA certificate file, instead of <certs-dir>/ca.pem
-    #[arg(
-        long = "kafka-ssl-ca",
-        env = "SITEWATCH_KAFKA_SSL_CA",
-        value_name = "FILE"
-    )]
-    pub ssl_ca: Option<PathBuf>,
-    /// Client certificate file, instead of <certs-dir>/service.cert
-    #[arg(
-        long = "kafka-ssl-cert",
-        env = "SITEWATCH_KAFKA_SSL_CERT",
-        value_name = "FILE"
-    )]
-    pub ssl_cert: Option<PathBuf>,
-    /// Client private key file, instead of <certs-dir>/service.key
-    #[arg(
-        long = "kafka-ssl-key",
-        env = "SITEWATCH_KAFKA_SSL_KEY",
-        value_name = "FILE"
-    )]
-    pub ssl_key: Option<PathBuf>,
-    /// Password of an encrypted private key (never printed)
-    #[arg(
-        long = "kafka-ssl-key-password",
-        env = "SITEWATCH_KAFKA_SSL_KEY_PASSWORD",
-        value_name = "PASSWORD",
-        hide_env_values = true
-    )]
-    pub ssl_key_password: Option<String>,
-    /// Any librdkafka property as NAME=VALUE, repeatable (e.g. sasl.mechanism=PLAIN); one per line in the environment variable
-    #[arg(
-        short = 'X',
-        long = "kafka-property",
-        env = "SITEWATCH_KAFKA_PROPERTIES",
-        value_name = "NAME=VALUE",
-        value_parser = parse_property,
-        // Values may hold commas and semicolons (sasl.jaas.config, debug lists); lines may not.
-        value_delimiter = '\n',
-        hide_env_values = true
-    )]
-    pub properties: Vec<(String, String)>,
-}
-
 fn parse_property(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((name, value)) if !name.trim().is_empty() => {
@@ -310,36 +345,6 @@ fn parse_property(s: &str) -> Result<(String, String), String> {
         }
         // The value is not echoed: it may be a password.
         _ => Err("expected NAME=VALUE".to_owned()),
-    }
-}
-
-impl KafkaArgs {
-    /// Lays these flags over settings read from defaults and the config file.
-    pub fn apply(self, settings: &mut KafkaSettings) {
-        let KafkaArgs {
-            brokers,
-            topic,
-            certs_dir,
-            ssl_ca,
-            ssl_cert,
-            ssl_key,
-            ssl_key_password,
-            properties,
-        } = self;
-        if let Some(v) = brokers {
-            settings.brokers = v;
-        }
-        if let Some(v) = topic {
-            settings.topic = v;
-        }
-        settings.certs_dir = certs_dir.or(settings.certs_dir.take());
-        settings.ssl_ca = ssl_ca.or(settings.ssl_ca.take());
-        settings.ssl_cert = ssl_cert.or(settings.ssl_cert.take());
-        settings.ssl_key = ssl_key.or(settings.ssl_key.take());
-        if let Some(v) = ssl_key_password {
-            settings.ssl_key_password = Some(SecretString::from(v));
-        }
-        settings.properties.extend(properties);
     }
 }
 
@@ -398,25 +403,52 @@ mod tests {
     }
 
     #[test]
-    fn flags_override_file_settings() {
-        let mut settings = KafkaSettings {
-            brokers: "file:9092".into(),
-            ..KafkaSettings::default()
-        };
-        KafkaArgs {
-            brokers: Some("flag:9092".into()),
-            properties: vec![
-                ("linger.ms".into(), "5".into()),
-                ("debug".into(), "broker,topic".into()),
-            ],
-            ..KafkaArgs::default()
-        }
-        .apply(&mut settings);
+    fn flags_override_file_settings_and_add_properties() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("kafka.toml");
+        std::fs::write(
+            &file,
+            "[kafka]\nbrokers = \"file:9092\"\n[kafka.properties]\n\"session.timeout.ms\" = 6000\n\"linger.ms\" = \"1\"\n",
+        )
+        .expect("write");
+        let command = settings::command::<KafkaSettings>(clap::Command::new("t"), "T_CONFIG");
+        let args = [
+            "t",
+            "--config",
+            file.to_str().expect("utf8"),
+            "--kafka-brokers",
+            "flag:9092",
+            "-X",
+            "linger.ms=5",
+            "--kafka-property",
+            "debug=broker,topic",
+        ];
+        let cli = settings::Cli::try_parse_from(command, args).expect("flags parse");
+        let settings: KafkaSettings = cli.read().expect("loads");
         assert_eq!(settings.brokers, "flag:9092");
-        assert!(settings.properties.contains("linger.ms"));
+        let config = settings.client_config().expect("config");
+        assert_eq!(
+            config.get("linger.ms"),
+            Some("5"),
+            "the flag beats the file"
+        );
+        assert_eq!(
+            config.get("session.timeout.ms"),
+            Some("6000"),
+            "the file's table stays"
+        );
+        assert_eq!(config.get("debug"), Some("broker,topic"));
         assert_eq!(
             parse_property("novalue").map_err(|e| e.contains("NAME=VALUE")),
             Err(true)
         );
+    }
+
+    #[test]
+    fn defaults_come_from_the_declaration() {
+        let settings = KafkaSettings::default();
+        assert_eq!(settings.brokers, "localhost:9092");
+        assert_eq!(settings.topic, "website-metrics");
+        assert!(settings.ssl_key_password.is_none() && !settings.tls_files().any());
     }
 }

@@ -2,29 +2,19 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use sitewatch_monitor::settings::{Cli, Settings};
+use sitewatch_monitor::settings::{self, Settings, CHECK};
 use sitewatch_monitor::source::TargetSource;
 use sitewatch_monitor::MonitorError;
 use sitewatch_service::process::{self, ProcessError};
-use sitewatch_service::telemetry;
 
 const NAME: &str = "monitor";
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    if cli.check_health {
-        return process::check_health(NAME, cli.health_file.as_deref());
-    }
-    let check_only = cli.check;
-    let settings = match Settings::load(cli) {
-        Ok(settings) => settings,
-        Err(err) => return process::fail(NAME, 2, &err),
+    let (cli, settings) = match process::start::<Settings>(NAME, settings::command()) {
+        Ok(started) => started,
+        Err(code) => return code,
     };
-    if let Err(err) = telemetry::init(settings.log.format, &settings.log.level) {
-        return process::fail(NAME, 2, &err);
-    }
-    if check_only {
+    if cli.flag(CHECK) {
         return check(&settings);
     }
     process::serve(

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
 use sitewatch_metric::{
     truncate_utf8, ErrorKind, Metric, ProbeError, Timings, MAX_ERROR_MESSAGE_BYTES,
     MAX_MATCH_BYTES, SCHEMA_VERSION,
@@ -17,37 +16,9 @@ use sitewatch_service::tls;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+pub use crate::settings::ProbeSettings;
 use crate::targets::Target;
 use crate::timing::{DnsFailure, PhaseLog, TimedConnectLayer, TimedResolver};
-
-/// How probes are made.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ProbeSettings {
-    /// Timeout of a site without its own; never more than the site's interval.
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
-    /// Body bytes read for the regex; the rest is not downloaded.
-    pub body_cap: usize,
-    /// Redirects followed before the probe fails with `redirect`.
-    pub max_redirects: usize,
-    /// Extra CA certificates (PEM) trusted besides the system's, for internal sites.
-    pub ca_file: Option<PathBuf>,
-    /// User-Agent header sent with every probe.
-    pub user_agent: String,
-}
-
-impl Default for ProbeSettings {
-    fn default() -> Self {
-        ProbeSettings {
-            timeout: Duration::from_secs(10),
-            body_cap: 1024 * 1024,
-            max_redirects: 10,
-            ca_file: None,
-            user_agent: concat!("sitewatch-monitor/", env!("CARGO_PKG_VERSION")).into(),
-        }
-    }
-}
 
 /// Why the HTTP client could not be built.
 #[derive(Debug, thiserror::Error)]

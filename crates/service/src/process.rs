@@ -6,6 +6,9 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::Command;
+
+use crate::settings::{Cli, ServiceSettings, CHECK_HEALTH, HEALTH_FILE};
 use crate::shutdown::{self, SignalError, SignalHandles};
 use crate::{health, telemetry};
 
@@ -26,6 +29,21 @@ pub enum ProcessError {
     /// The signal handlers could not be installed.
     #[error(transparent)]
     Signals(#[from] SignalError),
+}
+
+/// How every service starts: parses the command line (clap exits with code
+/// 2 on a bad flag), answers `--check-health`, reads and validates the
+/// settings (code 2 when one is bad), then starts logging. `Err` is the
+/// code to exit with at once.
+pub fn start<S: ServiceSettings>(name: &str, command: Command) -> Result<(Cli, S), ExitCode> {
+    let cli = Cli::parse(command);
+    if cli.flag(CHECK_HEALTH) {
+        return Err(check_health(name, cli.path(HEALTH_FILE)));
+    }
+    let settings = S::load(&cli).map_err(|err| fail(name, 2, &err))?;
+    let log = settings.log();
+    telemetry::init(log.format, &log.level).map_err(|err| fail(name, 2, &err))?;
+    Ok((cli, settings))
 }
 
 /// Runs `service` on a multi-threaded runtime with the shutdown and reload
