@@ -13,6 +13,7 @@
 //! (the librdkafka properties) are built from several values and the file,
 //! which clap alone cannot do.
 
+#[cfg(feature = "check")]
 pub mod check;
 
 use std::ffi::{OsStr, OsString};
