@@ -122,7 +122,11 @@ pub async fn consume_into<S: Sink>(
     shutdown: CancellationToken,
 ) -> Result<Summary, ConsumerError> {
     let (events_tx, events) = mpsc::channel(settings.queue_messages);
-    let context = GroupContext::new(&settings.kafka.topic, events_tx, settings.revoke_drain);
+    let context = GroupContext::new(
+        &settings.kafka.topic,
+        events_tx,
+        settings.revoke_drain.get(),
+    );
     let consumer = Arc::new(group_member(settings, context)?);
     let partitions = {
         let member = Arc::clone(&consumer);
@@ -130,7 +134,7 @@ pub async fn consume_into<S: Sink>(
         broker::check_reachable(
             &settings.kafka,
             consumer.context().errors(),
-            settings.connect_timeout,
+            settings.connect_timeout.get(),
             move |timeout| {
                 let partitions = broker::topic_partitions(member.client(), &topic, timeout);
                 if partitions.is_err() {
@@ -162,11 +166,11 @@ pub async fn consume_into<S: Sink>(
     let options = PipelineOptions {
         batch: BatchPolicy {
             max_rows: settings.batch_rows,
-            max_wait: settings.batch_wait,
+            max_wait: settings.batch_wait.get(),
         },
         writers: settings.writers,
-        revoke_drain: settings.revoke_drain,
-        shutdown_grace: settings.shutdown_grace,
+        revoke_drain: settings.revoke_drain.get(),
+        shutdown_grace: settings.shutdown_grace.get(),
     };
     let (finished_tx, finished) = std::sync::mpsc::channel();
     let pipeline = tokio::spawn(pipeline::run(
@@ -203,7 +207,7 @@ pub async fn consume_into<S: Sink>(
     let grace = settings.shutdown_grace;
     let pump_shutdown = shutdown.clone();
     let pump = tokio::task::spawn_blocking(move || {
-        consume::run(consumer, &pump_shutdown, grace, &finished)
+        consume::run(consumer, &pump_shutdown, grace.get(), &finished)
     });
     let progress = tokio::spawn(log_progress(Arc::clone(&totals), shutdown.clone()));
 

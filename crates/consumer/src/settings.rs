@@ -4,14 +4,15 @@
 //! (see `sitewatch_service::settings`).
 
 use std::path::PathBuf;
-use std::time::Duration;
 
-use clap::{Command, CommandFactory, Parser};
+use clap::Command;
 use serde::Deserialize;
 use sitewatch_db::PgSettings;
 use sitewatch_kafka::KafkaSettings;
 pub use sitewatch_service::settings::Cli;
-use sitewatch_service::settings::{self as layers, LogSettings, ServiceSettings, SettingsError};
+use sitewatch_service::settings::{
+    self as layers, About, LogSettings, ServiceSettings, SettingsError, TimeSpan,
+};
 
 use crate::store::WritePath;
 
@@ -43,11 +44,9 @@ pub struct Settings {
         long,
         env = "CONSUMER_BATCH_WAIT",
         value_name = "DURATION",
-        default_value = "100ms",
-        value_parser = humantime::parse_duration
+        default_value = "100ms"
     )]
-    #[serde(with = "humantime_serde")]
-    pub batch_wait: Duration,
+    pub batch_wait: TimeSpan,
     /// Batches written at once; each holds a pooled connection
     #[arg(long, env = "CONSUMER_WRITERS", value_name = "N", default_value = "2")]
     pub writers: usize,
@@ -73,41 +72,33 @@ pub struct Settings {
         long,
         env = "CONSUMER_SHUTDOWN_GRACE",
         value_name = "DURATION",
-        default_value = "20s",
-        value_parser = humantime::parse_duration
+        default_value = "20s"
     )]
-    #[serde(with = "humantime_serde")]
-    pub shutdown_grace: Duration,
+    pub shutdown_grace: TimeSpan,
     /// On a rebalance, time to write revoked partitions before their offsets are committed
     #[arg(
         long,
         env = "CONSUMER_REVOKE_DRAIN",
         value_name = "DURATION",
-        default_value = "10s",
-        value_parser = humantime::parse_duration
+        default_value = "10s"
     )]
-    #[serde(with = "humantime_serde")]
-    pub revoke_drain: Duration,
+    pub revoke_drain: TimeSpan,
     /// How often stored offsets are committed
     #[arg(
         long,
         env = "CONSUMER_COMMIT_INTERVAL",
         value_name = "DURATION",
-        default_value = "1s",
-        value_parser = humantime::parse_duration
+        default_value = "1s"
     )]
-    #[serde(with = "humantime_serde")]
-    pub commit_interval: Duration,
+    pub commit_interval: TimeSpan,
     /// At start, how long to wait for the brokers
     #[arg(
         long,
         env = "CONSUMER_CONNECT_TIMEOUT",
         value_name = "DURATION",
-        default_value = "15s",
-        value_parser = humantime::parse_duration
+        default_value = "15s"
     )]
-    #[serde(with = "humantime_serde")]
-    pub connect_timeout: Duration,
+    pub connect_timeout: TimeSpan,
     /// Beat into this file every 10 s while Kafka and PostgreSQL are reachable (for container health checks)
     #[arg(long, env = "CONSUMER_HEALTH_FILE", value_name = "FILE")]
     pub health_file: Option<PathBuf>,
@@ -128,26 +119,23 @@ impl Default for Settings {
     }
 }
 
-/// Reads website metrics from Kafka in a consumer group and writes them to
-/// PostgreSQL in batches: nothing lost, nothing written twice.
-///
-/// Every setting can come from a TOML file (--config), an environment
-/// variable (shown below), or a flag; a flag beats the environment, which
-/// beats the file, which beats the default. Run several consumers with the
-/// same group to share the topic's partitions. SIGTERM or SIGINT stops
-/// fetching, writes what was read (within the grace period), commits offsets,
-/// leaves the group and exits 0.
-#[derive(Debug, Parser)]
-#[command(name = "consumer", version, verbatim_doc_comment, after_help = AFTER_HELP)]
-struct About;
-
-const AFTER_HELP: &str = "\
-Exit codes: 0 stopped cleanly; 1 a failure at run time; 2 bad settings.
-Durations are written like 500ms, 10s, 2m. Example config: monitor-data/consumer.example.toml";
+/// What `--help` says of the consumer.
+const ABOUT: About = About {
+    name: "consumer",
+    version: env!("CARGO_PKG_VERSION"),
+    summary: "Reads website metrics from Kafka in a consumer group and writes them to\n\
+        PostgreSQL in batches: nothing lost, nothing written twice.",
+    lifecycle: "Run several consumers with the\n\
+        same group to share the topic's partitions. SIGTERM or SIGINT stops\n\
+        fetching, writes what was read (within the grace period), commits offsets,\n\
+        leaves the group and exits 0.",
+    exit_codes: "0 stopped cleanly; 1 a failure at run time; 2 bad settings.",
+    example: "monitor-data/consumer.example.toml",
+};
 
 /// The consumer's command line: every setting, `--config` and `--check-health`.
 pub fn command() -> Command {
-    layers::command::<Settings>(About::command(), "CONSUMER_CONFIG")
+    layers::command::<Settings>(ABOUT.command(), "CONSUMER_CONFIG")
 }
 
 impl ServiceSettings for Settings {
@@ -179,62 +167,56 @@ impl ServiceSettings for Settings {
         }
         Ok(())
     }
-
-    fn log(&self) -> &LogSettings {
-        &self.log
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Duration;
 
-    fn cli(args: &[&str]) -> Cli {
-        Cli::try_parse_from(
-            command(),
-            std::iter::once("consumer").chain(args.iter().copied()),
-        )
-        .expect("flags parse")
-    }
+    use sitewatch_service::settings::check;
+
+    use super::*;
 
     #[test]
     fn layers_and_validation() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("consumer.toml");
-        std::fs::write(
-            &file,
-            "batch_rows = 100\n[postgres]\nhost = \"db\"\npool_size = 8\n",
-        )
-        .expect("write");
-        let config = file.to_string_lossy().into_owned();
-        let s = Settings::load(&cli(&[
-            "--config",
-            &config,
-            "--batch-rows",
-            "7",
-            "--postgres-port",
-            "6000",
-        ]))
+        let (_dir, config) =
+            check::config_file("batch_rows = 100\n[postgres]\nhost = \"db\"\npool_size = 8\n");
+        let s = Settings::load(&check::cli(
+            command(),
+            &[
+                "--config",
+                &config,
+                "--batch-rows",
+                "7",
+                "--postgres-port",
+                "6000",
+            ],
+        ))
         .expect("valid");
         assert_eq!(
             (s.batch_rows, s.postgres.port, s.postgres.host.as_str()),
             (7, 6000, "db")
         );
-        let err = Settings::load(&cli(&["--writers", "9"])).expect_err("pool too small");
+        let err = Settings::load(&check::cli(command(), &["--writers", "9"]))
+            .expect_err("pool too small");
         assert!(err.to_string().contains("`postgres.pool_size`"), "{err}");
-        std::fs::write(&file, "[postgres]\nsslmode = \"sometimes\"\n").expect("write");
-        let err = Settings::load(&cli(&["--config", &config])).expect_err("bad sslmode");
+        let (_dir, config) = check::config_file("[postgres]\nsslmode = \"sometimes\"\n");
+        let err = Settings::load(&check::cli(command(), &["--config", &config]))
+            .expect_err("bad sslmode");
         assert!(err.to_string().contains("sslmode"), "{err}");
     }
 
     #[test]
     fn help_hides_secret_values() {
-        let s = Settings::load(&cli(&[
-            "--postgres-password",
-            "hunter2",
-            "--postgres-url",
-            "postgres://u:hunter2@h/db",
-        ]))
+        let s = Settings::load(&check::cli(
+            command(),
+            &[
+                "--postgres-password",
+                "hunter2",
+                "--postgres-url",
+                "postgres://u:hunter2@h/db",
+            ],
+        ))
         .expect("valid");
         assert!(!format!("{s:?}").contains("hunter2"));
     }
@@ -243,16 +225,19 @@ mod tests {
     fn defaults_and_the_example_file() {
         let s = Settings::default();
         assert_eq!(
-            (s.group_id.as_str(), s.batch_rows, s.batch_wait, s.writers),
+            (
+                s.group_id.as_str(),
+                s.batch_rows,
+                s.batch_wait.get(),
+                s.writers
+            ),
             ("sitewatch-consumer", 5000, Duration::from_millis(100), 2)
         );
         assert_eq!(s.write_path, WritePath::Copy);
         assert_eq!(s.postgres.pool_size, 4);
-        let example = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../monitor-data/consumer.example.toml"
-        );
-        let loaded = Settings::load(&cli(&["--config", example])).expect("the example loads");
+        let example = check::example("consumer.example.toml");
+        let loaded = Settings::load(&check::cli(command(), &["--config", &example]))
+            .expect("the example loads");
         assert_eq!(
             format!("{loaded:?}"),
             format!("{s:?}"),

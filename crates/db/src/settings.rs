@@ -5,12 +5,11 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use sitewatch_service::settings;
+use sitewatch_service::settings::{self, TimeSpan};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// How the connection to PostgreSQL is protected, with libpq's names.
@@ -156,11 +155,9 @@ pub struct PgSettings {
         long = "postgres-connect-timeout",
         env = "SITEWATCH_POSTGRES_CONNECT_TIMEOUT",
         value_name = "DURATION",
-        default_value = "10s",
-        value_parser = humantime::parse_duration
+        default_value = "10s"
     )]
-    #[serde(with = "humantime_serde")]
-    pub connect_timeout: Duration,
+    pub connect_timeout: TimeSpan,
 }
 
 impl Default for PgSettings {
@@ -299,7 +296,9 @@ impl PgSettings {
             SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
             _ => tokio_postgres::config::SslMode::Require,
         };
-        let _ = config.ssl_mode(ssl).connect_timeout(self.connect_timeout);
+        let _ = config
+            .ssl_mode(ssl)
+            .connect_timeout(self.connect_timeout.get());
         if config.get_application_name().is_none() {
             let _ = config.application_name("sitewatch");
         }
@@ -332,7 +331,7 @@ impl PgSettings {
         Pool::builder(manager)
             .max_size(self.pool_size)
             .runtime(Runtime::Tokio1)
-            .create_timeout(Some(self.connect_timeout))
+            .create_timeout(Some(self.connect_timeout.get()))
             .build()
             .map_err(|e| PgSettingsError::Pool(e.to_string()))
     }
@@ -340,6 +339,8 @@ impl PgSettings {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -397,7 +398,7 @@ mod tests {
             s.describe(),
             "host=localhost port=5432 user=postgres database=sitewatch sslmode=prefer pool_size=4"
         );
-        assert_eq!(s.connect_timeout, Duration::from_secs(10));
+        assert_eq!(s.connect_timeout.get(), Duration::from_secs(10));
         assert!(s.url.is_none() && s.password.is_none() && s.ca_file.is_none());
     }
 

@@ -157,7 +157,7 @@ pub async fn run(
         tokio::spawn(reload::run(
             source,
             settings.watch_targets,
-            settings.targets_refresh,
+            settings.targets_refresh.get(),
             sighup,
             updates_tx,
             shutdown.child_token(),
@@ -182,9 +182,9 @@ pub async fn run(
     });
     let options = ScheduleOptions {
         max_in_flight: settings.max_in_flight,
-        grace: settings.shutdown_grace,
+        grace: settings.shutdown_grace.get(),
         once: settings.once,
-        slack: settings.schedule_slack,
+        slack: settings.schedule_slack.get(),
     };
     // On a worker thread rather than the thread that blocks on `run`: a due
     // probe is then spawned on the worker whose timer fired, instead of the
@@ -217,7 +217,7 @@ pub async fn run(
         probes = schedule.started,
         "schedule stopped; waiting for the last confirmations"
     );
-    let delivery = sink.finish(settings.flush_timeout).await;
+    let delivery = sink.finish(settings.flush_timeout.get()).await;
     let summary = RunSummary { schedule, delivery };
     tracing::info!(
         probes = summary.schedule.started,

@@ -124,7 +124,7 @@ impl Prober {
         let started_at = Utc::now();
         let log = Arc::new(PhaseLog::default());
         let start = Instant::now();
-        let timeout = target.effective_timeout(self.settings.timeout);
+        let timeout = target.effective_timeout(self.settings.timeout.get());
         let mut head = Head::default();
         let outcome = log
             .scope(tokio::time::timeout(timeout, self.fetch(target, &mut head)))

@@ -272,7 +272,7 @@ impl Sink {
                 KafkaSink::connect(
                     &settings.kafka,
                     settings.producer_queue,
-                    settings.connect_timeout,
+                    settings.connect_timeout.get(),
                 )
                 .await?,
             )

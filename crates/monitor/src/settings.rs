@@ -4,13 +4,14 @@
 //! (see `sitewatch_service::settings`).
 
 use std::path::PathBuf;
-use std::time::Duration;
 
-use clap::{Arg, ArgAction, Command, CommandFactory, Parser, ValueEnum};
+use clap::{Arg, ArgAction, Command, ValueEnum};
 use serde::Deserialize;
 use sitewatch_kafka::KafkaSettings;
 pub use sitewatch_service::settings::Cli;
-use sitewatch_service::settings::{self as layers, LogSettings, ServiceSettings, SettingsError};
+use sitewatch_service::settings::{
+    self as layers, About, LogSettings, ServiceSettings, SettingsError, TimeSpan,
+};
 
 use crate::source::TargetSpec;
 
@@ -47,11 +48,9 @@ pub struct Settings {
         long,
         env = "MONITOR_TARGETS_REFRESH",
         value_name = "DURATION",
-        default_value = "30s",
-        value_parser = humantime::parse_duration
+        default_value = "30s"
     )]
-    #[serde(with = "humantime_serde")]
-    pub targets_refresh: Duration,
+    pub targets_refresh: TimeSpan,
     /// Where metrics go: kafka, stdout, or both as kafka,stdout
     #[arg(
         short = 'o',
@@ -79,11 +78,9 @@ pub struct Settings {
         long,
         env = "MONITOR_SCHEDULE_SLACK",
         value_name = "DURATION",
-        default_value = "5ms",
-        value_parser = humantime::parse_duration
+        default_value = "5ms"
     )]
-    #[serde(with = "humantime_serde")]
-    pub schedule_slack: Duration,
+    pub schedule_slack: TimeSpan,
     /// Reload the site list when its file changes (SIGHUP always does); --no-watch turns it off
     #[arg(
         long = "no-watch",
@@ -96,31 +93,25 @@ pub struct Settings {
         long,
         env = "MONITOR_SHUTDOWN_GRACE",
         value_name = "DURATION",
-        default_value = "10s",
-        value_parser = humantime::parse_duration
+        default_value = "10s"
     )]
-    #[serde(with = "humantime_serde")]
-    pub shutdown_grace: Duration,
+    pub shutdown_grace: TimeSpan,
     /// At exit, how long to wait for Kafka's confirmations
     #[arg(
         long,
         env = "MONITOR_FLUSH_TIMEOUT",
         value_name = "DURATION",
-        default_value = "30s",
-        value_parser = humantime::parse_duration
+        default_value = "30s"
     )]
-    #[serde(with = "humantime_serde")]
-    pub flush_timeout: Duration,
+    pub flush_timeout: TimeSpan,
     /// At start, how long to wait for the brokers
     #[arg(
         long,
         env = "MONITOR_CONNECT_TIMEOUT",
         value_name = "DURATION",
-        default_value = "15s",
-        value_parser = humantime::parse_duration
+        default_value = "15s"
     )]
-    #[serde(with = "humantime_serde")]
-    pub connect_timeout: Duration,
+    pub connect_timeout: TimeSpan,
     /// Messages the producer holds before probes wait for Kafka
     #[arg(
         long,
@@ -153,11 +144,9 @@ pub struct ProbeSettings {
         long = "probe-timeout",
         env = "MONITOR_PROBE_TIMEOUT",
         value_name = "DURATION",
-        default_value = "10s",
-        value_parser = humantime::parse_duration
+        default_value = "10s"
     )]
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
+    pub timeout: TimeSpan,
     /// Body bytes read for the regex; the rest is not downloaded
     #[arg(
         id = "probe.body_cap",
@@ -207,21 +196,18 @@ impl Default for ProbeSettings {
     }
 }
 
-/// Probes websites on their own schedules and publishes one JSON metric per
-/// probe to Kafka.
-///
-/// Every setting can come from a TOML file (--config), an environment
-/// variable (shown below), or a flag; a flag beats the environment, which
-/// beats the file, which beats the default. SIGHUP reloads the site list, and
-/// so does a change of the file; SIGTERM or SIGINT stops scheduling, lets
-/// probes in flight finish, waits for Kafka to confirm every metric, and exits.
-#[derive(Debug, Parser)]
-#[command(name = "monitor", version, verbatim_doc_comment, after_help = AFTER_HELP)]
-struct About;
-
-const AFTER_HELP: &str = "\
-Exit codes: 0 stopped cleanly; 1 a failure at run time (or metrics Kafka never confirmed); 2 bad settings or a bad site list.
-Durations are written like 500ms, 10s, 2m. Example config: monitor-data/monitor.example.toml";
+/// What `--help` says of the monitor.
+const ABOUT: About = About {
+    name: "monitor",
+    version: env!("CARGO_PKG_VERSION"),
+    summary: "Probes websites on their own schedules and publishes one JSON metric per\n\
+        probe to Kafka.",
+    lifecycle: "SIGHUP reloads the site list, and\n\
+        so does a change of the file; SIGTERM or SIGINT stops scheduling, lets\n\
+        probes in flight finish, waits for Kafka to confirm every metric, and exits.",
+    exit_codes: "0 stopped cleanly; 1 a failure at run time (or metrics Kafka never confirmed); 2 bad settings or a bad site list.",
+    example: "monitor-data/monitor.example.toml",
+};
 
 /// The monitor's command line: every setting, `--config`, `--check-health`
 /// and `--check`.
@@ -230,7 +216,7 @@ pub fn command() -> Command {
         .long("check")
         .action(ArgAction::SetTrue)
         .help("Check the settings and the site list, then exit (0 when both are valid)");
-    layers::command::<Settings>(About::command(), "MONITOR_CONFIG").arg(check)
+    layers::command::<Settings>(ABOUT.command(), "MONITOR_CONFIG").arg(check)
 }
 
 impl ServiceSettings for Settings {
@@ -262,45 +248,35 @@ impl ServiceSettings for Settings {
         }
         Ok(())
     }
-
-    fn log(&self) -> &LogSettings {
-        &self.log
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Duration;
 
-    fn cli(args: &[&str]) -> Cli {
-        Cli::try_parse_from(
-            command(),
-            std::iter::once("monitor").chain(args.iter().copied()),
-        )
-        .expect("flags parse")
-    }
+    use sitewatch_service::settings::check;
+
+    use super::*;
 
     #[test]
     fn flags_beat_the_file_which_beats_defaults() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("monitor.toml");
-        std::fs::write(
-            &file,
+        let (_dir, config) = check::config_file(
             "targets = \"sites.csv\"\nmax_in_flight = 50\n[probe]\ntimeout = \"3s\"\n[kafka]\ntopic = \"from-file\"\n",
-        )
-        .expect("write");
-        let config = file.to_string_lossy().into_owned();
-        let s = Settings::load(&cli(&[
-            "--config",
-            &config,
-            "--max-in-flight",
-            "7",
-            "--kafka-topic",
-            "from-flag",
-        ]))
+        );
+        let s = Settings::load(&check::cli(
+            command(),
+            &[
+                "--config",
+                &config,
+                "--max-in-flight",
+                "7",
+                "--kafka-topic",
+                "from-flag",
+            ],
+        ))
         .expect("valid");
         assert_eq!(s.max_in_flight, 7);
-        assert_eq!(s.probe.timeout, Duration::from_secs(3));
+        assert_eq!(s.probe.timeout.get(), Duration::from_secs(3));
         assert_eq!(s.kafka.topic, "from-flag");
         assert_eq!(s.probe.body_cap, 1024 * 1024);
         assert_eq!(s.targets, Some(TargetSpec::new("sites.csv")));
@@ -308,23 +284,27 @@ mod tests {
 
     #[test]
     fn a_bad_file_setting_is_named() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("monitor.toml");
-        std::fs::write(&file, "targets = \"s.csv\"\n[probe]\ntimeout = \"soon\"\n").expect("write");
-        let config = file.to_string_lossy().into_owned();
-        let err = Settings::load(&cli(&["--config", &config])).expect_err("bad duration");
+        let (_dir, config) =
+            check::config_file("targets = \"s.csv\"\n[probe]\ntimeout = \"soon\"\n");
+        let err = Settings::load(&check::cli(command(), &["--config", &config]))
+            .expect_err("bad duration");
         assert!(err.to_string().contains("probe.timeout"), "{err}");
 
-        std::fs::write(&file, "targets = \"s.csv\"\nmax_inflight = 3\n").expect("write");
-        let err = Settings::load(&cli(&["--config", &config])).expect_err("unknown key");
+        let (_dir, config) = check::config_file("targets = \"s.csv\"\nmax_inflight = 3\n");
+        let err = Settings::load(&check::cli(command(), &["--config", &config]))
+            .expect_err("unknown key");
         assert!(err.to_string().contains("max_inflight"), "{err}");
     }
 
     #[test]
     fn invalid_values_are_named() {
-        let err = Settings::load(&cli(&["-t", "s.csv", "--max-in-flight", "0"])).expect_err("zero");
+        let err = Settings::load(&check::cli(
+            command(),
+            &["-t", "s.csv", "--max-in-flight", "0"],
+        ))
+        .expect_err("zero");
         assert!(err.to_string().contains("`max_in_flight`"), "{err}");
-        let err = Settings::load(&cli(&[])).expect_err("no targets");
+        let err = Settings::load(&check::cli(command(), &[])).expect_err("no targets");
         assert!(err.to_string().contains("--targets"), "{err}");
         assert!(Cli::try_parse_from(command(), ["monitor", "--probe-timeout", "ten"]).is_err());
     }
@@ -336,11 +316,11 @@ mod tests {
         assert_eq!(s.output, [Output::Kafka]);
         assert!(s.watch_targets && !s.once);
         assert_eq!(
-            (s.max_in_flight, s.producer_queue, s.schedule_slack),
+            (s.max_in_flight, s.producer_queue, s.schedule_slack.get()),
             (1000, 100_000, Duration::from_millis(5))
         );
         let probe = ProbeSettings::default();
-        assert_eq!(probe.timeout, Duration::from_secs(10));
+        assert_eq!(probe.timeout.get(), Duration::from_secs(10));
         assert_eq!(probe.body_cap, 1024 * 1024);
         assert_eq!(
             probe.user_agent,
@@ -351,15 +331,13 @@ mod tests {
     #[test]
     fn no_watch_and_the_example_file() {
         assert!(
-            !Settings::load(&cli(&["-t", "s.csv", "--no-watch"]))
+            !Settings::load(&check::cli(command(), &["-t", "s.csv", "--no-watch"]))
                 .expect("valid")
                 .watch_targets
         );
-        let example = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../monitor-data/monitor.example.toml"
-        );
-        let s = Settings::load(&cli(&["--config", example])).expect("the example loads");
+        let example = check::example("monitor.example.toml");
+        let s = Settings::load(&check::cli(command(), &["--config", &example]))
+            .expect("the example loads");
         let defaults = Settings {
             targets: s.targets.clone(),
             ..Settings::default()

@@ -22,7 +22,7 @@ fn settings(bootstrap: &str, topic: &str, targets: &std::path::Path) -> Settings
     };
     s.kafka.brokers = bootstrap.to_owned();
     s.kafka.topic = topic.to_owned();
-    s.probe.timeout = Duration::from_secs(2);
+    s.probe.timeout = Duration::from_secs(2).into();
     s
 }
 
@@ -218,7 +218,7 @@ async fn deliveries_kafka_refuses_are_counted_not_dropped_silently() {
     )
     .expect("write");
     let mut s = settings(&kafka.bootstrap_servers(), "refused", &list);
-    s.flush_timeout = Duration::from_secs(10);
+    s.flush_timeout = Duration::from_secs(10).into();
     let summary = run(s, CancellationToken::new(), tokio::sync::mpsc::channel(1).1)
         .await
         .expect("runs");

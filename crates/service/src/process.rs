@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Command;
 
-use crate::settings::{Cli, ServiceSettings, CHECK_HEALTH, HEALTH_FILE};
+use crate::settings::{Cli, LogSettings, ServiceSettings, CHECK_HEALTH, HEALTH_FILE};
 use crate::shutdown::{self, SignalError, SignalHandles};
 use crate::{health, telemetry};
 
@@ -41,7 +41,8 @@ pub fn start<S: ServiceSettings>(name: &str, command: Command) -> Result<(Cli, S
         return Err(check_health(name, cli.path(HEALTH_FILE)));
     }
     let settings = S::load(&cli).map_err(|err| fail(name, 2, &err))?;
-    let log = settings.log();
+    // Every service has the `log` group; read on its own, it needs no accessor.
+    let log: LogSettings = cli.read().map_err(|err| fail(name, 2, &err))?;
     telemetry::init(log.format, &log.level).map_err(|err| fail(name, 2, &err))?;
     Ok((cli, settings))
 }

@@ -19,6 +19,7 @@ pub mod check;
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::builder::{Resettable, StyledStr};
 use clap::parser::ValueSource;
@@ -65,6 +66,47 @@ pub struct LogSettings {
 impl Default for LogSettings {
     fn default() -> Self {
         defaults()
+    }
+}
+
+/// A duration as people write it (`500ms`, `10s`, `2m`), in a flag, an
+/// environment variable or the config file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(transparent)]
+pub struct TimeSpan(#[serde(with = "humantime_serde")] Duration);
+
+impl TimeSpan {
+    /// The duration.
+    pub const fn get(self) -> Duration {
+        self.0
+    }
+}
+
+impl std::ops::Deref for TimeSpan {
+    type Target = Duration;
+
+    fn deref(&self) -> &Duration {
+        &self.0
+    }
+}
+
+impl From<Duration> for TimeSpan {
+    fn from(duration: Duration) -> Self {
+        TimeSpan(duration)
+    }
+}
+
+impl std::str::FromStr for TimeSpan {
+    type Err = humantime::DurationError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        humantime::parse_duration(text).map(TimeSpan)
+    }
+}
+
+impl fmt::Display for TimeSpan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        humantime::format_duration(self.0).fmt(f)
     }
 }
 
@@ -120,14 +162,45 @@ pub trait ServiceSettings: Args + DeserializeOwned {
     /// Checks what the types let through but the service cannot use.
     fn validate(&self) -> Result<(), SettingsError>;
 
-    /// How the service logs.
-    fn log(&self) -> &LogSettings;
-
     /// Every layer read, then validated.
     fn load(cli: &Cli) -> Result<Self, SettingsError> {
         let settings: Self = cli.read()?;
         settings.validate()?;
         Ok(settings)
+    }
+}
+
+/// What a service says about itself at the top and bottom of `--help`.
+#[derive(Debug, Clone, Copy)]
+pub struct About {
+    /// The binary's name.
+    pub name: &'static str,
+    /// Its version.
+    pub version: &'static str,
+    /// What it does, in a sentence or two.
+    pub summary: &'static str,
+    /// How it behaves as a service (signals, groups), after the layers.
+    pub lifecycle: &'static str,
+    /// Its exit codes, one line.
+    pub exit_codes: &'static str,
+    /// Its example config file.
+    pub example: &'static str,
+}
+
+impl About {
+    /// The command `about` describes, before its arguments.
+    pub fn command(self) -> Command {
+        const LAYERS: &str = "Every setting can come from a TOML file (--config), an environment\n\
+            variable (shown below), or a flag; a flag beats the environment, which\n\
+            beats the file, which beats the default.";
+        Command::new(self.name)
+            .version(self.version)
+            .about(self.summary.to_owned())
+            .long_about(format!("{}\n\n{LAYERS} {}", self.summary, self.lifecycle))
+            .after_help(format!(
+                "Exit codes: {}\nDurations are written like 500ms, 10s, 2m. Example config: {}",
+                self.exit_codes, self.example
+            ))
     }
 }
 

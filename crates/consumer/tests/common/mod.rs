@@ -50,9 +50,9 @@ pub fn kafka_settings(bootstrap: &str, topic: &str, group: &str) -> Settings {
     let mut s = Settings {
         group_id: group.to_owned(),
         batch_rows: 200,
-        batch_wait: Duration::from_millis(100),
-        shutdown_grace: Duration::from_secs(10),
-        revoke_drain: Duration::from_secs(3),
+        batch_wait: Duration::from_millis(100).into(),
+        shutdown_grace: Duration::from_secs(10).into(),
+        revoke_drain: Duration::from_secs(3).into(),
         ..Settings::default()
     };
     s.kafka.brokers = bootstrap.to_owned();

@@ -22,6 +22,45 @@ pub const SECRET: &str = "hunter2";
 /// Environment variable that makes [`readme_section`] rewrite the README.
 pub const UPDATE_README: &str = "UPDATE_README";
 
+/// `args` parsed by `command` as a test's command line (the program's name
+/// is the command's).
+///
+/// # Panics
+/// When clap refuses the arguments.
+pub fn cli(command: Command, args: &[&str]) -> Cli {
+    let name = command.get_name().to_owned();
+    match Cli::try_parse_from(
+        command,
+        std::iter::once(name.as_str()).chain(args.iter().copied()),
+    ) {
+        Ok(cli) => cli,
+        Err(err) => panic!("{args:?} do not parse: {err}"),
+    }
+}
+
+/// Writes `toml` into a config file in a new temporary folder, for a test
+/// that passes it as `--config`; the folder goes with the returned guard.
+///
+/// # Panics
+/// When the file cannot be written.
+pub fn config_file(toml: &str) -> (tempfile::TempDir, String) {
+    let dir = match tempfile::tempdir() {
+        Ok(dir) => dir,
+        Err(err) => panic!("no temporary folder: {err}"),
+    };
+    let file = dir.path().join("settings.toml");
+    if let Err(err) = std::fs::write(&file, toml) {
+        panic!("cannot write {}: {err}", file.display());
+    }
+    let path = file.to_string_lossy().into_owned();
+    (dir, path)
+}
+
+/// The example config file `name` in `monitor-data/`, for a test that loads it.
+pub fn example(name: &str) -> String {
+    format!("{}/../../monitor-data/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
 /// Every check of this module on the settings `S` of a service whose
 /// command line `command` makes: [`every_setting`] (in a temporary folder)
 /// and [`readme_section`] for the README's table `section`. The problems
