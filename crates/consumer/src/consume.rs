@@ -408,8 +408,6 @@ pub fn run(
     if !report.pipeline_gone {
         report.pipeline_late = !finish(&consumer, &context, grace, finished);
     }
-    commit(&consumer, "shutdown");
-    consumer.unsubscribe();
     close(consumer);
     report
 }
@@ -501,14 +499,18 @@ fn finish(
     }
 }
 
-/// Leaves the group and closes the member. Leaving needs the brokers; when
-/// they went away too (a whole stack stopping at once), librdkafka's close
-/// can wait for good. Give it a few seconds on another thread, then let the
-/// process end: the group drops a silent member after its session timeout,
-/// and nothing unwritten was committed.
+/// Commits what was stored, leaves the group and closes the member, all
+/// within [`CLOSE_TIMEOUT`]. Each step needs the brokers: with the group
+/// coordinator gone (a whole stack stopping at once, a network cut) a
+/// commit waits up to the session timeout and librdkafka's close can wait
+/// for good. They run on another thread, and the process ends when the time
+/// is up: the group drops a silent member after its session timeout, and
+/// what was not committed is only read again (rows are idempotent).
 fn close(consumer: Arc<BaseConsumer<GroupContext>>) {
     let (closed_tx, closed) = std_mpsc::channel();
     let _ = std::thread::spawn(move || {
+        commit(&consumer, "shutdown");
+        consumer.unsubscribe();
         // The pipeline's offset store holds the member only for a moment;
         // waiting until this is the last reference keeps the close on this thread.
         let mut consumer = consumer;
@@ -524,6 +526,6 @@ fn close(consumer: Arc<BaseConsumer<GroupContext>>) {
         let _ = closed_tx.send(());
     });
     if closed.recv_timeout(CLOSE_TIMEOUT).is_err() {
-        tracing::warn!(timeout = ?CLOSE_TIMEOUT, "leaving the consumer group did not finish (brokers unreachable?); exiting anyway");
+        tracing::warn!(timeout = ?CLOSE_TIMEOUT, "committing and leaving the consumer group did not finish (brokers unreachable?); exiting anyway, uncommitted messages will be read again");
     }
 }

@@ -18,6 +18,12 @@ struct Proc {
 }
 
 fn start(bootstrap: &str, db: &Postgres) -> Proc {
+    start_with(bootstrap, db, "15s", true)
+}
+
+/// A consumer with `grace` to write what it holds after SIGTERM, and the
+/// tests' short group timeouts or librdkafka's defaults.
+fn start_with(bootstrap: &str, db: &Postgres, grace: &str, short_timeouts: bool) -> Proc {
     let mut cmd = Command::new(CONSUMER);
     let _ = cmd
         .args([
@@ -37,11 +43,12 @@ fn start(bootstrap: &str, db: &Postgres) -> Proc {
             "--log-format",
             "json",
             "--shutdown-grace",
-            "15s",
+            grace,
         ])
         .args(
             common::group_timeouts()
                 .iter()
+                .filter(|_| short_timeouts)
                 .flat_map(|(k, v)| ["-X".to_owned(), format!("{k}={v}")]),
         )
         .env_remove("RUST_LOG")
@@ -230,5 +237,33 @@ fn help_documents_the_settings_and_bad_ones_are_named() {
     assert!(
         err.contains("`batch_rows`") && !err.contains("hunter2"),
         "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_the_brokers_gone_exits_within_the_grace_period_on_default_timeouts() {
+    let db = common::postgres();
+    let cluster = common::kafka("metrics", 2);
+    let bootstrap = cluster.bootstrap_servers();
+    let metrics: Vec<Metric> = (0..50).map(|i| common::metric(i, 5)).collect();
+    let _ = common::publish(&bootstrap, "metrics", &metrics).await;
+    let grace = Duration::from_secs(3);
+    let consumer = start_with(&bootstrap, &db, "3s", false);
+    common::wait_for(Duration::from_secs(60), "the 50 rows", || async {
+        rows(&db).await == 50
+    })
+    .await;
+    // The brokers, group coordinator included, vanish; librdkafka's defaults
+    // would let a commit wait for the session timeout (45 s).
+    drop(cluster);
+    let stopped = Instant::now();
+    consumer.signal("TERM");
+    let (code, lines) = consumer.exit(Duration::from_secs(60)).await;
+    let took = stopped.elapsed();
+    assert_eq!(code, Some(0), "{}", lines.join("\n"));
+    assert!(
+        took < grace + Duration::from_secs(8),
+        "exited {took:?} after SIGTERM with a {grace:?} grace period:\n{}",
+        lines.join("\n")
     );
 }

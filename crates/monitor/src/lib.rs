@@ -17,7 +17,7 @@ pub mod timing;
 
 use std::sync::Arc;
 
-use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use chrono::TimeDelta;
 use sitewatch_metric::Metric;
 use sitewatch_service::health::{self, Heartbeat};
 use tokio::sync::mpsc;
@@ -65,40 +65,12 @@ impl RunSummary {
     }
 }
 
-/// Maps the monotonic clock the schedule runs on to wall-clock times, from one
-/// reading at start, so that scheduled and start times stay consistent.
-#[derive(Debug, Clone, Copy)]
-struct WallClock {
-    instant: Instant,
-    wall: DateTime<Utc>,
-}
-
-impl WallClock {
-    fn now() -> WallClock {
-        WallClock {
-            instant: Instant::now(),
-            wall: Utc::now(),
-        }
-    }
-
-    fn at(&self, instant: Instant) -> DateTime<Utc> {
-        let delta = match instant.checked_duration_since(self.instant) {
-            Some(after) => TimeDelta::from_std(after).unwrap_or(TimeDelta::MAX),
-            None => -TimeDelta::from_std(self.instant - instant).unwrap_or(TimeDelta::MAX),
-        };
-        let at = self.wall + delta;
-        // PostgreSQL keeps microseconds; trimming here keeps the round trip exact.
-        at.duration_trunc(TimeDelta::microseconds(1)).unwrap_or(at)
-    }
-}
-
 /// Probes a job's site and publishes the metric; the in-flight permit is held
 /// until the metric is handed over, so a slow Kafka slows probing, not memory.
 #[derive(Debug)]
 struct ProbeAndPublish {
     prober: Prober,
     sink: Arc<Sink>,
-    clock: WallClock,
 }
 
 impl RunJob for ProbeAndPublish {
@@ -112,13 +84,14 @@ impl RunJob for ProbeAndPublish {
             if let Some(err) = &seen.error {
                 tracing::debug!(kind = %err.kind, message = %err.message, "probe failed");
             }
+            // The wall clock is read when the probe starts (a clock step
+            // moves only the probes after it); the due time is that, less
+            // the lateness measured on the monotonic clock.
+            let lateness = started.saturating_duration_since(job.scheduled);
             let metric = Metric {
-                scheduled_at: self.clock.at(job.scheduled),
-                started_at: self.clock.at(started),
-                lateness_us: u64::try_from(
-                    started.saturating_duration_since(job.scheduled).as_micros(),
-                )
-                .unwrap_or(u64::MAX),
+                scheduled_at: seen.started_at
+                    - TimeDelta::from_std(lateness).unwrap_or(TimeDelta::MAX),
+                lateness_us: u64::try_from(lateness.as_micros()).unwrap_or(u64::MAX),
                 skipped_before: job.skipped_before,
                 ..seen
             };
@@ -150,7 +123,6 @@ pub async fn run(
     let runner = Arc::new(ProbeAndPublish {
         prober,
         sink: Arc::clone(&sink),
-        clock: WallClock::now(),
     });
     let (updates_tx, updates) = mpsc::channel(1);
     let reloader = (!settings.once).then(|| {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use sitewatch_metric::{
     truncate_utf8, ErrorKind, Metric, ProbeError, Timings, MAX_ERROR_MESSAGE_BYTES,
     MAX_MATCH_BYTES, SCHEMA_VERSION,
@@ -18,7 +18,9 @@ use uuid::Uuid;
 
 pub use crate::settings::ProbeSettings;
 use crate::targets::Target;
-use crate::timing::{DnsFailure, PhaseLog, TimedConnectLayer, TimedResolver};
+use crate::timing::{
+    is_link_local, DnsFailure, LinkLocalRefused, PhaseLog, TimedConnectLayer, TimedResolver,
+};
 
 /// Why the HTTP client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +51,15 @@ enum RedirectFailure {
     Loop(String),
     #[error("more than {0} redirects")]
     TooMany(usize),
+}
+
+/// Whether `url`'s host is an IP literal that is link-local.
+fn link_local_literal(url: &reqwest::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => is_link_local(ip.into()),
+        Some(url::Host::Ipv6(ip)) => is_link_local(ip.into()),
+        _ => false,
+    }
 }
 
 /// The response head, kept apart so a body failure or timeout still reports it.
@@ -82,8 +93,12 @@ impl Prober {
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
 
         let max = settings.max_redirects;
+        let allow_link_local = settings.allow_link_local_redirects;
         let policy = reqwest::redirect::Policy::custom(move |attempt| {
-            if attempt.previous().contains(attempt.url()) {
+            if !allow_link_local && link_local_literal(attempt.url()) {
+                let to = attempt.url().to_string();
+                attempt.error(LinkLocalRefused(to))
+            } else if attempt.previous().contains(attempt.url()) {
                 let to = attempt.url().to_string();
                 attempt.error(RedirectFailure::Loop(to))
             } else if attempt.previous().len() > max {
@@ -96,7 +111,10 @@ impl Prober {
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .tls_info(true)
-            .dns_resolver(TimedResolver)
+            .dns_resolver(TimedResolver::new(
+                settings.dns_lookups,
+                settings.allow_link_local_redirects,
+            ))
             .connector_layer(TimedConnectLayer)
             .redirect(policy)
             // A health check measures what a new visitor gets: no reused connections.
@@ -121,7 +139,11 @@ impl Prober {
     /// for the caller to fill in.
     pub async fn probe(&self, target: &Target) -> Metric {
         let probe_id = Uuid::now_v7();
-        let started_at = Utc::now();
+        let now = Utc::now();
+        // PostgreSQL keeps microseconds; trimming here keeps the round trip exact.
+        let started_at = now
+            .duration_trunc(TimeDelta::microseconds(1))
+            .unwrap_or(now);
         let log = Arc::new(PhaseLog::default());
         let start = Instant::now();
         let timeout = target.effective_timeout(self.settings.timeout.get());
@@ -238,7 +260,10 @@ fn leaf_expiry(der: &[u8]) -> Option<DateTime<Utc>> {
 pub fn classify(err: &reqwest::Error) -> ProbeError {
     let kind = if has_cause::<DnsFailure>(err) {
         ErrorKind::Dns
-    } else if err.is_redirect() || has_cause::<RedirectFailure>(err) {
+    } else if err.is_redirect()
+        || has_cause::<RedirectFailure>(err)
+        || has_cause::<LinkLocalRefused>(err)
+    {
         ErrorKind::Redirect
     } else if err.is_timeout() {
         ErrorKind::Timeout

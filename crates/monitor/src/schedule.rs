@@ -6,9 +6,11 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::hash::{Hash, Hasher};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use futures::StreamExt;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
@@ -218,11 +220,8 @@ impl<R: RunJob> Schedule<R> {
             Ok(url) => {
                 let _ = self.busy.remove(&url);
             }
-            // A panic in one probe must not stop the others; the site stays
-            // marked in flight, so it is logged loudly.
-            Err(err) => {
-                tracing::error!(error = %err, "a probe task failed; its site is no longer probed")
-            }
+            // Probes catch their own panics, so only a cancelled task ends here.
+            Err(err) => tracing::error!(error = %err, "a probe task was cancelled"),
         }
     }
 
@@ -337,7 +336,12 @@ fn spawn_probe<R: RunJob>(
             () = stop_waiting.cancelled() => return url,
         };
         let started = Instant::now();
-        runner.run(job, started).await;
+        // A probe that panics (a bug) loses that one metric, not its site:
+        // the task still returns the URL, so the site is free for its next deadline.
+        let ran = AssertUnwindSafe(runner.run(job, started)).catch_unwind().await;
+        if ran.is_err() {
+            tracing::error!(url = %url, "a probe panicked; the site is probed again at its next deadline");
+        }
         drop(permit);
         url
     });
@@ -479,6 +483,46 @@ mod tests {
             assert_eq!(*s, expected, "probe {i} started off its deadline");
         }
         assert_eq!(report.skipped, 0);
+    }
+
+    /// Panics on the first probe of every site, then behaves.
+    #[derive(Default)]
+    struct PanicsOnce {
+        seen: Mutex<HashMap<String, u32>>,
+    }
+
+    impl RunJob for PanicsOnce {
+        async fn run(&self, job: Job, _started: Instant) {
+            let n = {
+                let mut seen = self.seen.lock().expect("lock");
+                let n = seen.entry(job.target.id.clone()).or_default();
+                *n += 1;
+                *n
+            };
+            assert!(n > 1, "a bug in the first probe of {}", job.target.id);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_that_panics_keeps_its_site_on_the_schedule() {
+        let runner = Arc::new(PanicsOnce::default());
+        let shutdown = CancellationToken::new();
+        let (_updates, rx) = mpsc::channel(1);
+        let handle = tokio::spawn(run(
+            vec![target("http://a.example/", 1.0)],
+            Arc::clone(&runner),
+            options(),
+            shutdown.clone(),
+            rx,
+        ));
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        shutdown.cancel();
+        let report = handle.await.expect("schedule task");
+        let probes = runner.seen.lock().expect("lock")["http://a.example/"];
+        assert!(
+            probes >= 3,
+            "probed again after the panic: {probes} probes, {report:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

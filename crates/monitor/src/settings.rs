@@ -182,6 +182,22 @@ pub struct ProbeSettings {
         default_value = concat!("sitewatch-monitor/", env!("CARGO_PKG_VERSION"))
     )]
     pub user_agent: String,
+    /// Name lookups running at once: a resolver that hangs holds at most this many threads, and the probes waiting for one end at their timeout
+    #[arg(
+        id = "probe.dns_lookups",
+        long = "dns-lookups",
+        env = "MONITOR_DNS_LOOKUPS",
+        value_name = "N",
+        default_value = "64"
+    )]
+    pub dns_lookups: usize,
+    /// Follow redirects to link-local addresses (169.254.0.0/16, fe80::/10, fd00:ec2::254: cloud metadata services), which are refused by default
+    #[arg(
+        id = "probe.allow_link_local_redirects",
+        long = "allow-link-local-redirects",
+        env = "MONITOR_ALLOW_LINK_LOCAL_REDIRECTS"
+    )]
+    pub allow_link_local_redirects: bool,
 }
 
 impl Default for Settings {
@@ -236,6 +252,9 @@ impl ServiceSettings for Settings {
         }
         if self.probe.body_cap == 0 {
             return invalid("probe.body_cap", "must be at least 1 byte");
+        }
+        if self.probe.dns_lookups == 0 {
+            return invalid("probe.dns_lookups", "must be at least 1");
         }
         if self.probe.timeout.is_zero() {
             return invalid("probe.timeout", "must be longer than zero");

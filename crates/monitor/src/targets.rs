@@ -362,7 +362,14 @@ fn validate_row(row: &RawRow, regexes: &mut RegexCache) -> Result<Target, String
             Some(timeout)
         }
     };
-    let id = if row.keep_id {
+    let id = if has_credentials(&url) {
+        // Credentials in the URL authenticate the probe (basic auth) but are
+        // never published, stored or logged: the site's name goes without them.
+        let mut public = url.clone();
+        let _ = public.set_username("");
+        let _ = public.set_password(None);
+        public.to_string()
+    } else if row.keep_id {
         row.url.trim().to_owned()
     } else {
         url.to_string()
@@ -387,16 +394,36 @@ pub fn parse_url(text: &str) -> Result<Url, String> {
     } else {
         format!("https://{text}")
     };
-    let url = Url::parse(&with_scheme).map_err(|err| format!("unparseable URL {text:?}: {err}"))?;
+    let shown = without_userinfo(text);
+    let url =
+        Url::parse(&with_scheme).map_err(|err| format!("unparseable URL {shown:?}: {err}"))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(format!(
-            "unparseable URL {text:?}: only http and https can be probed"
+            "unparseable URL {shown:?}: only http and https can be probed"
         ));
     }
     if url.host_str().is_none_or(str::is_empty) {
-        return Err(format!("unparseable URL {text:?}: no host"));
+        return Err(format!("unparseable URL {shown:?}: no host"));
     }
     Ok(url)
+}
+
+/// `text` with anything before an `@` in its authority replaced by `***`, so
+/// that an error quoting a URL never shows its password.
+fn without_userinfo(text: &str) -> String {
+    let start = text.find("://").map_or(0, |i| i + 3);
+    let end = text[start..]
+        .find(['/', '?', '#'])
+        .map_or(text.len(), |i| start + i);
+    match text[start..end].rfind('@') {
+        Some(at) => format!("{}***{}", &text[..start], &text[start + at..]),
+        None => text.to_owned(),
+    }
+}
+
+/// Whether `url` carries a user name or password.
+fn has_credentials(url: &Url) -> bool {
+    !url.username().is_empty() || url.password().is_some()
 }
 
 /// Shortest interval or timeout accepted: below this a schedule is a busy loop.
@@ -424,6 +451,22 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_are_never_part_of_the_sites_name_or_an_error() {
+        let list =
+            "https://user:s3cret@example.com/health,30\nhttps://user:s3cret@exa mple.com/,30\n";
+        let err = parse_csv("sites.csv", list).expect_err("a bad row");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        let ok =
+            parse_csv("sites.csv", "https://user:s3cret@example.com/health,30\n").expect("valid");
+        assert_eq!(ok[0].id, "https://example.com/health");
+        assert_eq!(
+            ok[0].url.password(),
+            Some("s3cret"),
+            "the probe still authenticates"
+        );
+    }
 
     fn rows(err: TargetsError) -> Vec<(u64, String)> {
         match err {

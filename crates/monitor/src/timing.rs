@@ -6,13 +6,14 @@
 //! connection and redirects inside the future of the request itself.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 tokio::task_local! {
@@ -74,38 +75,90 @@ pub struct DnsFailure {
     reason: String,
 }
 
-/// The system resolver (getaddrinfo on a blocking thread), timed.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TimedResolver;
+/// A redirect to a link-local address (a cloud metadata service), refused;
+/// found in the error chain to classify `redirect`.
+#[derive(Debug, thiserror::Error)]
+#[error("redirect to {0}, a link-local address (such as a cloud metadata service), refused; the setting probe.allow_link_local_redirects allows it")]
+pub struct LinkLocalRefused(pub String);
+
+/// Whether `ip` is link-local (169.254.0.0/16, fe80::/10) or the IPv6
+/// metadata address of a cloud (fd00:ec2::254): places a probe of a public
+/// site has no business being sent to.
+pub fn is_link_local(ip: IpAddr) -> bool {
+    const EC2_METADATA: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => {
+            v6 == EC2_METADATA
+                || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_link_local())
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// The system resolver (getaddrinfo) on a bounded number of blocking
+/// threads, timed. A lookup waits for a free thread within the probe's
+/// timeout; a resolver that hangs holds at most the bound, so it cannot
+/// starve every other site of threads. After a redirect, link-local
+/// addresses are dropped unless allowed.
+#[derive(Debug, Clone)]
+pub struct TimedResolver {
+    lookups: Arc<Semaphore>,
+    allow_link_local_redirects: bool,
+}
+
+impl TimedResolver {
+    /// At most `lookups` lookups at once.
+    pub fn new(lookups: usize, allow_link_local_redirects: bool) -> TimedResolver {
+        TimedResolver {
+            lookups: Arc::new(Semaphore::new(lookups.max(1))),
+            allow_link_local_redirects,
+        }
+    }
+}
 
 impl Resolve for TimedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let host = name.as_str().to_owned();
+        let lookups = Arc::clone(&self.lookups);
+        let allow_link_local = self.allow_link_local_redirects;
         Box::pin(async move {
             let start = Instant::now();
-            let result = tokio::net::lookup_host((host.as_str(), 0))
+            let permit = lookups.acquire_owned().await;
+            let lookup = {
+                let host = host.clone();
+                tokio::task::spawn_blocking(move || {
+                    // Held until getaddrinfo returns, however long the probe waited.
+                    let _permit = permit;
+                    (host.as_str(), 0)
+                        .to_socket_addrs()
+                        .map(Iterator::collect::<Vec<SocketAddr>>)
+                })
+            };
+            let result = lookup
                 .await
-                .map(|addrs| addrs.collect::<Vec<SocketAddr>>());
+                .unwrap_or_else(|err| Err(std::io::Error::other(err)));
             let took = start.elapsed();
-            PhaseLog::update(|p| add(&mut p.dns, took));
-            match result {
-                Ok(addrs) => {
-                    if addrs.is_empty() {
-                        Err(DnsFailure {
-                            host,
-                            reason: "no addresses".into(),
-                        }
-                        .into())
-                    } else {
-                        Ok(Box::new(addrs.into_iter()) as Addrs)
-                    }
-                }
-                Err(err) => Err(DnsFailure {
-                    host,
-                    reason: err.to_string(),
-                }
-                .into()),
+            let mut redirected = false;
+            PhaseLog::update(|p| {
+                add(&mut p.dns, took);
+                redirected = p.redirects > 0;
+            });
+            let failure = |reason: String| DnsFailure {
+                host: host.clone(),
+                reason,
+            };
+            let mut addrs = result.map_err(|err| failure(err.to_string()))?;
+            if addrs.is_empty() {
+                return Err(failure("no addresses".into()).into());
             }
+            if redirected && !allow_link_local {
+                addrs.retain(|addr| !is_link_local(addr.ip()));
+                if addrs.is_empty() {
+                    return Err(LinkLocalRefused(host).into());
+                }
+            }
+            Ok(Box::new(addrs.into_iter()) as Addrs)
         })
     }
 }

@@ -281,3 +281,49 @@ async fn a_connection_closed_without_a_response_is_not_a_status() {
         "{o:?}"
     );
 }
+
+#[tokio::test]
+async fn a_redirect_to_a_metadata_address_is_refused_unless_allowed() {
+    let b = bench().await;
+    let o = b.probe("/to-metadata", None).await;
+    assert_eq!(kind(&o), Some(ErrorKind::Redirect), "{o:?}");
+    let message = &o.error.as_ref().expect("an error").message;
+    assert!(
+        message.contains("169.254.169.254") && message.contains("allow_link_local_redirects"),
+        "{message}"
+    );
+
+    let allowed = bench_with(ProbeSettings {
+        allow_link_local_redirects: true,
+        timeout: Duration::from_millis(500).into(),
+        ..ProbeSettings::default()
+    })
+    .await;
+    let t = site(&allowed.farm.url("/to-metadata"), None, None);
+    let o = allowed.prober.probe(&t).await;
+    // Allowed, the probe goes there (whether anything answers depends on the machine).
+    assert_ne!(kind(&o), Some(ErrorKind::Redirect), "{o:?}");
+    assert_eq!(o.redirects, 1, "{o:?}");
+}
+
+#[tokio::test]
+async fn credentials_in_the_url_authenticate_but_are_never_in_the_metric() {
+    let b = bench().await;
+    let with_secret = |url: &str| url.replacen("://", "://user:s3cret@", 1);
+    let list = format!(
+        "{},30\n{},30\nhttp://user:s3cret@127.0.0.1:1/,30\n",
+        with_secret(&b.farm.url("/ok")),
+        with_secret(&b.farm.url("/redirect/2")),
+    );
+    let targets = sitewatch_monitor::targets::parse_csv("sites.csv", &list).expect("a valid list");
+    for target in &targets {
+        let metric = b.prober.probe(target).await;
+        let json = String::from_utf8(metric.to_json()).expect("utf-8");
+        assert!(
+            !json.contains("s3cret") && !json.contains("user@"),
+            "{json}"
+        );
+    }
+    let ok = b.prober.probe(&targets[0]).await;
+    assert_eq!(ok.status, Some(200), "{ok:?}");
+}

@@ -27,6 +27,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use routes::METADATA_URL;
 pub use tls::LEAF_NOT_AFTER_UNIX_SECS;
 
 /// Where the farm listens; every listener defaults to `127.0.0.1:0` (a free port).

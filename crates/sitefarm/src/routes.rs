@@ -52,6 +52,8 @@ pub(crate) enum Route {
     Site(u64),
     /// `/reset`.
     Reset,
+    /// `/to-metadata`: a redirect to a cloud's metadata address.
+    ToMetadata,
     /// Anything else, including known prefixes with a malformed number.
     NotFound,
 }
@@ -66,6 +68,7 @@ impl Route {
             "/gzip" => return Self::Gzip,
             "/binary" => return Self::Binary,
             "/reset" => return Self::Reset,
+            "/to-metadata" => return Self::ToMetadata,
             _ => {}
         }
         let Some((prefix, arg)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
@@ -214,6 +217,7 @@ impl Site {
             }
             Route::Site(n) => text(StatusCode::OK, format!("site {n} ok")),
             Route::Reset => return Err(ResetConnection),
+            Route::ToMetadata => redirect(METADATA_URL.to_owned()),
             Route::NotFound => text(StatusCode::NOT_FOUND, "not found"),
         };
         Ok(response)
@@ -248,6 +252,10 @@ fn status(code: StatusCode) -> Response<SiteBody> {
     )
 }
 
+/// Where `/to-metadata` sends a client: the link-local address clouds serve
+/// instance credentials on, which a prober must not be led to.
+pub const METADATA_URL: &str = "http://169.254.169.254/latest/meta-data/";
+
 fn redirect(location: String) -> Response<SiteBody> {
     let body = format!("redirecting to {location}");
     match HeaderValue::try_from(location) {
@@ -274,6 +282,7 @@ mod tests {
         assert_eq!(Route::parse("/gzip"), Route::Gzip);
         assert_eq!(Route::parse("/binary"), Route::Binary);
         assert_eq!(Route::parse("/reset"), Route::Reset);
+        assert_eq!(Route::parse("/to-metadata"), Route::ToMetadata);
         assert_eq!(Route::parse("/ok/"), Route::NotFound);
         assert_eq!(Route::parse("/loop/c"), Route::NotFound);
         assert_eq!(Route::parse(""), Route::NotFound);
