@@ -71,7 +71,11 @@ async fn run_path(
     sitewatch_db::schema::migrate(&s.connector().expect("connector"))
         .await
         .expect("schema");
-    let store = Store::new(s.pool().expect("pool"), path.unwrap_or(WritePath::Copy));
+    let store = Store::new(
+        s.pool().expect("pool"),
+        path.unwrap_or(WritePath::Copy),
+        std::time::Duration::from_secs(600),
+    );
     // Sites first, so every path measures the metrics insert alone.
     for chunk in rows.chunks(10_000).take(1) {
         let _ = store.write(chunk, &[]).await.expect("warm-up");

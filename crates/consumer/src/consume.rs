@@ -104,7 +104,7 @@ impl Outbox {
 
     /// Moves pending events into the channel as far as it has room.
     fn flush(&mut self) -> Offered {
-        let Some(sender) = &self.events else {
+        let Some(sender) = self.events.as_ref().filter(|s| !s.is_closed()) else {
             return Offered::Closed;
         };
         while let Some(event) = self.pending.pop_front() {
@@ -378,7 +378,7 @@ pub fn run(
         }
         let offered = context.outbox().flush();
         if offered == Offered::Closed {
-            tracing::error!("the pipeline stopped; stopping consumption");
+            tracing::warn!("the pipeline stopped; stopping consumption");
             report.pipeline_gone = true;
             break;
         }

@@ -37,7 +37,7 @@ use crate::pipeline::PipelineOptions;
 use crate::settings::Settings;
 use crate::sink::Sink;
 use crate::store::Store;
-use crate::write::Totals;
+use crate::write::{RetryPolicy, Totals};
 
 /// How long the pipeline may outlive the grace period before it is cut off.
 const PIPELINE_EXIT_MARGIN: Duration = Duration::from_secs(1);
@@ -109,7 +109,11 @@ pub async fn run(
     if !migrate(&settings, &connector, &shutdown).await? {
         return Ok(Summary::default());
     }
-    let store = Arc::new(Store::new(settings.postgres.pool()?, settings.write_path));
+    let store = Arc::new(Store::new(
+        settings.postgres.pool()?,
+        settings.write_path,
+        settings.write_timeout.get(),
+    ));
     tracing::info!(postgres = %settings.postgres.describe(), write_path = ?settings.write_path, "database ready");
     consume_into(&settings, store, shutdown).await
 }
@@ -171,6 +175,9 @@ pub async fn consume_into<S: Sink>(
         writers: settings.writers,
         revoke_drain: settings.revoke_drain.get(),
         shutdown_grace: settings.shutdown_grace.get(),
+        retry: RetryPolicy {
+            unknown_attempts: settings.unknown_error_attempts,
+        },
     };
     let (finished_tx, finished) = std::sync::mpsc::channel();
     let pipeline = tokio::spawn(pipeline::run(
@@ -229,6 +236,9 @@ pub async fn consume_into<S: Sink>(
     };
     let pumped = pumped
         .map_err(|err| ConsumerError::Stopped(format!("the Kafka poll loop failed: {err}")))?;
+    if let Some(stop) = piped.as_ref().and_then(|report| report.stopped.clone()) {
+        return Err(ConsumerError::Stopped(stop.to_string()));
+    }
     if pumped.pipeline_gone {
         return Err(ConsumerError::Stopped(
             "the writers stopped before the consumer did; unwritten messages keep their offsets"

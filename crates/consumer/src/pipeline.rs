@@ -21,7 +21,7 @@ use crate::consume::Event;
 use crate::decode::decode;
 use crate::offsets::{Ack, OffsetStore, OffsetTracker};
 use crate::sink::Sink;
-use crate::write::{write_batch, Totals};
+use crate::write::{write_batch, MustStop, RetryPolicy, Totals};
 
 /// How the pipeline batches, writes and waits.
 #[derive(Debug, Clone, Copy)]
@@ -34,14 +34,18 @@ pub struct PipelineOptions {
     pub revoke_drain: Duration,
     /// After shutdown, how long the pipeline may take to write what it holds.
     pub shutdown_grace: Duration,
+    /// How failed writes are retried.
+    pub retry: RetryPolicy,
 }
 
 /// How the pipeline ended.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct PipelineReport {
     /// Messages handed over but not written when the grace period ended;
     /// their offsets were not stored, so they are read again.
     pub unwritten: u64,
+    /// Why the pipeline stopped before it was asked to, if it did.
+    pub stopped: Option<MustStop>,
 }
 
 /// A revocation waiting for the revoked partitions' writes.
@@ -68,7 +72,7 @@ pub async fn run<S: Sink, O: OffsetStore>(
 ) -> PipelineReport {
     let mut tracker = OffsetTracker::default();
     let mut batcher = Batcher::new(options.batch);
-    let mut writing: JoinSet<Vec<Ack>> = JoinSet::new();
+    let mut writing: JoinSet<Result<Vec<Ack>, MustStop>> = JoinSet::new();
     let mut revoking: Option<Revoking> = None;
     let mut closed = false;
     let mut stop_at: Option<Instant> = None;
@@ -81,12 +85,20 @@ pub async fn run<S: Sink, O: OffsetStore>(
         tokio::select! {
             biased;
             Some(done) = writing.join_next() => match done {
-                Ok(acks) => {
+                Ok(Ok(acks)) => {
                     for ack in acks {
                         if let Some(offset) = tracker.written(ack) {
                             offsets.store(ack.partition, offset);
                         }
                     }
+                }
+                Ok(Err(stop)) => {
+                    tracing::error!(error = %stop, "the consumer stops");
+                    drop(finished);
+                    return PipelineReport {
+                        unwritten: tracker.outstanding(None) as u64,
+                        stopped: Some(stop),
+                    };
                 }
                 Err(err) => tracing::error!(error = %err, "a batch write task failed; its offsets stay unstored and will be read again"),
             },
@@ -123,7 +135,8 @@ pub async fn run<S: Sink, O: OffsetStore>(
         if ready && !batcher.is_empty() && (writing.len() < writers || urgent || closed) {
             let batch = batcher.take();
             let (sink, totals) = (Arc::clone(&sink), Arc::clone(&totals));
-            let _ = writing.spawn(async move { write_batch(&*sink, batch, &totals).await });
+            let retry = options.retry;
+            let _ = writing.spawn(async move { write_batch(&*sink, batch, retry, &totals).await });
         }
         if let Some(r) = &revoking {
             let left = tracker.outstanding(Some(&r.partitions));
@@ -149,6 +162,7 @@ pub async fn run<S: Sink, O: OffsetStore>(
             drop(finished);
             return PipelineReport {
                 unwritten: left as u64,
+                stopped: None,
             };
         }
     }

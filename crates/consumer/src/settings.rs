@@ -99,6 +99,22 @@ pub struct Settings {
         default_value = "15s"
     )]
     pub connect_timeout: TimeSpan,
+    /// Longest one write of a batch may take; past it the connection is dropped and the write retried
+    #[arg(
+        long,
+        env = "CONSUMER_WRITE_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "60s"
+    )]
+    pub write_timeout: TimeSpan,
+    /// Attempts at a write failing for a reason not known to pass (schema drift, permissions) before the consumer stops with the error, its offsets untouched
+    #[arg(
+        long,
+        env = "CONSUMER_UNKNOWN_ERROR_ATTEMPTS",
+        value_name = "N",
+        default_value = "5"
+    )]
+    pub unknown_error_attempts: u32,
     /// Beat into this file every 10 s while Kafka and PostgreSQL are reachable (for container health checks)
     #[arg(long, env = "CONSUMER_HEALTH_FILE", value_name = "FILE")]
     pub health_file: Option<PathBuf>,
@@ -155,6 +171,12 @@ impl ServiceSettings for Settings {
                 "commit_interval",
                 "must be longer than zero (0 would stop periodic commits)",
             );
+        }
+        if self.write_timeout.is_zero() {
+            return invalid("write_timeout", "must be longer than zero");
+        }
+        if self.unknown_error_attempts == 0 {
+            return invalid("unknown_error_attempts", "must be at least 1");
         }
         if self.queue_messages == 0 {
             return invalid("queue_messages", "must be at least 1");

@@ -58,11 +58,25 @@ pub struct Written {
     pub dead_letters: u64,
 }
 
-/// A failed write, told apart by whether the same write may succeed later.
+/// Whose fault a failed write is, which decides what the consumer does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The sink's state (down, overloaded, a broken connection, a lock
+    /// conflict, a timeout): the same write is retried until it succeeds.
+    Transient,
+    /// The message itself (a value that cannot fit its column): the batch is
+    /// split until the message is alone, and it becomes a dead letter.
+    Message,
+    /// Anything else (schema drift, permissions, an error never seen): retried
+    /// a few times, then the consumer stops with the error and leaves the
+    /// offsets alone, for an operator to fix the cause.
+    Unknown,
+}
+
+/// A failed write, told apart by whose fault it is.
 pub trait SinkError: std::error::Error + Send + Sync + 'static {
-    /// Whether retrying can help (the database is down, a connection broke,
-    /// a lock conflict); otherwise the data itself is at fault.
-    fn is_transient(&self) -> bool;
+    /// Whose fault the failure is.
+    fn fault(&self) -> Fault;
 }
 
 /// Stores batches of rows and dead letters, each batch all or nothing, and

@@ -1,19 +1,22 @@
 //! Writing one batch through a sink to the end: every message is a row or a
-//! dead letter when [`write_batch`] returns.
+//! dead letter when [`write_batch`] returns, unless the consumer must stop.
 //!
-//! Transient failures are retried with backoff, holding the batch (and so,
-//! through the pipeline's bounded queue, the partitions); a batch that fails
-//! for its data is split until the bad rows are alone, and those become dead
-//! letters.
+//! What happens to a failed write depends on whose fault it is
+//! ([`Fault`]): the sink's state is waited out with backoff (holding the
+//! batch, and so, through the pipeline's bounded queue, the partitions); a
+//! batch refused for a message is split until that message is alone, and it
+//! becomes a dead letter; an error of unknown cause is retried a few times,
+//! then the batch stops the consumer, its offsets unstored.
 
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::batch::Batch;
 use crate::offsets::Ack;
-use crate::sink::{DeadLetter, Row, Sink, SinkError, Written};
+use crate::sink::{DeadLetter, Fault, Row, Sink, SinkError, Written};
 
-/// First wait after a transient failure; doubles up to [`MAX_BACKOFF`].
+/// First wait after a failure; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait between two attempts at the same batch.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -29,7 +32,7 @@ pub struct Totals {
     pub duplicates: AtomicU64,
     /// Messages stored as dead letters.
     pub dead_letters: AtomicU64,
-    /// Transient write failures retried.
+    /// Failed writes retried.
     pub retries: AtomicU64,
 }
 
@@ -43,31 +46,66 @@ impl Totals {
     }
 }
 
+/// How failed writes are retried.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts at a write failing for an unknown cause before the consumer stops.
+    pub unknown_attempts: u32,
+}
+
+/// Why a batch could not be written and the consumer must stop: its offsets
+/// stay unstored, and the messages are read again after the cause is fixed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct MustStop(pub String);
+
 /// Writes `batch` through `sink` until every message in it is stored; returns its acks.
-pub async fn write_batch<S: Sink>(sink: &S, batch: Batch, totals: &Totals) -> Vec<Ack> {
+pub async fn write_batch<S: Sink>(
+    sink: &S,
+    batch: Batch,
+    retry: RetryPolicy,
+    totals: &Totals,
+) -> Result<Vec<Ack>, MustStop> {
     let Batch { rows, dead, acks } = batch;
     let mut pending = vec![(rows, dead)];
     while let Some((rows, dead)) = pending.pop() {
-        match write_retrying(sink, &rows, &dead, totals).await {
+        match write_retrying(sink, &rows, &dead, retry, totals).await {
             Ok(written) => totals.add(written),
-            Err(err) if rows.len() + dead.len() > 1 => {
-                tracing::warn!(error = %err, rows = rows.len(), "a batch failed for its data: splitting it to find the bad rows");
+            Err(Refused::Message(err)) if rows.len() + dead.len() > 1 => {
+                tracing::warn!(error = %err, rows = rows.len(), "a batch was refused for a message in it: splitting it to find that message");
                 pending.extend(split(rows, dead));
             }
-            Err(err) => match rows.into_iter().next() {
+            Err(Refused::Message(err)) => match rows.into_iter().next() {
                 Some(row) => {
                     tracing::warn!(error = %err, probe_id = %row.metric.probe_id, "a metric the database refuses goes to dead_letters");
                     let letter = row.into_dead_letter(format!("refused by PostgreSQL: {err}"));
                     pending.push((Vec::new(), vec![letter]));
                 }
-                None => tracing::error!(
-                    error = %err,
-                    "a dead letter could not be stored either; its offset moves on and the message is only in this log"
-                ),
+                None => return Err(dead_letter_lost(&dead, &err)),
             },
+            Err(Refused::Unknown(err)) => {
+                return Err(MustStop(format!(
+                    "PostgreSQL refused a write {} times for a reason that is not known to pass ({err}); stopping without storing its offsets, so that nothing is dead-lettered by mistake: fix the cause (schema, permissions) and start the consumer again",
+                    retry.unknown_attempts
+                )))
+            }
         }
     }
-    acks
+    Ok(acks)
+}
+
+/// A dead letter that cannot be stored either: the message would be only in
+/// a log line, so the consumer stops instead, its offset uncommitted.
+fn dead_letter_lost(dead: &[DeadLetter], err: &dyn std::fmt::Display) -> MustStop {
+    let at = dead.first().map_or_else(String::new, |d| {
+        format!(
+            " (topic {}, partition {}, offset {})",
+            d.origin.topic, d.origin.partition, d.origin.offset
+        )
+    });
+    MustStop(format!(
+        "a dead letter{at} could not be stored: {err}; stopping without storing its offset"
+    ))
 }
 
 type Part = (Vec<Row>, Vec<DeadLetter>);
@@ -85,29 +123,74 @@ fn split(mut rows: Vec<Row>, mut dead: Vec<DeadLetter>) -> [Part; 2] {
     [second, (rows, dead)]
 }
 
-/// Retries transient failures with backoff until the write succeeds or fails for its data.
+/// Why a write gave up.
+enum Refused<E> {
+    /// A message of the write is at fault.
+    Message(E),
+    /// Retried as often as the policy allows, for a cause not known to pass.
+    Unknown(E),
+}
+
+/// Retries with backoff until the write succeeds, a message is found at
+/// fault, or an unknown cause has used up its attempts.
 async fn write_retrying<S: Sink>(
     sink: &S,
     rows: &[Row],
     dead: &[DeadLetter],
+    retry: RetryPolicy,
     totals: &Totals,
-) -> Result<Written, S::Error> {
+) -> Result<Written, Refused<S::Error>> {
     let mut backoff = FIRST_BACKOFF;
+    let mut unknown = 0;
     loop {
-        match sink.write(rows, dead).await {
+        let err = match sink.write(rows, dead).await {
             Ok(written) => return Ok(written),
-            Err(err) if err.is_transient() => {
-                let _ = totals.retries.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    error = %err,
-                    retry_in = ?backoff,
-                    rows = rows.len(),
-                    "PostgreSQL write failed; retrying (offsets do not move until it succeeds)"
-                );
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+            Err(err) => err,
+        };
+        match err.fault() {
+            Fault::Message => return Err(Refused::Message(err)),
+            Fault::Unknown => {
+                unknown += 1;
+                if unknown >= retry.unknown_attempts {
+                    return Err(Refused::Unknown(err));
+                }
             }
-            Err(err) => return Err(err),
+            Fault::Transient => {}
         }
+        let _ = totals.retries.fetch_add(1, Ordering::Relaxed);
+        let wait = jittered(backoff);
+        tracing::warn!(
+            error = %err,
+            retry_in = ?wait,
+            rows = rows.len(),
+            "PostgreSQL write failed; retrying (offsets do not move until it succeeds)"
+        );
+        tokio::time::sleep(wait).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// A wait between half `backoff` and `backoff`, so that consumers that failed
+/// together (a database restart) do not all retry at the same instant.
+fn jittered(backoff: Duration) -> Duration {
+    // A fresh RandomState is seeded from the OS, differently in each process.
+    let random = RandomState::new().hash_one(std::time::Instant::now());
+    let fraction = 0.5 + (random % 1000) as f64 / 2000.0;
+    backoff.mul_f64(fraction)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_between_half_and_all_of_the_backoff() {
+        let backoff = Duration::from_secs(4);
+        let waits: Vec<Duration> = (0..50).map(|_| jittered(backoff)).collect();
+        assert!(waits.iter().all(|w| *w >= backoff / 2 && *w <= backoff));
+        assert!(
+            waits.iter().any(|w| *w != waits[0]),
+            "waits differ: {waits:?}"
+        );
     }
 }

@@ -11,6 +11,8 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 use sitewatch_consumer::run;
+use sitewatch_consumer::store::WritePath;
+use sitewatch_metric::Metric;
 use tokio_util::sync::CancellationToken;
 
 async fn rows(db: &sitewatch_pgtest::Postgres) -> i64 {
@@ -180,4 +182,101 @@ async fn a_site_deleted_by_an_operator_is_created_again_not_dead_lettered() {
     assert_eq!(common::count(&db, "SELECT count(*) FROM websites").await, 1);
     stop.cancel();
     let _ = task.await.expect("task").expect("ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_id_stored_with_other_content_is_a_conflict_by_either_write_path() {
+    for path in [WritePath::Copy, WritePath::Unnest] {
+        let db = common::postgres();
+        let kafka = common::kafka("metrics", 1);
+        let bootstrap = kafka.bootstrap_servers();
+        let original = common::metric(1, 5);
+        let redelivered = original.clone();
+        let forged = Metric {
+            status: Some(500),
+            ..original.clone()
+        };
+        let _ = common::publish(&bootstrap, "metrics", &[original]).await;
+        let mut settings = common::settings(&bootstrap, "metrics", &db, "g");
+        settings.write_path = path;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(settings, stop.clone()));
+        common::wait_for(Duration::from_secs(30), "the first row", || async {
+            rows(&db).await == 1
+        })
+        .await;
+        let _ = common::publish(&bootstrap, "metrics", &[redelivered, forged]).await;
+        common::wait_for(Duration::from_secs(30), "a dead letter", || async {
+            dead(&db).await == 1
+        })
+        .await;
+        stop.cancel();
+        let summary = task.await.expect("task").expect("ran");
+        assert_eq!(
+            (summary.inserted, summary.duplicates, summary.dead_letters),
+            (1, 1, 1),
+            "{path:?}: {summary:?}"
+        );
+        let reason = db
+            .psql("postgres", "SELECT reason FROM dead_letters")
+            .expect("reason");
+        assert!(reason.contains("conflict"), "{path:?}: {reason}");
+        assert_eq!(
+            common::count(&db, "SELECT count(*) FROM metrics WHERE status = 200").await,
+            1,
+            "{path:?}: the stored row is untouched"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_drift_stops_the_consumer_dead_letters_nothing_and_a_restart_after_the_fix_writes_all(
+) {
+    let db = common::postgres();
+    let kafka = common::kafka("metrics", 1);
+    let bootstrap = kafka.bootstrap_servers();
+    let metrics: Vec<Metric> = (0..40).map(|i| common::metric(i, 5)).collect();
+    let _ = common::publish(&bootstrap, "metrics", &metrics[..20]).await;
+    let settings = common::settings(&bootstrap, "metrics", &db, "g");
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(run(settings.clone(), stop.clone()));
+    common::wait_for(Duration::from_secs(30), "the first rows", || async {
+        rows(&db).await == 20
+    })
+    .await;
+    // A rolling upgrade adds a constraint the running consumer's rows break.
+    let _ = db
+        .psql(
+            "postgres",
+            "ALTER TABLE metrics ADD CONSTRAINT no_new_rows CHECK (false) NOT VALID",
+        )
+        .expect("constraint");
+    let _ = common::publish(&bootstrap, "metrics", &metrics[20..]).await;
+    let stopped = tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("the consumer stops by itself")
+        .expect("task");
+    let err = stopped.expect_err("it stops with an error");
+    assert!(
+        err.to_string().contains("no_new_rows") || err.to_string().contains("check"),
+        "{err}"
+    );
+    assert_eq!(dead(&db).await, 0, "nothing dead-lettered by mistake");
+    assert_eq!(rows(&db).await, 20);
+
+    let _ = db
+        .psql(
+            "postgres",
+            "ALTER TABLE metrics DROP CONSTRAINT no_new_rows",
+        )
+        .expect("the fix");
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(run(settings, stop.clone()));
+    common::wait_for(Duration::from_secs(30), "every row", || async {
+        rows(&db).await == 40
+    })
+    .await;
+    stop.cancel();
+    let summary = task.await.expect("task").expect("ran");
+    assert_eq!(summary.dead_letters, 0, "{summary:?}");
 }

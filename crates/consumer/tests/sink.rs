@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sitewatch_consumer::sink::{DeadLetter, Row, Sink, SinkError, Written};
+use sitewatch_consumer::sink::{DeadLetter, Fault, Row, Sink, SinkError, Written};
 use sitewatch_metric::Metric;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -25,8 +25,11 @@ enum MemoryError {
 }
 
 impl SinkError for MemoryError {
-    fn is_transient(&self) -> bool {
-        matches!(self, MemoryError::Unavailable)
+    fn fault(&self) -> Fault {
+        match self {
+            MemoryError::Unavailable => Fault::Transient,
+            MemoryError::Refused(_) => Fault::Message,
+        }
     }
 }
 

@@ -187,6 +187,48 @@ metric_columns! {
     kafka_offset: i64 as INT8 = |r| r.offset => |s, v| s.offset = v;
 }
 
+/// The columns that say where a message was read, not what it says: the same
+/// probe read from another position is the same probe.
+pub const ORIGIN: &[&str] = &["kafka_topic", "kafka_partition", "kafka_offset"];
+
+/// `(p.c1, p.c2, ...)` over the columns that hold what a probe says.
+fn content_of(prefix: &str) -> String {
+    let columns: Vec<String> = COLUMNS
+        .iter()
+        .filter(|c| !ORIGIN.contains(c))
+        .map(|c| format!("{prefix}.{c}"))
+        .collect();
+    format!("({})", columns.join(", "))
+}
+
+/// Where in Kafka (partition, offset) the rows of `source` (a table or `FROM`
+/// item aliased `s`, shaped like `metrics`) were read whose probe id is
+/// stored in `metrics` with other content: conflicts, not redeliveries.
+pub fn conflicts_in(source: &str) -> String {
+    format!(
+        "SELECT s.kafka_partition, s.kafka_offset FROM {source} JOIN metrics m USING (probe_id) WHERE {} IS DISTINCT FROM {}",
+        content_of("s"),
+        content_of("m")
+    )
+}
+
+/// [`conflicts_in`] the rows given as [`Columns`] parameters.
+pub fn conflicts_unnest() -> &'static str {
+    static CONFLICTS: LazyLock<String> =
+        LazyLock::new(|| conflicts_in(&format!("unnest({}) AS s({})", unnest_arrays(), list())));
+    &CONFLICTS
+}
+
+/// `$1::uuid[], $2::int8[], ...`: the columns as array parameters.
+fn unnest_arrays() -> String {
+    let mut arrays = String::new();
+    for (i, ty) in TYPES.iter().enumerate() {
+        let sep = if i == 0 { "" } else { ", " };
+        let _ = write!(arrays, "{sep}${}::{}[]", i + 1, ty.name());
+    }
+    arrays
+}
+
 /// The column names joined with `, `.
 pub fn list() -> &'static str {
     static LIST: LazyLock<String> = LazyLock::new(|| COLUMNS.join(", "));
@@ -201,14 +243,10 @@ pub fn copy_into(table: &str) -> String {
 /// One INSERT of every row, its columns as arrays, skipping rows already stored.
 pub fn insert_unnest() -> &'static str {
     static INSERT: LazyLock<String> = LazyLock::new(|| {
-        let mut arrays = String::new();
-        for (i, ty) in TYPES.iter().enumerate() {
-            let sep = if i == 0 { "" } else { ", " };
-            let _ = write!(arrays, "{sep}${}::{}[]", i + 1, ty.name());
-        }
         format!(
-            "INSERT INTO metrics ({}) SELECT * FROM unnest({arrays}) ON CONFLICT (probe_id) DO NOTHING",
-            list()
+            "INSERT INTO metrics ({}) SELECT * FROM unnest({}) ON CONFLICT (probe_id) DO NOTHING",
+            list(),
+            unnest_arrays()
         )
     });
     &INSERT

@@ -57,6 +57,9 @@ impl MigrateError {
 /// processes starting together against an empty database take turns.
 pub async fn migrate(connector: &Connector) -> Result<(), MigrateError> {
     let mut client = connector.connect().await?;
+    // A migration of a large table, or the wait for another process's, may
+    // take longer than the statements of the running services may.
+    client.batch_execute("SET statement_timeout = 0").await?;
     let _ = client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await?;

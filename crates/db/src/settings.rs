@@ -5,6 +5,7 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use secrecy::{ExposeSecret, SecretString};
@@ -158,6 +159,33 @@ pub struct PgSettings {
         default_value = "10s"
     )]
     pub connect_timeout: TimeSpan,
+    /// Longest a statement may run on the server before it is cancelled (0s: no limit)
+    #[arg(
+        id = "postgres.statement_timeout",
+        long = "postgres-statement-timeout",
+        env = "SITEWATCH_POSTGRES_STATEMENT_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "30s"
+    )]
+    pub statement_timeout: TimeSpan,
+    /// Longest data sent may stay unacknowledged before the connection counts as broken (a blackholed network, a failover); keepalives probe an idle connection as often
+    #[arg(
+        id = "postgres.tcp_user_timeout",
+        long = "postgres-tcp-user-timeout",
+        env = "SITEWATCH_POSTGRES_TCP_USER_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "30s"
+    )]
+    pub tcp_user_timeout: TimeSpan,
+    /// Longest a task waits for a free connection of the pool
+    #[arg(
+        id = "postgres.pool_wait_timeout",
+        long = "postgres-pool-wait-timeout",
+        env = "SITEWATCH_POSTGRES_POOL_WAIT_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "30s"
+    )]
+    pub pool_wait_timeout: TimeSpan,
 }
 
 impl Default for PgSettings {
@@ -299,10 +327,37 @@ impl PgSettings {
         let _ = config
             .ssl_mode(ssl)
             .connect_timeout(self.connect_timeout.get());
+        self.bound_waits(&mut config);
         if config.get_application_name().is_none() {
             let _ = config.application_name("sitewatch");
         }
         Ok((config, mode, ca_file))
+    }
+
+    /// Bounds what the network and the server can make a connection wait
+    /// for: a statement by `statement_timeout` (server side), unacknowledged
+    /// data by `tcp_user_timeout`, an idle connection to a vanished server by
+    /// keepalives probing at the same pace.
+    fn bound_waits(&self, config: &mut tokio_postgres::Config) {
+        let statement = self.statement_timeout.get();
+        if !statement.is_zero() {
+            let options = format!("-c statement_timeout={}", statement.as_millis());
+            let options = match config.get_options() {
+                Some(given) => format!("{given} {options}"),
+                None => options,
+            };
+            let _ = config.options(options);
+        }
+        let user = self.tcp_user_timeout.get();
+        if !user.is_zero() {
+            let probe_every = (user / 3).max(Duration::from_secs(1));
+            let _ = config
+                .tcp_user_timeout(user)
+                .keepalives(true)
+                .keepalives_idle(probe_every)
+                .keepalives_interval(probe_every)
+                .keepalives_retries(3);
+        }
     }
 
     /// The connection settings and TLS connector these settings describe.
@@ -332,6 +387,7 @@ impl PgSettings {
             .max_size(self.pool_size)
             .runtime(Runtime::Tokio1)
             .create_timeout(Some(self.connect_timeout.get()))
+            .wait_timeout(Some(self.pool_wait_timeout.get()))
             .build()
             .map_err(|e| PgSettingsError::Pool(e.to_string()))
     }

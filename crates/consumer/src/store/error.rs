@@ -3,7 +3,7 @@
 use deadpool_postgres::PoolError;
 use tokio_postgres::error::SqlState;
 
-use crate::sink::SinkError;
+use crate::sink::{Fault, SinkError};
 
 /// A failed database operation.
 #[derive(Debug, thiserror::Error)]
@@ -14,24 +14,42 @@ pub enum StoreError {
     /// The database refused or the connection broke.
     #[error("PostgreSQL: {}", sitewatch_db::describe_error(.0))]
     Db(#[from] tokio_postgres::Error),
+    /// The write took longer than `write_timeout`; its connection was dropped.
+    #[error("PostgreSQL did not finish the write within {0:?}; the connection was dropped")]
+    TimedOut(std::time::Duration),
 }
 
 impl SinkError for StoreError {
-    fn is_transient(&self) -> bool {
+    /// The policy, by SQLSTATE (README, "Errors by cause"): data exceptions
+    /// (class 22) and an index row too large (54000) are the message's;
+    /// connection loss (08), resources (53), shutdowns (57P), cancelled
+    /// statements (57014), serialization failures and deadlocks (40) and
+    /// lock timeouts (55P03) are transient; everything else, constraints
+    /// included (a CHECK added during an upgrade must not dead-letter the
+    /// stream), is unknown.
+    fn fault(&self) -> Fault {
         match self {
-            StoreError::Pool(_) => true,
+            StoreError::Pool(_) | StoreError::TimedOut(_) => Fault::Transient,
             StoreError::Db(err) => match err.code() {
-                // A value the client could not even encode is the data's fault.
-                None => !err.to_string().starts_with("error serializing"),
-                Some(code) => {
-                    let code = code.code();
-                    // Data exceptions (22), integrity violations (23) and program
-                    // limits such as an index row too large (54) mean this row can
-                    // never be written; anything else is the server's state.
-                    !(code.starts_with("22") || code.starts_with("23") || code.starts_with("54"))
-                }
+                // A value the client could not even encode is the message's fault.
+                None if err.to_string().starts_with("error serializing") => Fault::Message,
+                // No SQLSTATE: the connection broke or closed.
+                None => Fault::Transient,
+                Some(code) => fault_of(code.code()),
             },
         }
+    }
+}
+
+/// Whose fault an error with SQLSTATE `code` is.
+pub(super) fn fault_of(code: &str) -> Fault {
+    let class = &code[..code.len().min(2)];
+    match (class, code) {
+        ("22", _) | (_, "54000") => Fault::Message,
+        ("08" | "53" | "40", _) | (_, "57014" | "57P01" | "57P02" | "57P03" | "55P03") => {
+            Fault::Transient
+        }
+        _ => Fault::Unknown,
     }
 }
 
@@ -45,5 +63,32 @@ impl StoreError {
     /// A row's site is not in `websites` (deleted while its id was cached).
     pub(super) fn is_missing_site(&self) -> bool {
         matches!(self, StoreError::Db(err) if err.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_policy_by_sqlstate() {
+        for (code, fault) in [
+            ("22001", Fault::Message), // a value too long for its column
+            ("22003", Fault::Message), // a number out of range
+            ("54000", Fault::Message), // an index row too large (a huge URL)
+            ("08006", Fault::Transient),
+            ("53300", Fault::Transient),
+            ("57P01", Fault::Transient),
+            ("57014", Fault::Transient), // statement_timeout
+            ("40001", Fault::Transient),
+            ("40P01", Fault::Transient),
+            ("23514", Fault::Unknown), // a CHECK added during an upgrade
+            ("23502", Fault::Unknown), // a NOT NULL column the consumer does not fill
+            ("42703", Fault::Unknown), // a column missing
+            ("42501", Fault::Unknown), // permission denied
+            ("XX000", Fault::Unknown),
+        ] {
+            assert_eq!(fault_of(code), fault, "{code}");
+        }
     }
 }

@@ -8,6 +8,7 @@ mod error;
 mod sites;
 
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use serde::Deserialize;
@@ -27,6 +28,9 @@ static INSERT_FROM_STAGING: LazyLock<String> = LazyLock::new(|| {
         list = columns::list()
     )
 });
+/// The staged rows already stored with other content.
+static CONFLICTS_STAGED: LazyLock<String> =
+    LazyLock::new(|| columns::conflicts_in("metrics_staging s"));
 static COPY_METRICS: LazyLock<String> = LazyLock::new(|| columns::copy_into("metrics"));
 static COPY_STAGING: LazyLock<String> = LazyLock::new(|| columns::copy_into("metrics_staging"));
 
@@ -49,26 +53,47 @@ pub struct Store {
     pool: Pool,
     path: WritePath,
     sites: SiteIds,
+    timeout: Duration,
 }
 
 impl Store {
-    /// A store writing through `pool` by `path`.
-    pub fn new(pool: Pool, path: WritePath) -> Store {
+    /// A store writing through `pool` by `path`, each write within `timeout`.
+    pub fn new(pool: Pool, path: WritePath, timeout: Duration) -> Store {
         Store {
             pool,
             path,
             sites: SiteIds::default(),
+            timeout,
         }
     }
 
+    /// One attempt, within the write timeout. A connection whose write did
+    /// not finish is dropped, not put back in the pool: it may be stuck
+    /// mid-statement, or its COMMIT may have gone through; the retry, on
+    /// another connection, finds such rows stored and skips them.
     async fn write_once(&self, rows: &[Row], dead: &[DeadLetter]) -> Result<Written, StoreError> {
         let mut client = self.pool.get().await?;
-        let ids = self.sites.of(&client, rows).await?;
+        match tokio::time::timeout(self.timeout, self.write_with(&mut client, rows, dead)).await {
+            Ok(written) => written,
+            Err(_elapsed) => {
+                drop(deadpool_postgres::Object::take(client));
+                Err(StoreError::TimedOut(self.timeout))
+            }
+        }
+    }
+
+    async fn write_with(
+        &self,
+        client: &mut deadpool_postgres::Client,
+        rows: &[Row],
+        dead: &[DeadLetter],
+    ) -> Result<Written, StoreError> {
+        let ids = self.sites.of(client, rows).await?;
         let insert = match self.path {
             WritePath::Copy => Insert::Copy,
             WritePath::Unnest => Insert::Unnest,
         };
-        match write_transaction(&mut client, rows, &ids, dead, insert).await {
+        match write_transaction(client, rows, &ids, dead, insert).await {
             // Fresh rows, the usual case, went straight in; a redelivery is rare
             // enough that doing its batch twice costs less than checking every batch.
             Err(err) if insert == Insert::Copy && err.is_stored_already() => {
@@ -76,7 +101,7 @@ impl Store {
                     rows = rows.len(),
                     "the batch holds rows already stored (a redelivery): writing it again, skipping those"
                 );
-                write_transaction(&mut client, rows, &ids, dead, Insert::Staged).await
+                write_transaction(client, rows, &ids, dead, Insert::Staged).await
             }
             other => other,
         }
@@ -138,44 +163,88 @@ async fn write_transaction(
     insert: Insert,
 ) -> Result<Written, StoreError> {
     let tx = client.transaction().await?;
-    let inserted = if rows.is_empty() {
-        0
+    let (inserted, conflicts) = if rows.is_empty() {
+        (0, Vec::new())
     } else {
         match insert {
             Insert::Copy => {
                 let sink = tx.copy_in(COPY_METRICS.as_str()).await?;
-                columns::copy_rows(sink, row_refs(rows, ids)).await?
+                (
+                    columns::copy_rows(sink, row_refs(rows, ids)).await?,
+                    Vec::new(),
+                )
             }
             Insert::Staged => {
                 tx.batch_execute(CREATE_STAGING).await?;
                 let sink = tx.copy_in(COPY_STAGING.as_str()).await?;
                 let _ = columns::copy_rows(sink, row_refs(rows, ids)).await?;
                 let statement = tx.prepare_cached(&INSERT_FROM_STAGING).await?;
-                tx.execute(&statement, &[]).await?
+                let inserted = tx.execute(&statement, &[]).await?;
+                let conflicts = if inserted < rows.len() as u64 {
+                    tx.query(CONFLICTS_STAGED.as_str(), &[]).await?
+                } else {
+                    Vec::new()
+                };
+                (inserted, conflicts)
             }
             Insert::Unnest => {
                 let refs: Vec<RowRef<'_>> = row_refs(rows, ids).collect();
                 let by_column = Columns::of(&refs);
+                let params = by_column.params();
                 let statement = tx.prepare_cached(columns::insert_unnest()).await?;
-                tx.execute(&statement, &by_column.params()).await?
+                let inserted = tx.execute(&statement, &params).await?;
+                let conflicts = if inserted < rows.len() as u64 {
+                    let statement = tx.prepare_cached(columns::conflicts_unnest()).await?;
+                    tx.query(&statement, &params).await?
+                } else {
+                    Vec::new()
+                };
+                (inserted, conflicts)
             }
         }
     };
-    if !dead.is_empty() {
-        insert_dead_letters(&tx, dead).await?;
+    let conflicted = conflicted_letters(rows, &conflicts)?;
+    if !dead.is_empty() || !conflicted.is_empty() {
+        insert_dead_letters(&tx, dead.iter().chain(&conflicted)).await?;
     }
     tx.commit().await?;
+    let conflicts = conflicted.len() as u64;
     Ok(Written {
         inserted,
-        duplicates: rows.len() as u64 - inserted,
-        dead_letters: dead.len() as u64,
+        duplicates: rows.len() as u64 - inserted - conflicts,
+        dead_letters: dead.len() as u64 + conflicts,
     })
 }
 
-async fn insert_dead_letters(
+/// Dead letters for the rows whose probe id was already stored with other
+/// content: a conflict (a bug or a forged message), not a redelivery, so it
+/// is kept for an operator rather than silently dropped.
+fn conflicted_letters(
+    rows: &[Row],
+    conflicts: &[tokio_postgres::Row],
+) -> Result<Vec<DeadLetter>, StoreError> {
+    let mut letters = Vec::new();
+    for conflict in conflicts {
+        let at: (i32, i64) = (conflict.try_get(0)?, conflict.try_get(1)?);
+        let found = rows
+            .iter()
+            .find(|r| (r.origin.partition, r.origin.offset) == at);
+        if let Some(row) = found {
+            let probe_id = row.metric.probe_id;
+            tracing::warn!(%probe_id, partition = at.0, offset = at.1, "a probe id already stored with other content goes to dead_letters");
+            letters.push(row.clone().into_dead_letter(format!(
+                "conflict: probe_id {probe_id} is already stored with different content"
+            )));
+        }
+    }
+    Ok(letters)
+}
+
+async fn insert_dead_letters<'a>(
     tx: &deadpool_postgres::Transaction<'_>,
-    dead: &[DeadLetter],
+    dead: impl Iterator<Item = &'a DeadLetter> + Clone,
 ) -> Result<(), StoreError> {
+    let dead: Vec<&DeadLetter> = dead.collect();
     let topics: Vec<&str> = dead.iter().map(|d| &*d.origin.topic).collect();
     let partitions: Vec<i32> = dead.iter().map(|d| d.origin.partition).collect();
     let offsets: Vec<i64> = dead.iter().map(|d| d.origin.offset).collect();
