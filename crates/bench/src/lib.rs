@@ -4,6 +4,7 @@
 
 pub mod ceiling;
 pub mod farm;
+pub mod http;
 pub mod ingest;
 pub mod latency;
 pub mod peer;

@@ -22,7 +22,7 @@ use sitewatch_metric::Metric;
 use tokio::time::Instant;
 
 use crate::farm::{self, Farm, Site};
-use crate::procs::{self, MachineCpu, Proc};
+use crate::procs::{self, CpuClock, MachineCpu};
 use crate::report::{median, Figure, Goal, ScenarioReport};
 use crate::stack::{self, Broker};
 use crate::Options;
@@ -271,29 +271,18 @@ impl Measured {
 /// and reads its metrics back from the topic.
 pub(crate) async fn measure(bed: &Bed, options: &Options, plan: &Plan) -> anyhow::Result<Measured> {
     let csv = bed.dir.join(format!("sites-{}.csv", plan.label));
-    std::fs::write(&csv, farm::monitor_csv(&plan.sites, plan.interval))
-        .with_context(|| format!("cannot write {}", csv.display()))?;
+    stack::write_file(&csv, farm::monitor_csv(&plan.sites, plan.interval))?;
     let bootstrap = bed.broker.bootstrap.clone();
     let before = {
         let bootstrap = bootstrap.clone();
         tokio::task::spawn_blocking(move || watermarks(&bootstrap)).await??
     };
-    let csv_arg = csv.display().to_string();
-    let mut monitor = Proc::spawn(
+    let mut monitor = stack::start_monitor(
+        options,
         &format!("monitor-{}", plan.label),
-        &options.bin_dir.join("monitor"),
-        [
-            "--targets",
-            &csv_arg,
-            "--no-watch",
-            "--kafka-brokers",
-            &bootstrap,
-            "--kafka-topic",
-            TOPIC,
-            "--log-level",
-            "info",
-        ],
-        &[],
+        &csv,
+        &bed.broker,
+        &["--no-watch", "--log-level", "info"],
         &bed.dir,
     )?;
     tokio::task::block_in_place(|| {
@@ -302,33 +291,23 @@ pub(crate) async fn measure(bed: &Bed, options: &Options, plan: &Plan) -> anyhow
     let started = Instant::now();
     let pid = monitor.pid();
     tokio::time::sleep_until(started + plan.warmup).await;
-    let farm_pid = bed.farm.proc.pid();
-    let broker_pid = bed.broker.proc.pid();
-    let cpu0 = procs::cpu_seconds(pid)?;
-    let farm0 = procs::cpu_seconds(farm_pid)?;
-    let broker0 = procs::cpu_seconds(broker_pid)?;
+    let monitor_clock = CpuClock::process(pid)?;
+    let farm_clock = CpuClock::process(bed.farm.proc.pid())?;
+    let broker_clock = CpuClock::process(bed.broker.proc.pid())?;
     let machine0 = MachineCpu::now()?;
     let w0 = Utc::now();
     let t0 = Instant::now();
     let window = plan.interval * plan.intervals;
     tokio::time::sleep_until(t0 + window).await;
-    let cpu1 = procs::cpu_seconds(pid)?;
-    let farm1 = procs::cpu_seconds(farm_pid)?;
-    let broker1 = procs::cpu_seconds(broker_pid)?;
-    let machine1 = MachineCpu::now()?;
+    let cpu = monitor_clock.elapsed()?;
+    let farm_cpu = farm_clock.elapsed()?;
+    let broker_cpu = broker_clock.elapsed()?;
+    let machine_cores = MachineCpu::now()?.busy_cores_since(&machine0);
     let rss = procs::peak_rss_bytes(pid)?;
     let seconds = t0.elapsed().as_secs_f64();
     let w1 = w0 + TimeDelta::from_std(window).context("window too long")?;
     tokio::time::sleep(TAIL).await;
-    let log = monitor.log().to_owned();
-    let status = tokio::task::block_in_place(|| monitor.stop(Duration::from_secs(60)))?;
-    if !status.success() {
-        bail!(
-            "the monitor exited with {status}; see {}:\n{}",
-            log.display(),
-            procs::tail(&log, 10)
-        );
-    }
+    tokio::task::block_in_place(|| monitor.stop_ok(Duration::from_secs(60)))?;
     // The mock broker drops a partition's oldest messages past 5 MB; that may
     // take warm-up metrics, never the window's (checked in `read_range`).
     let not_pruned_after = w0 - TimeDelta::seconds(1);
@@ -337,10 +316,10 @@ pub(crate) async fn measure(bed: &Bed, options: &Options, plan: &Plan) -> anyhow
         read_range(&bootstrap, &before, &after, not_pruned_after)
     })
     .await??;
-    let mut measured = tally(&metrics, plan, w0, w1, cpu1 - cpu0, rss);
-    measured.farm_cores = (farm1 - farm0) / seconds;
-    measured.broker_cores = (broker1 - broker0) / seconds;
-    measured.machine_cores = machine1.busy_cores_since(&machine0, seconds);
+    let mut measured = tally(&metrics, plan, w0, w1, cpu, rss);
+    measured.farm_cores = farm_cpu / seconds;
+    measured.broker_cores = broker_cpu / seconds;
+    measured.machine_cores = machine_cores;
     Ok(measured)
 }
 
