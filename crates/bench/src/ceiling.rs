@@ -21,7 +21,7 @@ use crate::schedule::{self, Bed, Measured, Plan};
 use crate::stack;
 use crate::Options;
 
-/// The test of "on schedule" for the ceiling.
+/// The ceiling's test of "on schedule": p99 lateness under this many ms.
 const P99_LIMIT_MS: f64 = 100.0;
 /// Every site's interval in a ceiling step; sites = rate x interval.
 const STEP_INTERVAL: Duration = Duration::from_secs(2);
@@ -167,8 +167,9 @@ async fn one_run(bed: &Bed, options: &Options, run: usize) -> anyhow::Result<Run
         "bench: ceiling: probe-loop {:.0} probes/s, {:.3} CPU-s/1000",
         probe_loop.rate, probe_loop.cpu_per_1000
     );
-    // Start where the goal is (0.8x the loop) rounded down, so a good
-    // monitor is found in few steps and a poor one is stepped down to.
+    // Start below the goal (0.8x the loop), at half the loop's rate in
+    // whole 500s: a good monitor steps up through the goal in few steps and
+    // a poor one is stepped down to.
     let start = (probe_loop.rate * 0.5 / 500.0).floor().max(1.0) * 500.0;
     let mut stepper = Stepper::new(start, 1.25, if options.full { 3 } else { 2 });
     let mut steps = Vec::new();

@@ -34,9 +34,9 @@ use crate::Options;
 const TOPIC: &str = "bench-ingest";
 /// Metrics per partition at most: librdkafka's mock broker keeps only the last
 /// 5 MB (or 100,000 message sets) of a partition and silently drops older
-/// ones (rdkafka_mock.c, `max_size`); 20,000 of these metrics are about 3 MB
-/// compressed, so the topic gets as many partitions as that takes (at least 6,
-/// the compose file's default).
+/// ones (rdkafka_mock.c, `max_size`); this many of these metrics stay well
+/// under that compressed, so the topic gets as many partitions as that takes
+/// (at least 6, the compose file's default).
 const ROWS_PER_PARTITION: u64 = 20_000;
 /// Distinct site URLs in the preloaded metrics.
 const SITES: u64 = 5_000;

@@ -26,8 +26,9 @@ use crate::Options;
 const BLACKBOX: &str = "/usr/bin/prometheus-blackbox-exporter";
 /// The module the bench's config defines.
 const MODULE: &str = "http_regex";
-/// Probes per second both probers are driven at: well under blackbox's
-/// saturation here (about 2,300/s) and the monitor's.
+/// Probes per second both probers are driven at: well under the saturation of
+/// either on a small machine, so that both are compared at the same load and
+/// neither at its limit.
 const RATE: f64 = 1_000.0;
 /// Distinct sites both probe, each once per second.
 const SITES: usize = 1_000;
