@@ -30,11 +30,7 @@ pub fn postgres() -> Postgres {
 
 /// librdkafka's own broker, in this process, with one topic.
 pub fn kafka(topic: &str, partitions: i32) -> MockCluster<'static, DefaultProducerContext> {
-    let cluster = MockCluster::new(1).expect("mock cluster");
-    cluster
-        .create_topic(topic, partitions, 1)
-        .expect("create topic");
-    cluster
+    sitewatch_broker::in_process(topic, partitions).expect("mock cluster with the topic")
 }
 
 /// Consumer settings for tests: short group timeouts (rebalances in ~3 s on the mock, FACTS.md).
