@@ -7,9 +7,11 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use sitewatch_metric::ErrorKind;
+use sitewatch_pgtest::sql::{count, count_once_created};
+use sitewatch_pgtest::wait::wait_for;
 use sitewatch_pgtest::Postgres;
 use sitewatch_sitefarm::{FarmOptions, SiteFarm};
-use support::{broker, consumer, count, log_event, printed_metrics, rows, wait_for, Proc};
+use support::{broker, consumer, log_event, printed_metrics, rows, Proc};
 
 async fn farm_and_ca(dir: &std::path::Path) -> (SiteFarm, String) {
     let farm = SiteFarm::start(FarmOptions::default()).await.expect("farm");
@@ -61,14 +63,20 @@ impl Stack {
     }
 
     async fn rows(&self) -> i64 {
-        count(&self.db, "SELECT count(*) FROM metrics").await
+        count(&self.db, ROWS).await
     }
 
-    /// Waits until the table holds at least `n` rows.
+    /// Waits until the table holds at least `n` rows; the first wait may begin
+    /// before the consumer has made the table.
     async fn wait_rows(&self, within: Duration, what: &str, n: i64) {
-        wait_for(within, what, || async { self.rows().await >= n }).await;
+        wait_for(within, what, || async {
+            count_once_created(&self.db, ROWS).await >= n
+        })
+        .await;
     }
 }
+
+const ROWS: &str = "SELECT count(*) FROM metrics";
 
 /// SIGTERM to a monitor started with `--output kafka,stdout`: it exits 0; returns what it printed.
 fn stop_monitor(monitor: Proc) -> Vec<sitewatch_metric::Metric> {
@@ -159,7 +167,7 @@ async fn every_probe_the_monitor_makes_is_exactly_one_row_with_the_right_result(
     let consumer = consumer(bootstrap, "metrics", db, "g");
     let monitor = monitor(list.to_str().expect("utf8"), bootstrap, "metrics", ca, &[]);
     wait_for(Duration::from_secs(60), "rows arriving", || async {
-        count(db, "SELECT count(*) FROM metrics").await >= 30
+        count_once_created(db, ROWS).await >= 30
     })
     .await;
     monitor.signal("TERM");
@@ -171,7 +179,7 @@ async fn every_probe_the_monitor_makes_is_exactly_one_row_with_the_right_result(
     wait_for(
         Duration::from_secs(60),
         "a row for every printed probe",
-        || async { count(db, "SELECT count(*) FROM metrics").await >= n },
+        || async { count(db, ROWS).await >= n },
     )
     .await;
     let stored = rows(db).await;
@@ -324,7 +332,7 @@ async fn sites_from_the_websites_table_follow_its_rows() {
     } = &stack;
     let consumer = consumer(bootstrap, "metrics", db, "g");
     wait_for(Duration::from_secs(60), "the consumer's schema", || async {
-        count(db, "SELECT count(*) FROM refinery_schema_history").await >= 1
+        count_once_created(db, "SELECT count(*) FROM refinery_schema_history").await >= 1
     })
     .await;
     let (a, b) = (farm.url("/site/1"), farm.url("/site/2"));

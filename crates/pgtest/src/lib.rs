@@ -17,8 +17,9 @@
 //! (`psql`, the consumer) connect over TCP with a password, so they may run as
 //! anyone.
 //!
-//! [`sql`] and [`wait`] are what async tests (and the bench) do with a
-//! server: connect, count rows, and wait for a condition with a deadline.
+//! [`sql`] and [`wait`] are what the integration tests (and the bench) do
+//! around a server: connect, count rows, wait for a condition with a
+//! deadline, and read a child process's output.
 //!
 //! A server never outlives its owner: [`Postgres`] stops it on drop, and a
 //! small watchdog shell process stops it (and removes the temp directory) when

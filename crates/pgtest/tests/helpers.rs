@@ -1,5 +1,6 @@
-//! The async SQL helpers against a real server: counts fail loudly, except a
-//! table not created yet while waiting for it.
+//! The test helpers: counts against a real server fail loudly, except a table
+//! not created yet while waiting for it; waits end at their deadline; a
+//! child's output is read to its last line.
 
 use std::time::Duration;
 
@@ -46,4 +47,19 @@ async fn only_a_missing_table_reads_as_empty() {
 #[should_panic(expected = "timed out after 200ms waiting for never")]
 async fn a_wait_fails_at_its_deadline() {
     wait_for(Duration::from_millis(200), "never", || async { false }).await;
+}
+
+#[test]
+fn a_childs_lines_arrive_to_the_last_once_it_exits() {
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "echo one; echo two"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sh starts");
+    let out = sitewatch_pgtest::wait::lines(child.stdout.take().expect("stdout"));
+    assert!(child.wait().expect("sh exits").success());
+    assert_eq!(
+        sitewatch_pgtest::wait::rest(&out, Duration::from_secs(5)),
+        ["one", "two"]
+    );
 }
