@@ -70,6 +70,16 @@ impl Broker {
         })
     }
 
+    /// The flags that point the monitor or the consumer at this broker's topic.
+    pub(crate) fn flags(&self) -> [&str; 4] {
+        [
+            "--kafka-brokers",
+            &self.bootstrap,
+            "--kafka-topic",
+            &self.topic,
+        ]
+    }
+
     /// The sum over the topic's partitions of their low and high watermarks:
     /// `(0, n)` when all `n` messages produced are still there.
     pub(crate) async fn messages(&self) -> anyhow::Result<(i64, i64)> {
@@ -108,14 +118,8 @@ pub(crate) fn start_monitor(
     log_dir: &Path,
 ) -> anyhow::Result<Proc> {
     let targets = targets.to_string_lossy();
-    let mut args = vec![
-        "--targets",
-        targets.as_ref(),
-        "--kafka-brokers",
-        &broker.bootstrap,
-        "--kafka-topic",
-        &broker.topic,
-    ];
+    let mut args = vec!["--targets", targets.as_ref()];
+    args.extend(broker.flags());
     args.extend_from_slice(extra);
     let program = procs::release_binary(&options.bin_dir, "monitor")?;
     Proc::spawn(name, &program, args, &[], log_dir)
@@ -131,20 +135,9 @@ pub(crate) fn start_consumer(
     extra: &[&str],
     log_dir: &Path,
 ) -> anyhow::Result<Proc> {
-    let mut args = vec![
-        "--kafka-brokers",
-        &broker.bootstrap,
-        "--kafka-topic",
-        &broker.topic,
-        "--group-id",
-        group,
-        "--postgres-url",
-        db_url,
-        "--postgres-sslmode",
-        "disable",
-        "--log-format",
-        "json",
-    ];
+    let mut args = broker.flags().to_vec();
+    args.extend(["--group-id", group, "--log-format", "json"]);
+    args.extend(["--postgres-url", db_url, "--postgres-sslmode", "disable"]);
     args.extend_from_slice(extra);
     Proc::release(&options.bin_dir, "consumer", args, &[], log_dir)
 }

@@ -180,12 +180,23 @@ pub fn in_process(
     let cluster = MockCluster::new(1).map_err(BrokerError::Cluster)?;
     cluster
         .create_topic(topic, partitions, 1)
-        .map_err(|source| BrokerError::Topic {
+        .map_err(|source| BrokerError::topic(topic, partitions, source))?;
+    Ok(cluster)
+}
+
+impl BrokerError {
+    /// Topic `topic` of `partitions` could not be created.
+    pub(crate) fn topic(
+        topic: &str,
+        partitions: i32,
+        source: rdkafka::error::KafkaError,
+    ) -> BrokerError {
+        BrokerError::Topic {
             topic: topic.to_owned(),
             partitions,
             source,
-        })?;
-    Ok(cluster)
+        }
+    }
 }
 
 /// A running broker; it stops when dropped.
