@@ -306,22 +306,26 @@ struct WrkResult {
 fn wrk(bed: &Bed, seconds: u64) -> anyhow::Result<WrkResult> {
     let script = bed.dir.join("paths.lua");
     stack::write_file(&script, wrk_script(LOOP_SITES))?;
+    let connections = CONCURRENCY.to_string();
+    let duration = format!("{seconds}s");
+    let script_arg = script.display().to_string();
+    let url = format!("http://{}/", bed.farm.http);
     let farm_clock = CpuClock::process(bed.farm.proc.pid())?;
     let load = Load::run(
         bed,
         "wrk",
         Path::new("wrk"),
         [
-            "-t2".to_owned(),
-            "-c".to_owned(),
-            CONCURRENCY.to_string(),
-            "-d".to_owned(),
-            format!("{seconds}s"),
-            "-H".to_owned(),
-            "Connection: close".to_owned(),
-            "-s".to_owned(),
-            script.display().to_string(),
-            format!("http://{}/", bed.farm.http),
+            "-t2",
+            "-c",
+            &connections,
+            "-d",
+            &duration,
+            "-H",
+            "Connection: close",
+            "-s",
+            &script_arg,
+            &url,
         ],
         Duration::from_secs(seconds + 30),
     )
@@ -466,21 +470,24 @@ fn probe_loop(bed: &Bed, options: &Options, seconds: u64) -> anyhow::Result<Loop
         .map(|s| s.url)
         .collect();
     stack::write_file(&urls, list.join("\n"))?;
+    let urls_arg = urls.display().to_string();
+    let concurrency = CONCURRENCY.to_string();
+    let duration = format!("{seconds}s");
     let load = Load::run(
         bed,
         "probe-loop",
         &procs::release_binary(&options.bin_dir, "probe-loop")?,
         [
-            "--urls".to_owned(),
-            urls.display().to_string(),
-            "--regex".to_owned(),
-            REGEX.to_owned(),
-            "--concurrency".to_owned(),
-            CONCURRENCY.to_string(),
-            "--warmup".to_owned(),
-            "2s".to_owned(),
-            "--duration".to_owned(),
-            format!("{seconds}s"),
+            "--urls",
+            &urls_arg,
+            "--regex",
+            REGEX,
+            "--concurrency",
+            &concurrency,
+            "--warmup",
+            "2s",
+            "--duration",
+            &duration,
         ],
         Duration::from_secs(seconds + 60),
     )?;
