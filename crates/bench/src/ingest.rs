@@ -409,7 +409,7 @@ async fn measure(
     let broker_clock = CpuClock::process(broker.proc.pid())?;
     let started = SystemTime::now();
     let group = format!("bench-ingest-{}-{run}", std::process::id());
-    let consumer = stack::start_consumer(
+    let mut consumer = stack::start_consumer(
         options,
         broker,
         &group,
@@ -422,13 +422,12 @@ async fn measure(
     // Done when each partition's last message is stored and the count is whole;
     // writers may commit out of order, hence the count. The last ids come first
     // so that the table is not counted over and over while it fills.
-    let mut watched = [consumer];
     let last_ids = i64::try_from(preload.last_ids.len())?;
     let want = i64::try_from(rows)?;
     poll_until(
         &format!("{rows} rows stored"),
         Duration::from_secs(rows / 5_000 + 180),
-        &mut watched,
+        std::slice::from_mut(&mut consumer),
         || async {
             let present: i64 = match client
                 .query_one(
@@ -460,7 +459,6 @@ async fn measure(
         },
     )
     .await?;
-    let [consumer] = watched;
     let cpu = CpuSplit {
         consumer: consumer_clock.elapsed()?,
         postgres: pg_clock.elapsed()?,

@@ -278,7 +278,7 @@ pub(crate) async fn measure(bed: &Bed, options: &Options, plan: &Plan) -> anyhow
     let bootstrap = bed.broker.bootstrap.clone();
     let before = {
         let bootstrap = bootstrap.clone();
-        tokio::task::spawn_blocking(move || watermarks(&bootstrap)).await??
+        tokio::task::spawn_blocking(move || stack::watermarks(&bootstrap, TOPIC)).await??
     };
     let mut monitor = stack::start_monitor(
         options,
@@ -315,7 +315,7 @@ pub(crate) async fn measure(bed: &Bed, options: &Options, plan: &Plan) -> anyhow
     // take warm-up metrics, never the window's (checked in `read_range`).
     let not_pruned_after = w0 - TimeDelta::seconds(1);
     let metrics = tokio::task::spawn_blocking(move || {
-        let after = watermarks(&bootstrap)?;
+        let after = stack::watermarks(&bootstrap, TOPIC)?;
         read_range(&bootstrap, &before, &after, not_pruned_after)
     })
     .await??;
@@ -415,30 +415,6 @@ fn reader(bootstrap: &str) -> anyhow::Result<BaseConsumer> {
         .set("auto.offset.reset", "earliest")
         .create()
         .context("cannot create the Kafka reader")
-}
-
-/// The (low, high) watermarks of every partition of [`TOPIC`].
-fn watermarks(bootstrap: &str) -> anyhow::Result<Vec<(i32, i64, i64)>> {
-    let consumer = reader(bootstrap)?;
-    let timeout = Duration::from_secs(10);
-    let metadata = consumer
-        .fetch_metadata(Some(TOPIC), timeout)
-        .context("cannot read the topic's metadata")?;
-    let topic = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == TOPIC)
-        .with_context(|| format!("no topic {TOPIC} on the broker"))?;
-    topic
-        .partitions()
-        .iter()
-        .map(|p| {
-            let (low, high) = consumer
-                .fetch_watermarks(TOPIC, p.id(), timeout)
-                .with_context(|| format!("cannot read the watermarks of partition {}", p.id()))?;
-            Ok((p.id(), low, high))
-        })
-        .collect()
 }
 
 /// Every metric in [`TOPIC`] from the high watermarks `from` to those of

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use sitewatch_pgtest::{PgOptions, Postgres};
 use tokio::time::Instant;
 
@@ -42,8 +43,6 @@ pub(crate) struct Broker {
     pub(crate) bootstrap: String,
     /// The topic it holds.
     pub(crate) topic: String,
-    /// The topic's partitions.
-    pub(crate) partitions: i32,
 }
 
 impl Broker {
@@ -66,7 +65,6 @@ impl Broker {
             proc,
             bootstrap,
             topic: topic.to_owned(),
-            partitions,
         })
     }
 
@@ -83,28 +81,41 @@ impl Broker {
     /// The sum over the topic's partitions of their low and high watermarks:
     /// `(0, n)` when all `n` messages produced are still there.
     pub(crate) async fn messages(&self) -> anyhow::Result<(i64, i64)> {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
-        let (bootstrap, topic, partitions) =
-            (self.bootstrap.clone(), self.topic.clone(), self.partitions);
-        tokio::task::spawn_blocking(move || {
-            let client: BaseConsumer = rdkafka::ClientConfig::new()
-                .set("bootstrap.servers", &bootstrap)
-                .create()
-                .context("cannot create a Kafka client")?;
-            let mut sums = (0, 0);
-            for partition in 0..partitions {
-                let (low, high) = client
-                    .fetch_watermarks(&topic, partition, Duration::from_secs(10))
-                    .with_context(|| {
-                        format!("cannot read the watermarks of {topic} [{partition}]")
-                    })?;
-                sums = (sums.0 + low, sums.1 + high);
-            }
-            Ok(sums)
-        })
-        .await
-        .context("the watermark task failed")?
+        let (bootstrap, topic) = (self.bootstrap.clone(), self.topic.clone());
+        let marks = tokio::task::spawn_blocking(move || watermarks(&bootstrap, &topic))
+            .await
+            .context("the watermark task failed")??;
+        Ok(marks.iter().fold((0, 0), |(lows, highs), &(_, low, high)| {
+            (lows + low, highs + high)
+        }))
     }
+}
+
+/// The (low, high) watermarks of every partition of `topic`, by partition id.
+pub(crate) fn watermarks(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<(i32, i64, i64)>> {
+    let client: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .context("cannot create a Kafka client")?;
+    let timeout = Duration::from_secs(10);
+    let metadata = client
+        .fetch_metadata(Some(topic), timeout)
+        .context("cannot read the topic's metadata")?;
+    let partitions = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .with_context(|| format!("no topic {topic} on the broker"))?
+        .partitions();
+    partitions
+        .iter()
+        .map(|p| {
+            let (low, high) = client
+                .fetch_watermarks(topic, p.id(), timeout)
+                .with_context(|| format!("cannot read the watermarks of {topic} [{}]", p.id()))?;
+            Ok((p.id(), low, high))
+        })
+        .collect()
 }
 
 /// Starts the `monitor` release binary as `name` on the site list `targets`,
