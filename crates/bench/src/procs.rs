@@ -19,6 +19,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -28,6 +29,9 @@ use rustix::process::{kill_process, Pid, Signal};
 const EXIT_POLL: Duration = Duration::from_millis(20);
 /// Lines of a child's log quoted in an error about it.
 const TAIL_LINES: usize = 20;
+/// How long an exited child's last output may take to reach its log; longer
+/// only when something it started still holds its pipes.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
 
 /// A running child process with its output in a log file.
 #[derive(Debug)]
@@ -36,6 +40,8 @@ pub struct Proc {
     child: Child,
     log: PathBuf,
     lines: mpsc::Receiver<String>,
+    /// The threads copying stdout and stderr; they end when the pipes close.
+    copiers: Vec<JoinHandle<()>>,
 }
 
 impl Proc {
@@ -65,17 +71,19 @@ impl Proc {
             .spawn()
             .with_context(|| format!("cannot start {} ({})", name, program.display()))?;
         let (tx, lines) = mpsc::channel();
+        let mut copiers = Vec::new();
         if let Some(stdout) = child.stdout.take() {
-            copy_lines(stdout, Arc::clone(&file), tx.clone());
+            copiers.push(copy_lines(stdout, Arc::clone(&file), tx.clone()));
         }
         if let Some(stderr) = child.stderr.take() {
-            copy_lines(stderr, file, tx);
+            copiers.push(copy_lines(stderr, file, tx));
         }
         Ok(Proc {
             name: name.to_owned(),
             child,
             log,
             lines,
+            copiers,
         })
     }
 
@@ -144,6 +152,7 @@ impl Proc {
                 }
             }
             if let Some(status) = self.child.try_wait().context("cannot wait for a child")? {
+                self.drain_output();
                 return Err(self.failure(&format!("exited ({status}) before {what}")));
             }
             if Instant::now() >= deadline {
@@ -176,6 +185,7 @@ impl Proc {
             Ok((stat.state == 'Z').then_some(stat.own_ticks))
         })?;
         let status = self.child.wait().context("cannot reap a child")?;
+        self.drain_output();
         Ok((status, seconds(ticks)))
     }
 
@@ -190,6 +200,7 @@ impl Proc {
         if self.running() {
             Ok(())
         } else {
+            self.drain_output();
             Err(self.failure("exited early"))
         }
     }
@@ -211,9 +222,11 @@ impl Proc {
 
     /// Waits up to `timeout` for the child to exit by itself; kills it after that.
     pub fn wait(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
-        self.on_exit(timeout, |child| {
+        let status = self.on_exit(timeout, |child| {
             child.try_wait().context("cannot wait for a child")
-        })
+        })?;
+        self.drain_output();
+        Ok(status)
     }
 
     /// Sends `signal` to the child.
@@ -243,6 +256,15 @@ impl Proc {
                     self.failure(&format!("did not exit within {timeout:?} and was killed"))
                 );
             }
+            std::thread::sleep(EXIT_POLL);
+        }
+    }
+
+    /// Waits, a few seconds at most, for the last lines of a child that has
+    /// exited to reach the log, so that what is read or quoted from it is whole.
+    fn drain_output(&mut self) {
+        let deadline = Instant::now() + OUTPUT_DRAIN;
+        while !self.copiers.iter().all(JoinHandle::is_finished) && Instant::now() < deadline {
             std::thread::sleep(EXIT_POLL);
         }
     }
@@ -374,8 +396,8 @@ fn copy_lines<R: Read + Send + 'static>(
     from: R,
     log: Arc<Mutex<File>>,
     lines: mpsc::Sender<String>,
-) {
-    let _ = std::thread::spawn(move || {
+) -> JoinHandle<()> {
+    std::thread::spawn(move || {
         for line in BufReader::new(from).lines() {
             let Ok(line) = line else { break };
             if let Ok(mut log) = log.lock() {
@@ -384,7 +406,7 @@ fn copy_lines<R: Read + Send + 'static>(
             // The receiver may be gone (the Proc dropped); the log still gets the line.
             let _ = lines.send(line);
         }
-    });
+    })
 }
 
 /// Clock ticks as seconds.
@@ -539,22 +561,21 @@ mod tests {
         assert!(peak_rss_bytes(pid).expect("rss") > 0);
     }
 
+    /// `sh -c script`, logging into `dir`.
+    fn sh(script: &str, dir: &Path) -> Proc {
+        Proc::spawn("sh", Path::new("sh"), ["-c", script], &[], dir).expect("sh starts")
+    }
+
     #[test]
     fn a_child_is_read_and_stopped() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut proc = Proc::spawn(
-            "sh",
-            Path::new("sh"),
-            ["-c", "echo ready=42; exec sleep 30"],
-            &[],
-            dir.path(),
-        )
-        .expect("spawn");
+        let mut proc = sh("echo ready=42; exec sleep 30", dir.path());
         assert_eq!(
             proc.wait_for_line("ready=", Duration::from_secs(5))
                 .expect("line"),
             "42"
         );
+        proc.ensure_running().expect("still running");
         let status = proc.stop(Duration::from_secs(5)).expect("stops on SIGTERM");
         assert!(!status.success());
     }
@@ -562,38 +583,43 @@ mod tests {
     #[test]
     fn a_finished_child_has_its_cpu_read() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut proc = Proc::spawn(
-            "sh",
-            Path::new("sh"),
-            [
-                "-c",
-                "echo working >&2; i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done",
-            ],
-            &[],
-            dir.path(),
-        )
-        .expect("spawn");
+        let script = "echo working >&2; i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done";
+        let mut proc = sh(script, dir.path());
         proc.wait_for_text("work", Duration::from_secs(5))
             .expect("stderr line");
-        let (status, cpu) = proc.finish(Duration::from_secs(30)).expect("finishes");
-        assert!(status.success());
+        let cpu = proc.finish_ok(Duration::from_secs(30)).expect("finishes");
         assert!(cpu >= 0.0);
     }
 
     #[test]
     fn an_early_exit_is_reported_with_the_log() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut proc = Proc::spawn(
-            "sh",
-            Path::new("sh"),
-            ["-c", "echo oops >&2; exit 3"],
-            &[],
-            dir.path(),
-        )
-        .expect("spawn");
+        let mut proc = sh("echo oops >&2; exit 3", dir.path());
         let err = proc
             .wait_for_line("ready=", Duration::from_secs(5))
             .expect_err("no line");
         assert!(format!("{err:#}").contains("oops"), "{err:#}");
+        let _ = proc.wait(Duration::from_secs(5)).expect("exits");
+        let err = proc.ensure_running().expect_err("exited");
+        assert!(format!("{err:#}").contains("exited early"), "{err:#}");
+    }
+
+    #[test]
+    fn a_failed_exit_is_an_error_quoting_the_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = sh("echo broken >&2; exit 3", dir.path())
+            .finish_ok(Duration::from_secs(10))
+            .expect_err("exit 3 fails");
+        assert!(format!("{err:#}").contains("broken"), "{err:#}");
+        let mut proc = sh(
+            "trap 'echo bye >&2; exit 4' TERM; echo up; while :; do sleep 0.05; done",
+            dir.path(),
+        );
+        proc.wait_for_line("up", Duration::from_secs(5))
+            .expect("up");
+        let err = proc
+            .stop_ok(Duration::from_secs(10))
+            .expect_err("exit 4 on SIGTERM fails");
+        assert!(format!("{err:#}").contains("exit status: 4"), "{err:#}");
     }
 }
