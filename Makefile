@@ -30,7 +30,7 @@ lint: ## fmt check and clippy with warnings as errors
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
-bench: ## Benchmarks of issue 9, quick set (a few minutes); ARGS=--full for the full run, ARGS="--scenario NAME" for one
+bench: ## Benchmarks of the pipeline against its goals, quick set (a few minutes); ARGS=--full for the full run, ARGS="--scenario NAME" for one
 	scripts/bench.sh $(ARGS)
 
 bench-writes: ## The consumer's write-path micro-benchmark (COPY vs INSERT into PostgreSQL)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Runs the benchmarks (issue 9): installs what they need when missing,
-# builds the release binaries, and runs target/release/bench with the
-# arguments given (none: the quick set, a few minutes; --full: the issue's
-# sizes; --scenario NAME: one scenario; --json FILE: keep the summary).
+# Runs the benchmarks: installs what they need when missing, builds the
+# release binaries, and runs target/release/bench with the arguments given
+# (none: the quick set, a few minutes; --full: the sizes the goals are set
+# at; --scenario NAME: one scenario; --json FILE: keep the summary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

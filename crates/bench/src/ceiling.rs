@@ -7,19 +7,21 @@
 //! made; no schedule, no Kafka). Every party is a process of its own, so its
 //! CPU comes from /proc.
 
+use std::ffi::OsStr;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use serde::Deserialize;
 
 use crate::farm::{self, REGEX};
-use crate::procs::{self, MachineCpu, Proc};
+use crate::procs::{self, CpuClock, MachineCpu, Proc};
 use crate::report::{median, Figure, Goal, ScenarioReport};
 use crate::schedule::{self, Bed, Measured, Plan};
+use crate::stack;
 use crate::Options;
 
-/// The test of "on schedule" for the ceiling.
+/// The ceiling's test of "on schedule": p99 lateness under this many ms.
 const P99_LIMIT_MS: f64 = 100.0;
 /// Every site's interval in a ceiling step; sites = rate x interval.
 const STEP_INTERVAL: Duration = Duration::from_secs(2);
@@ -165,8 +167,9 @@ async fn one_run(bed: &Bed, options: &Options, run: usize) -> anyhow::Result<Run
         "bench: ceiling: probe-loop {:.0} probes/s, {:.3} CPU-s/1000",
         probe_loop.rate, probe_loop.cpu_per_1000
     );
-    // Start where the goal is (0.8x the loop) rounded down, so a good
-    // monitor is found in few steps and a poor one is stepped down to.
+    // Start below the goal (0.8x the loop), at half the loop's rate in
+    // whole 500s: a good monitor steps up through the goal in few steps and
+    // a poor one is stepped down to.
     let start = (probe_loop.rate * 0.5 / 500.0).floor().max(1.0) * 500.0;
     let mut stepper = Stepper::new(start, 1.25, if options.full { 3 } else { 2 });
     let mut steps = Vec::new();
@@ -302,16 +305,14 @@ struct WrkResult {
 
 fn wrk(bed: &Bed, seconds: u64) -> anyhow::Result<WrkResult> {
     let script = bed.dir.join("paths.lua");
-    std::fs::write(&script, wrk_script(LOOP_SITES))
-        .with_context(|| format!("cannot write {}", script.display()))?;
-    let farm_cpu0 = procs::cpu_seconds(bed.farm.proc.pid())?;
-    let machine0 = MachineCpu::now()?;
-    let started = std::time::Instant::now();
+    stack::write_file(&script, wrk_script(LOOP_SITES))?;
     let connections = CONCURRENCY.to_string();
     let duration = format!("{seconds}s");
-    let url = format!("http://{}/", bed.farm.http);
     let script_arg = script.display().to_string();
-    let proc = Proc::spawn(
+    let url = format!("http://{}/", bed.farm.http);
+    let farm_clock = CpuClock::process(bed.farm.proc.pid())?;
+    let load = Load::run(
+        bed,
         "wrk",
         Path::new("wrk"),
         [
@@ -326,30 +327,58 @@ fn wrk(bed: &Bed, seconds: u64) -> anyhow::Result<WrkResult> {
             &script_arg,
             &url,
         ],
-        &[],
-        &bed.dir,
+        Duration::from_secs(seconds + 30),
     )
     .context("cannot run wrk (scripts/bench.sh installs it: apt-get install wrk)")?;
-    let log = proc.log().to_owned();
-    let (status, cpu) = proc.finish(Duration::from_secs(seconds + 30))?;
-    let farm_cpu = procs::cpu_seconds(bed.farm.proc.pid())? - farm_cpu0;
-    let machine_cores =
-        MachineCpu::now()?.busy_cores_since(&machine0, started.elapsed().as_secs_f64());
-    let output = std::fs::read_to_string(&log).context("cannot read wrk's output")?;
-    if !status.success() {
-        bail!("wrk failed ({status}):\n{output}");
-    }
-    let parsed = parse_wrk(&output).with_context(|| format!("unexpected wrk output:\n{output}"))?;
+    let farm_cpu = farm_clock.elapsed()?;
+    let parsed = parse_wrk(&load.output)
+        .with_context(|| format!("unexpected wrk output:\n{}", load.output))?;
     Ok(WrkResult {
         rate: parsed.requests as f64 / parsed.seconds,
         seconds: parsed.seconds,
-        cpu,
-        cpu_per_1000: cpu * 1000.0 / parsed.requests.max(1) as f64,
+        cpu: load.cpu,
+        cpu_per_1000: load.cpu * 1000.0 / parsed.requests.max(1) as f64,
         farm_cpu,
         farm_cpu_per_1000: farm_cpu * 1000.0 / parsed.requests.max(1) as f64,
-        machine_cores,
+        machine_cores: load.machine_cores,
         errors: parsed.errors,
     })
+}
+
+/// What a load generator that ends by itself (wrk, probe-loop) left: its
+/// output, its CPU and the whole machine's while it ran.
+#[derive(Debug)]
+struct Load {
+    /// Everything it printed.
+    output: String,
+    /// CPU seconds of its whole life.
+    cpu: f64,
+    /// Cores the whole machine was busy while it ran (its warm-up included).
+    machine_cores: f64,
+}
+
+impl Load {
+    /// Runs `program` with `args` to its end (at most `timeout`); fails if it does not succeed.
+    fn run(
+        bed: &Bed,
+        name: &str,
+        program: &Path,
+        args: impl IntoIterator<Item = impl AsRef<OsStr>>,
+        timeout: Duration,
+    ) -> anyhow::Result<Load> {
+        let machine0 = MachineCpu::now()?;
+        let proc = Proc::spawn(name, program, args, &[], &bed.dir)?;
+        let log = proc.log().to_owned();
+        let cpu = proc.finish_ok(timeout)?;
+        let machine_cores = MachineCpu::now()?.busy_cores_since(&machine0);
+        let output = std::fs::read_to_string(&log)
+            .with_context(|| format!("cannot read {}", log.display()))?;
+        Ok(Load {
+            output,
+            cpu,
+            machine_cores,
+        })
+    }
 }
 
 /// A wrk script that cycles the request path through `/site/0` .. `/site/{sites-1}`.
@@ -440,16 +469,14 @@ fn probe_loop(bed: &Bed, options: &Options, seconds: u64) -> anyhow::Result<Loop
         .into_iter()
         .map(|s| s.url)
         .collect();
-    std::fs::write(&urls, list.join("\n"))
-        .with_context(|| format!("cannot write {}", urls.display()))?;
+    stack::write_file(&urls, list.join("\n"))?;
     let urls_arg = urls.display().to_string();
     let concurrency = CONCURRENCY.to_string();
     let duration = format!("{seconds}s");
-    let machine0 = MachineCpu::now()?;
-    let started = std::time::Instant::now();
-    let mut proc = Proc::release(
-        &options.bin_dir,
+    let load = Load::run(
+        bed,
         "probe-loop",
+        &procs::release_binary(&options.bin_dir, "probe-loop")?,
         [
             "--urls",
             &urls_arg,
@@ -462,18 +489,15 @@ fn probe_loop(bed: &Bed, options: &Options, seconds: u64) -> anyhow::Result<Loop
             "--duration",
             &duration,
         ],
-        &[],
-        &bed.dir,
+        Duration::from_secs(seconds + 60),
     )?;
-    let line = proc.wait_for_line("result=", Duration::from_secs(seconds + 30))?;
-    let outcome: LoopOutcome = serde_json::from_str(&line)
+    let line = load
+        .output
+        .lines()
+        .find_map(|line| line.strip_prefix("result="))
+        .with_context(|| format!("probe-loop printed no result:\n{}", load.output))?;
+    let outcome: LoopOutcome = serde_json::from_str(line)
         .with_context(|| format!("unexpected probe-loop result {line}"))?;
-    let (status, _) = proc.finish(Duration::from_secs(30))?;
-    let machine_cores =
-        MachineCpu::now()?.busy_cores_since(&machine0, started.elapsed().as_secs_f64());
-    if !status.success() {
-        bail!("probe-loop failed ({status})");
-    }
     Ok(LoopResult {
         rate: outcome.probes as f64 / outcome.seconds,
         probes: outcome.probes,
@@ -481,7 +505,7 @@ fn probe_loop(bed: &Bed, options: &Options, seconds: u64) -> anyhow::Result<Loop
         seconds: outcome.seconds,
         cpu: outcome.cpu_seconds,
         cpu_per_1000: outcome.cpu_seconds * 1000.0 / outcome.probes.max(1) as f64,
-        machine_cores,
+        machine_cores: load.machine_cores,
     })
 }
 

@@ -23,37 +23,33 @@ use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::ClientContext;
 use sitewatch_metric::{ErrorKind, Metric, ProbeError, Timings};
-use sitewatch_pgtest::{PgOptions, Postgres};
 use uuid::Uuid;
 
-use crate::procs::{self, Proc};
+use crate::procs::CpuClock;
 use crate::report::{median, Figure, Goal, ScenarioReport};
-use crate::stack::{self, CpuClock};
+use crate::stack::{self, poll_until, Broker, ConsumerShape, Progress, Store};
 use crate::Options;
 
 /// The topic the scenario preloads.
 const TOPIC: &str = "bench-ingest";
 /// Metrics per partition at most: librdkafka's mock broker keeps only the last
 /// 5 MB (or 100,000 message sets) of a partition and silently drops older
-/// ones (rdkafka_mock.c, `max_size`); 20,000 of these metrics are about 3 MB
-/// compressed, so the topic gets as many partitions as that takes (at least 6,
-/// the compose file's default).
+/// ones (rdkafka_mock.c, `max_size`); this many of these metrics stay well
+/// under that compressed, so the topic gets as many partitions as that takes
+/// (at least 6, the compose file's default).
 const ROWS_PER_PARTITION: u64 = 20_000;
 /// Distinct site URLs in the preloaded metrics.
 const SITES: u64 = 5_000;
-/// The database the consumer writes to.
-const DB: &str = "sitewatch";
 
 /// Runs the scenario `options.runs` times on one preloaded topic and reports medians.
 pub async fn run(options: &Options) -> anyhow::Result<ScenarioReport> {
     let rows: u64 = if options.full { 1_000_000 } else { 200_000 };
-    let dir = stack::fresh_dir(&options.work_dir.join("ingest"))?;
-    let pg = tokio::task::block_in_place(start_postgres)?;
+    let store = Store::start(options, "ingest")?;
     let partitions = i32::try_from(rows.div_ceil(ROWS_PER_PARTITION).max(6))?;
-    let broker = stack::Broker::start(&options.bin_dir, &dir, TOPIC, partitions)?;
+    let broker = Broker::start(&options.bin_dir, &store.dir, TOPIC, partitions)?;
     eprintln!("bench: ingest: producing {rows} metrics into {TOPIC} ({partitions} partitions)");
     let preload = produce(broker.bootstrap.clone(), rows).await?;
-    let kept = stack::topic_messages(&broker.bootstrap, TOPIC, partitions).await?;
+    let kept = broker.messages().await?;
     if kept != (0, i64::try_from(rows)?) {
         bail!(
             "the broker holds offsets {}..{} of the {rows} metrics produced (the mock broker drops a partition's oldest messages past 5 MB)",
@@ -70,7 +66,7 @@ pub async fn run(options: &Options) -> anyhow::Result<ScenarioReport> {
     let settings = ConsumerShape::from_env();
     let mut runs = Vec::new();
     for run in 0..options.runs {
-        let measured = measure(options, &pg, &broker, &dir, &preload, rows, run).await?;
+        let measured = measure(options, &store, &broker, &preload, rows, run).await?;
         eprintln!(
             "bench: ingest run {}: consumer {:.0} rows/s, raw COPY {:.0} rows/s, ratio {:.2}",
             run + 1,
@@ -155,60 +151,8 @@ pub async fn run(options: &Options) -> anyhow::Result<ScenarioReport> {
         ));
     }
     drop(broker);
-    drop(pg);
+    drop(store);
     Ok(report)
-}
-
-/// Starts a durable PostgreSQL that records commit times and statement statistics.
-pub(crate) fn start_postgres() -> anyhow::Result<Postgres> {
-    let pg = Postgres::start(PgOptions {
-        fast: false,
-        ..PgOptions::default()
-    })
-    .context("cannot start PostgreSQL (scripts/setup.sh installs it)")?;
-    // Both need a restart; ALTER SYSTEM keeps pgtest's command line as it is.
-    let _ = pg
-        .psql(
-            "postgres",
-            "ALTER SYSTEM SET track_commit_timestamp = on;\n\
-             ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements';",
-        )
-        .context("cannot configure PostgreSQL")?;
-    pg.stop().context("cannot restart PostgreSQL")?;
-    pg.start_again().context("cannot restart PostgreSQL")?;
-    Ok(pg)
-}
-
-/// How the consumer is set up, as the environment (CONSUMER_*) leaves it.
-#[derive(Debug, Clone)]
-pub(crate) struct ConsumerShape {
-    batch_rows: String,
-    batch_wait: String,
-    writers: String,
-    write_path: String,
-}
-
-impl ConsumerShape {
-    /// The consumer's defaults unless the caller's environment overrides them.
-    pub(crate) fn from_env() -> ConsumerShape {
-        let var = |name: &str, default: &str| {
-            std::env::var(name).unwrap_or_else(|_| format!("{default} (default)"))
-        };
-        ConsumerShape {
-            batch_rows: var("CONSUMER_BATCH_ROWS", "5000"),
-            batch_wait: var("CONSUMER_BATCH_WAIT", "100ms"),
-            writers: var("CONSUMER_WRITERS", "2"),
-            write_path: var("CONSUMER_WRITE_PATH", "copy"),
-        }
-    }
-
-    /// One line for the report.
-    pub(crate) fn describe(&self) -> String {
-        format!(
-            "batch_rows {}, batch_wait {}, writers {}, write_path {}",
-            self.batch_rows, self.batch_wait, self.writers, self.write_path
-        )
-    }
 }
 
 /// What the preload left in the topic.
@@ -437,95 +381,90 @@ struct Measured {
 
 async fn measure(
     options: &Options,
-    pg: &Postgres,
-    broker: &stack::Broker,
-    dir: &Path,
+    store: &Store,
+    broker: &Broker,
     preload: &Preload,
     rows: u64,
     run: usize,
 ) -> anyhow::Result<Measured> {
-    let db = format!("{DB}_{run}");
-    stack::fresh_database(pg, &db)?;
+    let pg = &store.pg;
+    let db = store.database(run)?;
     tokio::task::block_in_place(|| -> anyhow::Result<()> {
-        let _ = pg.psql(&db, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")?;
-        let _ = pg.psql(&db, "CHECKPOINT")?;
+        let _ = pg.psql(
+            &db.name,
+            "CREATE EXTENSION IF NOT EXISTS pg_stat_statements",
+        )?;
+        let _ = pg.psql(&db.name, "CHECKPOINT")?;
         Ok(())
     })
     .context("cannot prepare the database")?;
-    let client = stack::connect(&pg.url_for(&db)).await?;
+    let client = stack::connect(&db.url).await?;
     let _ = client
         .execute("SELECT pg_stat_statements_reset()", &[])
         .await
         .context("cannot reset pg_stat_statements")?;
 
-    let postmaster = stack::postmaster_pid(pg.data_dir())?;
-    let pg_clock = CpuClock::tree(postmaster);
-    let broker_clock = CpuClock::process(broker.proc.pid());
+    let postmaster = store.postmaster_pid()?;
+    let pg_clock = CpuClock::tree(postmaster)?;
+    let broker_clock = CpuClock::process(broker.proc.pid())?;
     let started = SystemTime::now();
-    let log_dir = dir.join(format!("run-{run}"));
     let group = format!("bench-ingest-{}-{run}", std::process::id());
-    let url = pg.url_for(&db);
-    let mut consumer = Proc::release(
-        &options.bin_dir,
-        "consumer",
-        stack::consumer_args(&broker.bootstrap, TOPIC, &group, &url, &[]),
+    let mut consumer = stack::start_consumer(
+        options,
+        broker,
+        &group,
+        &db.url,
         &[],
-        &log_dir,
+        &store.dir.join(format!("run-{run}")),
     )?;
-    let consumer_clock = CpuClock::process(consumer.pid());
+    let consumer_clock = CpuClock::process(consumer.pid())?;
 
     // Done when each partition's last message is stored and the count is whole;
-    // writers may commit out of order, hence the count.
-    let deadline = Instant::now() + Duration::from_secs(rows / 5_000 + 180);
-    loop {
-        if !consumer.running() {
-            bail!(
-                "the consumer exited early; its log {}:\n{}",
-                consumer.log().display(),
-                procs::tail(consumer.log(), 20)
-            );
-        }
-        let present: i64 = client
-            .query_one(
-                "SELECT count(*) FROM metrics WHERE probe_id = ANY($1)",
-                &[&preload.last_ids],
-            )
-            .await
-            .map(|r| r.get(0))
-            .unwrap_or(0);
-        if present == i64::try_from(preload.last_ids.len())? {
+    // writers may commit out of order, hence the count. The last ids come first
+    // so that the table is not counted over and over while it fills.
+    let last_ids = i64::try_from(preload.last_ids.len())?;
+    let want = i64::try_from(rows)?;
+    poll_until(
+        &format!("{rows} rows stored"),
+        Duration::from_secs(rows / 5_000 + 180),
+        std::slice::from_mut(&mut consumer),
+        || async {
+            let present: i64 = match client
+                .query_one(
+                    "SELECT count(*) FROM metrics WHERE probe_id = ANY($1)",
+                    &[&preload.last_ids],
+                )
+                .await
+            {
+                Ok(row) => row.get(0),
+                // The consumer makes the table when it starts.
+                Err(err) if sitewatch_pgtest::sql::is_undefined_table(&err) => 0,
+                Err(err) => return Err(err).context("cannot look for the last rows"),
+            };
+            if present < last_ids {
+                return Ok(Progress::Waiting(format!(
+                    "{present} of the {last_ids} partitions' last rows"
+                )));
+            }
             let all: i64 = client
                 .query_one("SELECT count(*) FROM metrics", &[])
                 .await
                 .context("cannot count metrics")?
                 .get(0);
-            if all == i64::try_from(rows)? {
-                break;
-            }
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the consumer did not store {rows} rows in time; its log {}:\n{}",
-                consumer.log().display(),
-                procs::tail(consumer.log(), 20)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+            Ok(if all == want {
+                Progress::Done
+            } else {
+                Progress::Waiting(format!("{all} rows"))
+            })
+        },
+    )
+    .await?;
     let cpu = CpuSplit {
-        consumer: consumer_clock.elapsed(),
-        postgres: pg_clock.elapsed(),
-        broker: broker_clock.elapsed(),
+        consumer: consumer_clock.elapsed()?,
+        postgres: pg_clock.elapsed()?,
+        broker: broker_clock.elapsed()?,
     };
-    let log = consumer.log().to_owned();
-    let status = consumer.stop(Duration::from_secs(30))?;
-    if !status.success() {
-        bail!(
-            "the consumer exited with {status} on SIGTERM; its log {}:\n{}",
-            log.display(),
-            procs::tail(&log, 20)
-        );
-    }
+    tokio::task::block_in_place(|| consumer.stop_ok(Duration::from_secs(30)))?;
 
     let stats = client
         .query_one(
@@ -555,11 +494,11 @@ async fn measure(
     eprintln!("bench: ingest: {transactions} transactions, first holds {first_tx} rows");
 
     // The raw limit: the same rows, as stored, loaded by psql into an identical table.
-    let file = std::path::absolute(dir.join("rows.tsv")).context("work dir path")?;
+    let file = store.dir.join("rows.tsv");
     let (raw_secs, raw_pg_cpu, no_fk_secs) =
         tokio::task::block_in_place(|| -> anyhow::Result<(f64, f64, f64)> {
             let _ = pg.psql(
-                &db,
+                &db.name,
                 &format!(
                     "CREATE TABLE metrics_raw (LIKE metrics INCLUDING ALL);\n\
                      ALTER TABLE metrics_raw ADD FOREIGN KEY (website_id) REFERENCES websites (id);\n\
@@ -569,11 +508,11 @@ async fn measure(
                 ),
             )?;
             let timed = |table: &str| -> anyhow::Result<(f64, f64)> {
-                let _ = pg.psql(&db, "CHECKPOINT")?;
-                let clock = CpuClock::tree(postmaster);
+                let _ = pg.psql(&db.name, "CHECKPOINT")?;
+                let clock = CpuClock::tree(postmaster)?;
                 let start = Instant::now();
-                let _ = pg.psql(&db, &format!("\\copy {table} FROM {}\n", quote(&file)))?;
-                Ok((start.elapsed().as_secs_f64(), clock.elapsed()))
+                let _ = pg.psql(&db.name, &format!("\\copy {table} FROM {}\n", quote(&file)))?;
+                Ok((start.elapsed().as_secs_f64(), clock.elapsed()?))
             };
             let (raw_secs, raw_pg_cpu) = timed("metrics_raw")?;
             // The same without the foreign key, to show what its per-row check costs.
@@ -590,7 +529,8 @@ async fn measure(
         bail!("the raw COPY loaded {raw_rows} rows, not {rows}");
     }
     drop(client);
-    tokio::task::block_in_place(|| pg.drop_database(&db)).context("cannot drop the database")?;
+    tokio::task::block_in_place(|| pg.drop_database(&db.name))
+        .context("cannot drop the database")?;
     Ok(Measured {
         rows: rows as f64,
         consumer_rate,

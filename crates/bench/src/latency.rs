@@ -10,17 +10,16 @@
 //! leaves out that last flush (milliseconds); everything runs on one host, so
 //! the two clocks are the same clock.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use chrono::{TimeDelta, Utc};
 
 use crate::farm::{self, Farm};
-use crate::ingest::{start_postgres, ConsumerShape};
-use crate::procs::{self, Proc};
+use crate::procs::{CpuClock, Proc};
 use crate::report::{median, Figure, Goal, ScenarioReport};
-use crate::stack::{self, Broker};
+use crate::stack::{self, poll_until, Broker, ConsumerShape, Progress, Store};
 use crate::Options;
 
 /// The topic of this scenario.
@@ -36,26 +35,21 @@ const INTERVAL: Duration = Duration::from_secs(5);
 const WARMUP: Duration = Duration::from_secs(5);
 /// The consumers' fetch wait on the mock broker (see where it is used).
 const FETCH_WAIT: &str = "fetch.wait.max.ms=20";
-/// The database both consumers write to.
-const DB: &str = "sitewatch";
 
 /// Runs the pipeline for 30 s (quick) or 60 s (full) per run and reports median percentiles.
 pub async fn run(options: &Options) -> anyhow::Result<ScenarioReport> {
     let window = Duration::from_secs(if options.full { 60 } else { 30 });
-    let dir = stack::fresh_dir(&options.work_dir.join("latency"))?;
-    let pg = tokio::task::block_in_place(start_postgres)?;
-    let farm = Farm::start(&options.bin_dir, &dir)?;
-    let targets = dir.join("sites.csv");
-    std::fs::write(
+    let store = Store::start(options, "latency")?;
+    let farm = Farm::start(&options.bin_dir, &store.dir)?;
+    let targets = store.dir.join("sites.csv");
+    stack::write_file(
         &targets,
         farm::monitor_csv(&farm::sites(farm.http, SITES), INTERVAL),
-    )
-    .with_context(|| format!("cannot write {}", targets.display()))?;
+    )?;
 
     let mut runs = Vec::new();
     for run in 0..options.runs {
-        let run_dir = dir.join(format!("run-{run}"));
-        let measured = measure(options, &pg, &run_dir, &targets, window, run).await?;
+        let measured = measure(options, &store, &targets, window, run).await?;
         eprintln!(
             "bench: latency run {}: {} rows at {:.0} probes/s, p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
             run + 1,
@@ -101,7 +95,7 @@ pub async fn run(options: &Options) -> anyhow::Result<ScenarioReport> {
         "latency = PostgreSQL commit timestamp of the row's transaction (track_commit_timestamp) - (started_at + total_us); it leaves out the WAL flush after the commit is stamped (a few ms) and counts the monitor's publish (linger, acks=all), the consumer's fetch and batch_wait, and the write".to_owned(),
     );
     drop(farm);
-    drop(pg);
+    drop(store);
     Ok(report)
 }
 
@@ -119,126 +113,94 @@ struct Measured {
 
 async fn measure(
     options: &Options,
-    pg: &sitewatch_pgtest::Postgres,
-    dir: &Path,
+    store: &Store,
     targets: &Path,
     window: Duration,
     run: usize,
 ) -> anyhow::Result<Measured> {
-    let db = format!("{DB}_{run}");
-    stack::fresh_database(pg, &db)?;
-    let url = pg.url_for(&db);
-    let broker = Broker::start(&options.bin_dir, dir, TOPIC, PARTITIONS)?;
+    let dir = store.dir.join(format!("run-{run}"));
+    let db = store.database(run)?;
+    let broker = Broker::start(&options.bin_dir, &dir, TOPIC, PARTITIONS)?;
     let group = format!("bench-latency-{}-{run}", std::process::id());
-    let mut consumers = Vec::new();
-    for i in 0..2 {
-        let extra = [
-            // Short group timeouts: the second member's join settles in seconds (FACTS.md).
-            "-X",
-            "session.timeout.ms=6000",
-            "-X",
-            "heartbeat.interval.ms=500",
-            "-X",
-            "max.poll.interval.ms=10000",
-            // librdkafka's mock broker holds a fetch that finds no data for the
-            // whole fetch.wait.max.ms (rdkafka_mock_handlers.c: "If there was no
-            // data, delay up to MaxWait") where Kafka answers as soon as data
-            // comes; a short wait stands in for Kafka's behaviour.
-            "-X",
-            FETCH_WAIT,
-        ];
-        consumers.push(Proc::release(
-            &options.bin_dir,
-            "consumer",
-            stack::consumer_args(&broker.bootstrap, TOPIC, &group, &url, &extra),
-            &[],
-            &dir.join(format!("consumer-{i}")),
-        )?);
-    }
-    wait_for_split(&consumers, Duration::from_secs(60)).await?;
+    let extra = [
+        // Short group timeouts: the second member's join settles in seconds.
+        "-X",
+        "session.timeout.ms=6000",
+        "-X",
+        "heartbeat.interval.ms=500",
+        "-X",
+        "max.poll.interval.ms=10000",
+        // librdkafka's mock broker holds a fetch that finds no data for the
+        // whole fetch.wait.max.ms (rdkafka_mock_handlers.c: "If there was no
+        // data, delay up to MaxWait") where Kafka answers as soon as data
+        // comes; a short wait stands in for Kafka's behaviour.
+        "-X",
+        FETCH_WAIT,
+    ];
+    let mut consumers = (0..2)
+        .map(|i| {
+            let log_dir = dir.join(format!("consumer-{i}"));
+            stack::start_consumer(options, &broker, &group, &db.url, &extra, &log_dir)
+        })
+        .collect::<anyhow::Result<Vec<Proc>>>()?;
+    wait_for_split(&mut consumers, Duration::from_secs(60)).await?;
 
-    let monitor_log = dir.join("monitor");
-    let targets = targets.to_string_lossy();
-    let mut monitor = Proc::release(
-        &options.bin_dir,
+    let mut monitor = stack::start_monitor(
+        options,
         "monitor",
-        [
-            "--targets",
-            targets.as_ref(),
-            "--kafka-brokers",
-            &broker.bootstrap,
-            "--kafka-topic",
-            TOPIC,
-            "--log-format",
-            "json",
-        ],
-        &[],
-        &monitor_log,
+        targets,
+        &broker,
+        &["--log-format", "json"],
+        &dir.join("monitor"),
     )?;
     let started = Utc::now();
-    let consumer_cpu: Vec<f64> = consumers
+    let consumer_clocks = consumers
         .iter()
-        .map(|c| procs::cpu_seconds(c.pid()))
-        .collect::<anyhow::Result<_>>()?;
-    let monitor_cpu = procs::cpu_seconds(monitor.pid())?;
+        .map(|c| CpuClock::process(c.pid()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let monitor_clock = CpuClock::process(monitor.pid())?;
     let clock = Instant::now();
     // The measured window is a fixed span of the pipeline running; nothing is waited on.
     let window_end = clock + WARMUP + window;
     while Instant::now() < window_end {
-        if !monitor.running() {
-            bail!(
-                "the monitor exited early:\n{}",
-                procs::tail(monitor.log(), 20)
-            );
-        }
+        monitor.ensure_running()?;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let elapsed = clock.elapsed().as_secs_f64();
-    let consumer_cores = consumers
+    let consumer_cores = consumer_clocks
         .iter()
-        .zip(&consumer_cpu)
-        .map(|(c, before)| procs::cpu_seconds(c.pid()).map(|now| now - before))
+        .map(CpuClock::elapsed)
         .sum::<anyhow::Result<f64>>()?
         / elapsed;
-    let monitor_cores = (procs::cpu_seconds(monitor.pid())? - monitor_cpu) / elapsed;
+    let monitor_cores = monitor_clock.elapsed()? / elapsed;
     let ended = Utc::now();
-    let status = monitor.stop(Duration::from_secs(60))?;
-    if !status.success() {
-        bail!(
-            "the monitor exited with {status}:\n{}",
-            procs::tail(&monitor_log.join("monitor.log"), 20)
-        );
-    }
+    tokio::task::block_in_place(|| monitor.stop_ok(Duration::from_secs(60)))?;
 
     // Everything published is stored once the table holds as many rows as the topic.
     // High watermarks count every message produced, even ones the mock broker
     // has since dropped (it keeps 5 MB a partition; the consumers read them long before).
-    let (_, published) = stack::topic_messages(&broker.bootstrap, TOPIC, PARTITIONS).await?;
-    let client = stack::connect(&url).await?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let stored: i64 = client
-            .query_one("SELECT count(*) FROM metrics", &[])
-            .await
-            .context("cannot count metrics")?
-            .get(0);
-        if stored >= published {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the consumers stored {stored} of {published} metrics within 60 s of the monitor's exit");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (_, published) = broker.messages().await?;
+    let client = stack::connect(&db.url).await?;
+    poll_until(
+        &format!("all {published} metrics stored after the monitor's exit"),
+        Duration::from_secs(60),
+        &mut consumers,
+        || async {
+            let stored: i64 = client
+                .query_one("SELECT count(*) FROM metrics", &[])
+                .await
+                .context("cannot count metrics")?
+                .get(0);
+            Ok(if stored >= published {
+                Progress::Done
+            } else {
+                Progress::Waiting(format!("{stored} stored"))
+            })
+        },
+    )
+    .await?;
     for consumer in consumers {
-        let log = consumer.log().to_owned();
-        let status = consumer.stop(Duration::from_secs(30))?;
-        if !status.success() {
-            bail!(
-                "a consumer exited with {status}:\n{}",
-                procs::tail(&log, 20)
-            );
-        }
+        tokio::task::block_in_place(|| consumer.stop_ok(Duration::from_secs(30)))?;
     }
     drop(broker);
 
@@ -274,21 +236,27 @@ async fn measure(
 }
 
 /// Waits until the consumers' latest assignments cover every partition.
-async fn wait_for_split(consumers: &[Proc], within: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + within;
-    loop {
-        let held: Vec<usize> = consumers
-            .iter()
-            .map(|c| held_partitions(&std::fs::read_to_string(c.log()).unwrap_or_default()))
-            .collect();
-        if held.iter().all(|&n| n > 0) && held.iter().sum::<usize>() == PARTITIONS as usize {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("the two consumers did not share the {PARTITIONS} partitions within {within:?} (holding {held:?})");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+async fn wait_for_split(consumers: &mut [Proc], within: Duration) -> anyhow::Result<()> {
+    let logs: Vec<PathBuf> = consumers.iter().map(|c| c.log().to_owned()).collect();
+    poll_until(
+        &format!("the {PARTITIONS} partitions shared by the consumers"),
+        within,
+        consumers,
+        || async {
+            let held: Vec<usize> = logs
+                .iter()
+                .map(|log| held_partitions(&std::fs::read_to_string(log).unwrap_or_default()))
+                .collect();
+            let split =
+                held.iter().all(|&n| n > 0) && held.iter().sum::<usize>() == PARTITIONS as usize;
+            Ok(if split {
+                Progress::Done
+            } else {
+                Progress::Waiting(format!("holding {held:?}"))
+            })
+        },
+    )
+    .await
 }
 
 /// Partitions a consumer holds according to its JSON log: its last

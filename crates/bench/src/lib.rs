@@ -4,6 +4,7 @@
 
 pub mod ceiling;
 pub mod farm;
+pub mod http;
 pub mod ingest;
 pub mod latency;
 pub mod peer;
@@ -19,7 +20,7 @@ pub use report::{Figure, Goal, ScenarioReport};
 /// How a run is shaped; every scenario reads the same options.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// The full run (issue 9's sizes and durations) rather than the quick one.
+    /// The full run (the sizes and durations the goals are set at) rather than the quick one.
     pub full: bool,
     /// Repetitions whose median is reported, where a scenario repeats.
     pub runs: usize,

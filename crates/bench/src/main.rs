@@ -8,11 +8,11 @@ use clap::Parser;
 use sitewatch_bench::{report, Options, ScenarioReport, SCENARIOS};
 
 /// Runs the benchmark scenarios against the release binaries and prints a
-/// table of figures (with the issue's goals) and a JSON summary.
+/// table of figures (with the goals they are held against) and a JSON summary.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
-    /// The full run: issue 9's site counts and durations (tens of minutes).
+    /// The full run: the site counts and durations the goals are set at (tens of minutes).
     #[arg(long)]
     full: bool,
     /// Run only these scenarios (repeat the flag); default all of them.

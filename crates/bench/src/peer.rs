@@ -15,17 +15,20 @@ use tokio::sync::Semaphore;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::farm::{self, REGEX};
-use crate::procs::{self, Proc};
+use crate::http::{self, Connections};
+use crate::procs::{CpuClock, Proc};
 use crate::report::{median, Figure, Goal, ScenarioReport};
 use crate::schedule::{self, Bed, Plan};
+use crate::stack;
 use crate::Options;
 
 /// Where Debian installs blackbox_exporter.
 const BLACKBOX: &str = "/usr/bin/prometheus-blackbox-exporter";
 /// The module the bench's config defines.
 const MODULE: &str = "http_regex";
-/// Probes per second both probers are driven at: well under blackbox's
-/// saturation here (about 2,300/s) and the monitor's.
+/// Probes per second both probers are driven at: well under the saturation of
+/// either on a small machine, so that both are compared at the same load and
+/// neither at its limit.
 const RATE: f64 = 1_000.0;
 /// Distinct sites both probe, each once per second.
 const SITES: usize = 1_000;
@@ -162,8 +165,7 @@ fn free_port() -> anyhow::Result<u16> {
 /// Starts the exporter, drives it at [`RATE`] for warm-up plus `measured`, and stops it.
 async fn blackbox(bed: &Bed, measured: Duration) -> anyhow::Result<Driven> {
     let config = bed.dir.join("blackbox.yml");
-    std::fs::write(&config, blackbox_config())
-        .with_context(|| format!("cannot write {}", config.display()))?;
+    stack::write_file(&config, blackbox_config())?;
     let port = free_port()?;
     let mut exporter = Proc::spawn(
         "blackbox_exporter",
@@ -189,7 +191,7 @@ async fn blackbox(bed: &Bed, measured: Duration) -> anyhow::Result<Driven> {
             Ok(url)
         })
         .collect::<anyhow::Result<_>>()?;
-    let client = http_client()?;
+    let client = http::client(Connections::KeepAlive)?;
     let counts = Arc::new(Counts::default());
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let warmup = Duration::from_secs(2);
@@ -199,7 +201,7 @@ async fn blackbox(bed: &Bed, measured: Duration) -> anyhow::Result<Driven> {
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / RATE));
     // A late tick sends the requests it owes at once, so the rate stays RATE on average.
     tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
-    let mut before: Option<([u64; 4], f64, Instant)> = None;
+    let mut before: Option<([u64; 4], CpuClock, Instant)> = None;
     let mut n = 0usize;
     loop {
         let now = tick.tick().await;
@@ -209,7 +211,7 @@ async fn blackbox(bed: &Bed, measured: Duration) -> anyhow::Result<Driven> {
         if before.is_none() && now >= window_start {
             before = Some((
                 counts.snapshot(),
-                procs::cpu_seconds(exporter.pid())?,
+                CpuClock::process(exporter.pid())?,
                 Instant::now(),
             ));
         }
@@ -231,8 +233,8 @@ async fn blackbox(bed: &Bed, measured: Duration) -> anyhow::Result<Driven> {
         }));
     }
     let after = counts.snapshot();
-    let cpu_after = procs::cpu_seconds(exporter.pid())?;
-    let (counts_before, cpu_before, at) = before.context("the window never started")?;
+    let (counts_before, cpu_clock, at) = before.context("the window never started")?;
+    let cpu = cpu_clock.elapsed()?;
     let seconds = at.elapsed().as_secs_f64();
     let _ = tokio::task::block_in_place(|| exporter.stop(Duration::from_secs(10)))?;
     let [ok, failed, errors, not_sent] =
@@ -240,7 +242,7 @@ async fn blackbox(bed: &Bed, measured: Duration) -> anyhow::Result<Driven> {
     let probes = ok + failed;
     Ok(Driven {
         rate: probes as f64 / seconds,
-        cpu_per_1000: (cpu_after - cpu_before) * 1000.0 / probes.max(1) as f64,
+        cpu_per_1000: cpu * 1000.0 / probes.max(1) as f64,
         ok,
         failed,
         errors,
@@ -264,22 +266,6 @@ async fn probe_once(client: &reqwest::Client, url: reqwest::Url) -> Result<bool,
 fn probe_succeeded(body: &str) -> bool {
     body.lines()
         .any(|line| line.split_whitespace().collect::<Vec<_>>() == ["probe_success", "1"])
-}
-
-/// A plain-HTTP client with keep-alive, for driving the exporter.
-fn http_client() -> anyhow::Result<reqwest::Client> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("cannot set up TLS")?
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .context("cannot build the HTTP client")
 }
 
 #[cfg(test)]

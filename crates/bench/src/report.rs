@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-/// A goal the issue holds a figure against.
+/// A goal a figure is held against.
 #[derive(Debug, Clone, Copy, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Goal {
@@ -38,7 +38,7 @@ pub struct Figure {
     pub value: f64,
     /// Unit, e.g. "ms", "probes/s", "x" for ratios.
     pub unit: String,
-    /// The issue's goal for this figure, if it sets one.
+    /// The goal for this figure, if one is set.
     pub goal: Option<Goal>,
     /// Whether the goal is met (absent without a goal).
     pub met: Option<bool>,

@@ -1,14 +1,24 @@
-//! What the ingest and latency scenarios share: the local broker (through
-//! [`crate::procs`]), a PostgreSQL client, and the CPU time of a process tree
-//! (PostgreSQL forks a backend per connection and reaps it when it closes).
+//! What the scenarios start and wire together: scratch directories, the
+//! local broker, a durable PostgreSQL with a fresh database per run, the
+//! `monitor` and `consumer` release binaries with the bench's flags, and a
+//! wait that watches the processes it depends on.
 
 use std::fs;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use sitewatch_pgtest::{PgOptions, Postgres};
+use tokio::time::Instant;
 
-use crate::procs::Proc;
+use crate::procs::{self, Proc};
+use crate::Options;
+
+/// How often [`poll_until`] checks again: often enough for the figures, seldom
+/// enough that the checks cost the database nothing worth counting.
+const POLL: Duration = Duration::from_millis(200);
 
 /// `path`, emptied (or created), as an absolute path.
 pub(crate) fn fresh_dir(path: &Path) -> anyhow::Result<PathBuf> {
@@ -19,41 +29,9 @@ pub(crate) fn fresh_dir(path: &Path) -> anyhow::Result<PathBuf> {
     std::path::absolute(path).with_context(|| format!("no absolute path for {}", path.display()))
 }
 
-/// The consumer's flags for a bench run: the broker, topic and group, the
-/// database by URL without TLS, JSON logs; `extra` follows them.
-pub(crate) fn consumer_args<'a>(
-    bootstrap: &'a str,
-    topic: &'a str,
-    group: &'a str,
-    db_url: &'a str,
-    extra: &[&'a str],
-) -> Vec<&'a str> {
-    let mut args = vec![
-        "--kafka-brokers",
-        bootstrap,
-        "--kafka-topic",
-        topic,
-        "--group-id",
-        group,
-        "--postgres-url",
-        db_url,
-        "--postgres-sslmode",
-        "disable",
-        "--log-format",
-        "json",
-    ];
-    args.extend_from_slice(extra);
-    args
-}
-
-/// Database `name` on `pg`, dropped first if a previous run left it.
-pub(crate) fn fresh_database(pg: &sitewatch_pgtest::Postgres, name: &str) -> anyhow::Result<()> {
-    tokio::task::block_in_place(|| -> anyhow::Result<()> {
-        pg.drop_database(name)?;
-        let _ = pg.create_database(name)?;
-        Ok(())
-    })
-    .with_context(|| format!("cannot make a fresh database {name}"))
+/// Writes `contents` to `path` (a site list, a config file for a child).
+pub(crate) fn write_file(path: &Path, contents: impl AsRef<[u8]>) -> anyhow::Result<()> {
+    fs::write(path, contents).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// The workspace's `broker` binary with one topic.
@@ -63,6 +41,8 @@ pub(crate) struct Broker {
     pub(crate) proc: Proc,
     /// Its bootstrap address.
     pub(crate) bootstrap: String,
+    /// The topic it holds.
+    pub(crate) topic: String,
 }
 
 impl Broker {
@@ -73,160 +53,264 @@ impl Broker {
         topic: &str,
         partitions: i32,
     ) -> anyhow::Result<Broker> {
-        let partitions = partitions.to_string();
         let mut proc = Proc::release(
             bin_dir,
             "broker",
-            ["--topic", topic, "--partitions", &partitions],
+            ["--topic", topic, "--partitions", &partitions.to_string()],
             &[],
             log_dir,
         )?;
         let bootstrap = proc.wait_for_line("bootstrap=", Duration::from_secs(20))?;
-        Ok(Broker { proc, bootstrap })
+        Ok(Broker {
+            proc,
+            bootstrap,
+            topic: topic.to_owned(),
+        })
+    }
+
+    /// The flags that point the monitor or the consumer at this broker's topic.
+    pub(crate) fn flags(&self) -> [&str; 4] {
+        [
+            "--kafka-brokers",
+            &self.bootstrap,
+            "--kafka-topic",
+            &self.topic,
+        ]
+    }
+
+    /// The sum over the topic's partitions of their low and high watermarks:
+    /// `(0, n)` when all `n` messages produced are still there.
+    pub(crate) async fn messages(&self) -> anyhow::Result<(i64, i64)> {
+        let (bootstrap, topic) = (self.bootstrap.clone(), self.topic.clone());
+        let marks = tokio::task::spawn_blocking(move || watermarks(&bootstrap, &topic))
+            .await
+            .context("the watermark task failed")??;
+        Ok(marks.iter().fold((0, 0), |(lows, highs), &(_, low, high)| {
+            (lows + low, highs + high)
+        }))
     }
 }
 
-/// The sum over the topic's partitions of their low and high watermarks:
-/// `(0, n)` when all `n` messages produced are still there.
-pub(crate) async fn topic_messages(
-    bootstrap: &str,
-    topic: &str,
-    partitions: i32,
-) -> anyhow::Result<(i64, i64)> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
-    tokio::task::spawn_blocking(move || {
-        let client: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .create()
-            .context("cannot create a Kafka client")?;
-        let mut sums = (0, 0);
-        for partition in 0..partitions {
+/// The (low, high) watermarks of every partition of `topic`, by partition id.
+pub(crate) fn watermarks(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<(i32, i64, i64)>> {
+    let client: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .context("cannot create a Kafka client")?;
+    let timeout = Duration::from_secs(10);
+    let metadata = client
+        .fetch_metadata(Some(topic), timeout)
+        .context("cannot read the topic's metadata")?;
+    let partitions = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .with_context(|| format!("no topic {topic} on the broker"))?
+        .partitions();
+    partitions
+        .iter()
+        .map(|p| {
             let (low, high) = client
-                .fetch_watermarks(&topic, partition, Duration::from_secs(10))
-                .with_context(|| format!("cannot read the watermarks of {topic} [{partition}]"))?;
-            sums = (sums.0 + low, sums.1 + high);
-        }
-        Ok(sums)
-    })
-    .await
-    .context("the watermark task failed")?
+                .fetch_watermarks(topic, p.id(), timeout)
+                .with_context(|| format!("cannot read the watermarks of {topic} [{}]", p.id()))?;
+            Ok((p.id(), low, high))
+        })
+        .collect()
 }
 
-/// A PostgreSQL client (no TLS: the server is on loopback).
-pub(crate) async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .context("cannot connect to PostgreSQL")?;
-    drop(tokio::spawn(async move {
-        if let Err(err) = connection.await {
-            eprintln!("bench: PostgreSQL connection ended: {err}");
-        }
-    }));
-    Ok(client)
+/// Starts the `monitor` release binary as `name` on the site list `targets`,
+/// publishing to the broker's topic; `extra` flags follow.
+pub(crate) fn start_monitor(
+    options: &Options,
+    name: &str,
+    targets: &Path,
+    broker: &Broker,
+    extra: &[&str],
+    log_dir: &Path,
+) -> anyhow::Result<Proc> {
+    let targets = targets.to_string_lossy();
+    let mut args = vec!["--targets", targets.as_ref()];
+    args.extend(broker.flags());
+    args.extend_from_slice(extra);
+    let program = procs::release_binary(&options.bin_dir, "monitor")?;
+    Proc::spawn(name, &program, args, &[], log_dir)
 }
 
-/// The pid of the server running on `data_dir` (first line of postmaster.pid).
-pub(crate) fn postmaster_pid(data_dir: &Path) -> anyhow::Result<u32> {
-    let file = data_dir.join("postmaster.pid");
-    let text =
-        fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-    text.lines()
-        .next()
-        .and_then(|l| l.trim().parse().ok())
-        .with_context(|| format!("no pid in {}", file.display()))
+/// Starts the `consumer` release binary in `group` on the broker's topic,
+/// writing to `db_url` without TLS, with JSON logs; `extra` flags follow.
+pub(crate) fn start_consumer(
+    options: &Options,
+    broker: &Broker,
+    group: &str,
+    db_url: &str,
+    extra: &[&str],
+    log_dir: &Path,
+) -> anyhow::Result<Proc> {
+    let mut args = broker.flags().to_vec();
+    args.extend(["--group-id", group, "--log-format", "json"]);
+    args.extend(["--postgres-url", db_url, "--postgres-sslmode", "disable"]);
+    args.extend_from_slice(extra);
+    Proc::release(&options.bin_dir, "consumer", args, &[], log_dir)
 }
 
-/// CPU seconds (user + system) used since it was made, by one process or a
-/// process tree (the root, its live children, and the children it reaped).
+/// What the scenarios that write to PostgreSQL start first: their scratch
+/// directory and a durable server that records commit times and statement
+/// statistics.
 #[derive(Debug)]
-pub(crate) struct CpuClock {
-    pid: u32,
-    tree: bool,
-    start: f64,
+pub(crate) struct Store {
+    /// Scratch directory of the scenario (logs, exported rows).
+    pub(crate) dir: PathBuf,
+    /// The server.
+    pub(crate) pg: Postgres,
 }
 
-impl CpuClock {
-    /// Counts one process.
-    pub(crate) fn process(pid: u32) -> CpuClock {
-        CpuClock {
-            pid,
-            tree: false,
-            start: cpu_seconds(pid, false),
+/// One run's database.
+#[derive(Debug)]
+pub(crate) struct Database {
+    /// Its name.
+    pub(crate) name: String,
+    /// Its URL.
+    pub(crate) url: String,
+}
+
+impl Store {
+    /// Empties `work_dir/NAME` and starts the server.
+    pub(crate) fn start(options: &Options, name: &str) -> anyhow::Result<Store> {
+        let dir = fresh_dir(&options.work_dir.join(name))?;
+        let pg = tokio::task::block_in_place(start_postgres)?;
+        Ok(Store { dir, pg })
+    }
+
+    /// The database of run `run`, made afresh (dropped first if a previous run left it).
+    pub(crate) fn database(&self, run: usize) -> anyhow::Result<Database> {
+        let name = format!("sitewatch_{run}");
+        let url = tokio::task::block_in_place(|| -> anyhow::Result<String> {
+            self.pg.drop_database(&name)?;
+            Ok(self.pg.create_database(&name)?)
+        })
+        .with_context(|| format!("cannot make a fresh database {name}"))?;
+        Ok(Database { name, url })
+    }
+
+    /// The pid of the server (first line of postmaster.pid), whose process tree is its CPU.
+    pub(crate) fn postmaster_pid(&self) -> anyhow::Result<u32> {
+        let file = self.pg.data_dir().join("postmaster.pid");
+        let text =
+            fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        text.lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .with_context(|| format!("no pid in {}", file.display()))
+    }
+}
+
+/// Starts a durable PostgreSQL that records commit times and statement statistics.
+fn start_postgres() -> anyhow::Result<Postgres> {
+    let pg = Postgres::start(PgOptions {
+        fast: false,
+        ..PgOptions::default()
+    })
+    .context("cannot start PostgreSQL (scripts/setup.sh installs it)")?;
+    // Both need a restart; ALTER SYSTEM keeps pgtest's command line as it is.
+    let _ = pg
+        .psql(
+            "postgres",
+            "ALTER SYSTEM SET track_commit_timestamp = on;\n\
+             ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements';",
+        )
+        .context("cannot configure PostgreSQL")?;
+    pg.stop().context("cannot restart PostgreSQL")?;
+    pg.start_again().context("cannot restart PostgreSQL")?;
+    Ok(pg)
+}
+
+/// A PostgreSQL client on `url`.
+pub(crate) async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    sitewatch_pgtest::sql::connect(url)
+        .await
+        .context("cannot connect to PostgreSQL")
+}
+
+/// How the consumer is set up, as the environment (CONSUMER_*) leaves it.
+#[derive(Debug, Clone)]
+pub(crate) struct ConsumerShape {
+    batch_rows: String,
+    batch_wait: String,
+    writers: String,
+    write_path: String,
+}
+
+impl ConsumerShape {
+    /// The consumer's defaults unless the caller's environment overrides them.
+    pub(crate) fn from_env() -> ConsumerShape {
+        let var = |name: &str, default: &str| {
+            std::env::var(name).unwrap_or_else(|_| format!("{default} (default)"))
+        };
+        ConsumerShape {
+            batch_rows: var("CONSUMER_BATCH_ROWS", "5000"),
+            batch_wait: var("CONSUMER_BATCH_WAIT", "100ms"),
+            writers: var("CONSUMER_WRITERS", "2"),
+            write_path: var("CONSUMER_WRITE_PATH", "copy"),
         }
     }
 
-    /// Counts `pid` and its children, live and reaped (as the postmaster reaps its backends).
-    pub(crate) fn tree(pid: u32) -> CpuClock {
-        CpuClock {
-            pid,
-            tree: true,
-            start: cpu_seconds(pid, true),
-        }
-    }
-
-    /// CPU seconds used since the clock was made.
-    pub(crate) fn elapsed(&self) -> f64 {
-        (cpu_seconds(self.pid, self.tree) - self.start).max(0.0)
+    /// One line for the report.
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "batch_rows {}, batch_wait {}, writers {}, write_path {}",
+            self.batch_rows, self.batch_wait, self.writers, self.write_path
+        )
     }
 }
 
-/// Fields of /proc/PID/stat after the command name: state is [0], utime [11], stime [12], cutime [13], cstime [14].
-fn stat_fields(pid: u32) -> Option<Vec<u64>> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses; it ends at the last ')'.
-    let rest = &text[text.rfind(')')? + 1..];
-    Some(
-        rest.split_whitespace()
-            .map(|f| f.parse().unwrap_or(0))
-            .collect(),
-    )
+/// Where a condition [`poll_until`] waits on stands.
+#[derive(Debug)]
+pub(crate) enum Progress {
+    /// It holds.
+    Done,
+    /// Not yet; the words say how far it got, for the error at the deadline.
+    Waiting(String),
 }
 
-fn parent_of(pid: u32) -> Option<u32> {
-    let fields = stat_fields(pid)?;
-    u32::try_from(*fields.get(1)?).ok()
-}
-
-fn cpu_seconds(pid: u32, tree: bool) -> f64 {
-    let ticks = rustix::param::clock_ticks_per_second() as f64;
-    let Some(own) = stat_fields(pid) else {
-        return 0.0;
-    };
-    let field = |f: &[u64], i: usize| f.get(i).copied().unwrap_or(0);
-    let mut total = field(&own, 11) + field(&own, 12);
-    if tree {
-        total += field(&own, 13) + field(&own, 14);
-        if let Ok(entries) = fs::read_dir("/proc") {
-            for entry in entries.flatten() {
-                let Some(child) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
-                    continue;
-                };
-                if parent_of(child) == Some(pid) {
-                    if let Some(f) = stat_fields(child) {
-                        total += field(&f, 11) + field(&f, 12);
-                    }
-                }
-            }
+/// Checks `check` every 200 ms until it is done. Fails when `within` has
+/// passed, quoting the last progress and the logs of `watched`, or as soon as
+/// one of `watched` (the processes the condition depends on) exits.
+pub(crate) async fn poll_until<F, Fut>(
+    what: &str,
+    within: Duration,
+    watched: &mut [Proc],
+    mut check: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Progress>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        for proc in watched.iter_mut() {
+            proc.ensure_running()
+                .with_context(|| format!("while waiting for {what}"))?;
         }
-    }
-    total as f64 / ticks
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Instant;
-
-    #[test]
-    fn this_process_uses_cpu() {
-        let clock = CpuClock::process(std::process::id());
-        let start = Instant::now();
-        let mut x = 0u64;
-        while start.elapsed() < Duration::from_millis(100) {
-            x = x.wrapping_mul(31).wrapping_add(7);
+        let progress = match check().await? {
+            Progress::Done => return Ok(()),
+            Progress::Waiting(progress) => progress,
+        };
+        if Instant::now() >= deadline {
+            let logs: Vec<String> = watched
+                .iter()
+                .map(|proc| {
+                    format!(
+                        "log {}:\n{}",
+                        proc.log().display(),
+                        procs::tail(proc.log(), 20)
+                    )
+                })
+                .collect();
+            bail!(
+                "no {what} within {within:?} ({progress})\n{}",
+                logs.join("\n")
+            );
         }
-        assert!(x != 1);
-        assert!(clock.elapsed() > 0.0);
+        tokio::time::sleep(POLL).await;
     }
 }

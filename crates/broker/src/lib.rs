@@ -21,6 +21,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
 use tokio::net::TcpListener;
 
 pub use ffi::AdvertiseError;
@@ -166,6 +168,35 @@ pub enum BrokerError {
     /// The TLS files are unusable.
     #[error(transparent)]
     Tls(#[from] TlsError),
+}
+
+/// librdkafka's mock cluster in the calling process: one broker with `topic`
+/// of `partitions`, for tests that need a Kafka peer but no broker process or
+/// front. It stops when dropped.
+pub fn in_process(
+    topic: &str,
+    partitions: i32,
+) -> Result<MockCluster<'static, DefaultProducerContext>, BrokerError> {
+    let cluster = MockCluster::new(1).map_err(BrokerError::Cluster)?;
+    cluster
+        .create_topic(topic, partitions, 1)
+        .map_err(|source| BrokerError::topic(topic, partitions, source))?;
+    Ok(cluster)
+}
+
+impl BrokerError {
+    /// Topic `topic` of `partitions` could not be created.
+    pub(crate) fn topic(
+        topic: &str,
+        partitions: i32,
+        source: rdkafka::error::KafkaError,
+    ) -> BrokerError {
+        BrokerError::Topic {
+            topic: topic.to_owned(),
+            partitions,
+            source,
+        }
+    }
 }
 
 /// A running broker; it stops when dropped.

@@ -42,11 +42,7 @@ impl Cluster {
         for topic in topics {
             native
                 .create_topic(topic, partitions, 1)
-                .map_err(|source| BrokerError::Topic {
-                    topic: topic.clone(),
-                    partitions,
-                    source,
-                })?;
+                .map_err(|source| BrokerError::topic(topic, partitions, source))?;
         }
         let bootstrap = native.bootstrap_servers();
         let listeners = bootstrap

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use sitewatch_consumer::{run, Summary};
 use sitewatch_metric::Metric;
+use sitewatch_pgtest::sql::{client, count, count_once_created};
+use sitewatch_pgtest::wait::wait_for;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -45,8 +47,8 @@ async fn n_messages_give_n_rows_with_every_field_and_the_sites() {
     let bootstrap = kafka.bootstrap_servers();
     let published = common::publish(&bootstrap, "metrics", &metrics(600, 20)).await;
     let consumer = Running::start(common::settings(&bootstrap, "metrics", &db, "g1"));
-    common::wait_for(Duration::from_secs(60), "600 rows", || async {
-        common::count(&db, "SELECT count(*) FROM metrics").await == 600
+    wait_for(Duration::from_secs(60), "600 rows", || async {
+        count_once_created(&db, "SELECT count(*) FROM metrics").await == 600
     })
     .await;
     let summary = consumer.stop().await;
@@ -66,12 +68,9 @@ async fn n_messages_give_n_rows_with_every_field_and_the_sites() {
             ("metrics", *partition, *offset)
         );
     }
+    assert_eq!(count(&db, "SELECT count(*) FROM websites").await, 20);
     assert_eq!(
-        common::count(&db, "SELECT count(*) FROM websites").await,
-        20
-    );
-    assert_eq!(
-        common::count(
+        count(
             &db,
             "SELECT count(*) FROM websites WHERE interval_seconds IS NULL AND enabled"
         )
@@ -80,12 +79,12 @@ async fn n_messages_give_n_rows_with_every_field_and_the_sites() {
         "sites seen only in metrics have no interval, so the monitor does not probe them"
     );
     assert_eq!(
-        common::count(&db, "SELECT count(*) FROM site_status").await,
+        count(&db, "SELECT count(*) FROM site_status").await,
         20,
         "the status view has a line per site"
     );
     assert_eq!(
-        common::count(&db, "SELECT sum(probes)::bigint FROM site_status").await,
+        count(&db, "SELECT sum(probes)::bigint FROM site_status").await,
         600
     );
     let ends = common::committed(&bootstrap, "metrics", "g1", 3);
@@ -111,14 +110,14 @@ async fn the_same_messages_delivered_twice_add_no_rows() {
     let bootstrap = kafka.bootstrap_servers();
     let _ = common::publish(&bootstrap, "metrics", &metrics(300, 10)).await;
     let first = Running::start(common::settings(&bootstrap, "metrics", &db, "first"));
-    common::wait_for(Duration::from_secs(60), "300 rows", || async {
-        common::count(&db, "SELECT count(*) FROM metrics").await == 300
+    wait_for(Duration::from_secs(60), "300 rows", || async {
+        count_once_created(&db, "SELECT count(*) FROM metrics").await == 300
     })
     .await;
     let _ = first.stop().await;
     // A new group starts from the beginning: every message is delivered again.
     let again = Running::start(common::settings(&bootstrap, "metrics", &db, "second"));
-    common::wait_for(
+    wait_for(
         Duration::from_secs(60),
         "the second group to read everything",
         || async {
@@ -132,10 +131,7 @@ async fn the_same_messages_delivered_twice_add_no_rows() {
     let summary = again.stop().await;
     assert_eq!(summary.duplicates, 300, "{summary:?}");
     assert_eq!(summary.inserted, 0);
-    assert_eq!(
-        common::count(&db, "SELECT count(*) FROM metrics").await,
-        300
-    );
+    assert_eq!(count(&db, "SELECT count(*) FROM metrics").await, 300);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,12 +182,12 @@ async fn poison_messages_go_to_dead_letters_and_the_good_ones_land() {
     }
     let positions = common::publish_raw(&bootstrap, "metrics", &messages).await;
     let consumer = Running::start(common::settings(&bootstrap, "metrics", &db, "g"));
-    common::wait_for(
+    wait_for(
         Duration::from_secs(60),
         "good rows and dead letters",
         || async {
-            common::count(&db, "SELECT count(*) FROM metrics").await == 38
-                && common::count(&db, "SELECT count(*) FROM dead_letters").await == 5
+            count_once_created(&db, "SELECT count(*) FROM metrics").await == 38
+                && count_once_created(&db, "SELECT count(*) FROM dead_letters").await == 5
         },
     )
     .await;
@@ -201,7 +197,7 @@ async fn poison_messages_go_to_dead_letters_and_the_good_ones_land() {
         (38, 5),
         "{summary:?}"
     );
-    let client = common::client(&db).await;
+    let client = client(&db).await;
     let rows = client
         .query(
             "SELECT kafka_offset, reason, payload, key FROM dead_letters ORDER BY kafka_offset",
@@ -233,8 +229,8 @@ async fn postgres_down_mid_stream_loses_nothing_and_recovers_without_restart() {
     let consumer = Running::start(common::settings(&bootstrap, "metrics", &db, "g"));
     let all = metrics(1200, 30);
     let _ = common::publish(&bootstrap, "metrics", &all[..400]).await;
-    common::wait_for(Duration::from_secs(60), "first rows", || async {
-        common::count(&db, "SELECT count(*) FROM metrics").await == 400
+    wait_for(Duration::from_secs(60), "first rows", || async {
+        count_once_created(&db, "SELECT count(*) FROM metrics").await == 400
     })
     .await;
     db.stop().expect("stop PostgreSQL");
@@ -242,10 +238,10 @@ async fn postgres_down_mid_stream_loses_nothing_and_recovers_without_restart() {
     let _ = common::publish(&bootstrap, "metrics", &all[400..]).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     db.start_again().expect("start PostgreSQL again");
-    common::wait_for(
+    wait_for(
         Duration::from_secs(90),
         "every row after the outage",
-        || async { common::count(&db, "SELECT count(*) FROM metrics").await == 1200 },
+        || async { count(&db, "SELECT count(*) FROM metrics").await == 1200 },
     )
     .await;
     let summary = consumer.stop().await;
@@ -254,11 +250,11 @@ async fn postgres_down_mid_stream_loses_nothing_and_recovers_without_restart() {
         "writes failed and were retried while the database was down: {summary:?}"
     );
     assert_eq!(
-        common::count(&db, "SELECT count(DISTINCT probe_id) FROM metrics").await,
+        count(&db, "SELECT count(DISTINCT probe_id) FROM metrics").await,
         1200
     );
     assert_eq!(
-        common::count(&db, "SELECT count(*) FROM dead_letters").await,
+        count(&db, "SELECT count(*) FROM dead_letters").await,
         0,
         "an outage is not the data's fault"
     );
@@ -278,8 +274,8 @@ async fn consumers_share_partitions_and_a_rebalance_loses_and_doubles_nothing() 
     let b = Running::start(common::settings(&bootstrap, "metrics", &db, "shared"));
     let all = metrics(3000, 50);
     let _ = common::publish(&bootstrap, "metrics", &all[..1000]).await;
-    common::wait_for(Duration::from_secs(60), "first 1000 rows", || async {
-        common::count(&db, "SELECT count(*) FROM metrics").await == 1000
+    wait_for(Duration::from_secs(60), "first 1000 rows", || async {
+        count_once_created(&db, "SELECT count(*) FROM metrics").await == 1000
     })
     .await;
     // A third member joins while messages keep coming: the group rebalances.
@@ -288,8 +284,8 @@ async fn consumers_share_partitions_and_a_rebalance_loses_and_doubles_nothing() 
         let _ = common::publish(&bootstrap, "metrics", chunk).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    common::wait_for(Duration::from_secs(90), "all 3000 rows", || async {
-        common::count(&db, "SELECT count(*) FROM metrics").await == 3000
+    wait_for(Duration::from_secs(90), "all 3000 rows", || async {
+        count(&db, "SELECT count(*) FROM metrics").await == 3000
     })
     .await;
     let (sa, sb, sc) = (a.stop().await, b.stop().await, c.stop().await);

@@ -2,12 +2,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use sitewatch_metric::Metric;
+use sitewatch_pgtest::sql::{count, count_once_created};
+use sitewatch_pgtest::wait::{lines, rest, wait_for};
 use sitewatch_pgtest::Postgres;
 
 const CONSUMER: &str = env!("CARGO_BIN_EXE_consumer");
@@ -56,15 +57,7 @@ fn start_with(bootstrap: &str, db: &Postgres, grace: &str, short_timeouts: bool)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("consumer starts");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, log) = mpsc::channel();
-    let _ = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let log = lines(child.stderr.take().expect("stderr"));
     Proc { child, log }
 }
 
@@ -82,8 +75,7 @@ impl Proc {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                return (status.code(), self.log.try_iter().collect());
+                return (status.code(), rest(&self.log, Duration::from_secs(5)));
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
@@ -117,8 +109,10 @@ fn stream(bootstrap: String, metrics: Vec<Metric>) -> tokio::task::JoinHandle<()
     })
 }
 
+const ROWS: &str = "SELECT count(*) FROM metrics";
+
 async fn rows(db: &Postgres) -> i64 {
-    common::count(db, "SELECT count(*) FROM metrics").await
+    count(db, ROWS).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,8 +123,8 @@ async fn sigkill_mid_stream_then_restart_gives_exactly_one_row_per_message() {
     let all: Vec<Metric> = (0..3000).map(|i| common::metric(i, 40)).collect();
     let producer = stream(bootstrap.clone(), all.clone());
     let first = start(&bootstrap, &db);
-    common::wait_for(Duration::from_secs(60), "rows arriving", || async {
-        rows(&db).await >= 500
+    wait_for(Duration::from_secs(60), "rows arriving", || async {
+        count_once_created(&db, ROWS).await >= 500
     })
     .await;
     first.signal("KILL");
@@ -138,7 +132,7 @@ async fn sigkill_mid_stream_then_restart_gives_exactly_one_row_per_message() {
     assert_eq!(code, None, "killed by a signal");
     let second = start(&bootstrap, &db);
     producer.await.expect("producer");
-    common::wait_for(
+    wait_for(
         Duration::from_secs(120),
         "every row after the restart",
         || async { rows(&db).await == 3000 },
@@ -163,8 +157,8 @@ async fn sigterm_with_messages_in_flight_exits_0_and_a_restart_reads_nothing_twi
     let all: Vec<Metric> = (0..2000).map(|i| common::metric(i, 25)).collect();
     let producer = stream(bootstrap.clone(), all.clone());
     let first = start(&bootstrap, &db);
-    common::wait_for(Duration::from_secs(60), "rows arriving", || async {
-        rows(&db).await >= 300
+    wait_for(Duration::from_secs(60), "rows arriving", || async {
+        count_once_created(&db, ROWS).await >= 300
     })
     .await;
     first.signal("TERM");
@@ -189,7 +183,7 @@ async fn sigterm_with_messages_in_flight_exits_0_and_a_restart_reads_nothing_twi
 
     producer.await.expect("producer");
     let second = start(&bootstrap, &db);
-    common::wait_for(
+    wait_for(
         Duration::from_secs(90),
         "every row after the restart",
         || async { rows(&db).await == 2000 },
@@ -249,8 +243,8 @@ async fn sigterm_with_the_brokers_gone_exits_within_the_grace_period_on_default_
     let _ = common::publish(&bootstrap, "metrics", &metrics).await;
     let grace = Duration::from_secs(3);
     let consumer = start_with(&bootstrap, &db, "3s", false);
-    common::wait_for(Duration::from_secs(60), "the 50 rows", || async {
-        rows(&db).await == 50
+    wait_for(Duration::from_secs(60), "the 50 rows", || async {
+        count_once_created(&db, ROWS).await == 50
     })
     .await;
     // The brokers, group coordinator included, vanish; librdkafka's defaults

@@ -13,14 +13,19 @@ use rdkafka::ClientConfig;
 use sitewatch_consumer::run;
 use sitewatch_consumer::store::WritePath;
 use sitewatch_metric::Metric;
+use sitewatch_pgtest::sql::{client, count, count_once_created};
+use sitewatch_pgtest::wait::wait_for;
 use tokio_util::sync::CancellationToken;
 
+const ROWS: &str = "SELECT count(*) FROM metrics";
+const DEAD: &str = "SELECT count(*) FROM dead_letters";
+
 async fn rows(db: &sitewatch_pgtest::Postgres) -> i64 {
-    common::count(db, "SELECT count(*) FROM metrics").await
+    count(db, ROWS).await
 }
 
 async fn dead(db: &sitewatch_pgtest::Postgres) -> i64 {
-    common::count(db, "SELECT count(*) FROM dead_letters").await
+    count(db, DEAD).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,8 +45,8 @@ async fn a_refused_row_and_an_undecodable_message_in_one_batch_both_become_dead_
         common::settings(&bootstrap, "metrics", &db, "g"),
         stop.clone(),
     ));
-    common::wait_for(Duration::from_secs(30), "two dead letters", || async {
-        dead(&db).await == 2
+    wait_for(Duration::from_secs(30), "two dead letters", || async {
+        count_once_created(&db, DEAD).await == 2
     })
     .await;
     stop.cancel();
@@ -61,8 +66,8 @@ async fn partitions_paused_during_an_outage_resume_after_a_rebalance() {
     let task = tokio::spawn(run(settings, stop.clone()));
     let all: Vec<_> = (0..1010).map(|i| common::metric(i, 40)).collect();
     let _ = common::publish(&bootstrap, "metrics", &all[..10]).await;
-    common::wait_for(Duration::from_secs(60), "first rows", || async {
-        rows(&db).await == 10
+    wait_for(Duration::from_secs(60), "first rows", || async {
+        count_once_created(&db, ROWS).await == 10
     })
     .await;
     db.stop().expect("stop PostgreSQL");
@@ -96,7 +101,7 @@ async fn partitions_paused_during_an_outage_resume_after_a_rebalance() {
             }
         })
     };
-    common::wait_for(
+    wait_for(
         Duration::from_secs(60),
         "the idle member to get a partition",
         || {
@@ -108,7 +113,7 @@ async fn partitions_paused_during_an_outage_resume_after_a_rebalance() {
     db.start_again().expect("start PostgreSQL");
     leave.store(true, Ordering::Relaxed);
     member.join().expect("member thread");
-    common::wait_for(
+    wait_for(
         Duration::from_secs(90),
         "every row once the database is back and the group settled",
         || async { rows(&db).await == 1010 },
@@ -132,15 +137,17 @@ async fn a_url_too_long_to_index_is_a_dead_letter_and_the_rest_lands() {
         common::settings(&bootstrap, "metrics", &db, "g"),
         stop.clone(),
     ));
-    common::wait_for(
+    wait_for(
         Duration::from_secs(30),
         "the good row and the dead letter",
-        || async { rows(&db).await == 1 && dead(&db).await == 1 },
+        || async {
+            count_once_created(&db, ROWS).await == 1 && count_once_created(&db, DEAD).await == 1
+        },
     )
     .await;
     stop.cancel();
     let _ = task.await.expect("task").expect("ran");
-    let reason = common::client(&db)
+    let reason = client(&db)
         .await
         .query_one("SELECT reason FROM dead_letters", &[])
         .await
@@ -162,24 +169,24 @@ async fn a_site_deleted_by_an_operator_is_created_again_not_dead_lettered() {
         stop.clone(),
     ));
     let _ = common::publish(&bootstrap, "metrics", &[common::metric(1, 1)]).await;
-    common::wait_for(Duration::from_secs(60), "the first row", || async {
-        rows(&db).await == 1
+    wait_for(Duration::from_secs(60), "the first row", || async {
+        count_once_created(&db, ROWS).await == 1
     })
     .await;
-    common::client(&db)
+    client(&db)
         .await
         .batch_execute("DELETE FROM metrics; DELETE FROM websites;")
         .await
         .expect("cleanup");
     let _ = common::publish(&bootstrap, "metrics", &[common::metric(2, 1)]).await;
-    common::wait_for(
+    wait_for(
         Duration::from_secs(30),
         "the second row, under a new site row",
         || async { rows(&db).await == 1 },
     )
     .await;
     assert_eq!(dead(&db).await, 0);
-    assert_eq!(common::count(&db, "SELECT count(*) FROM websites").await, 1);
+    assert_eq!(count(&db, "SELECT count(*) FROM websites").await, 1);
     stop.cancel();
     let _ = task.await.expect("task").expect("ran");
 }
@@ -201,12 +208,12 @@ async fn a_probe_id_stored_with_other_content_is_a_conflict_by_either_write_path
         settings.write_path = path;
         let stop = CancellationToken::new();
         let task = tokio::spawn(run(settings, stop.clone()));
-        common::wait_for(Duration::from_secs(30), "the first row", || async {
-            rows(&db).await == 1
+        wait_for(Duration::from_secs(30), "the first row", || async {
+            count_once_created(&db, ROWS).await == 1
         })
         .await;
         let _ = common::publish(&bootstrap, "metrics", &[redelivered, forged]).await;
-        common::wait_for(Duration::from_secs(30), "a dead letter", || async {
+        wait_for(Duration::from_secs(30), "a dead letter", || async {
             dead(&db).await == 1
         })
         .await;
@@ -222,7 +229,7 @@ async fn a_probe_id_stored_with_other_content_is_a_conflict_by_either_write_path
             .expect("reason");
         assert!(reason.contains("conflict"), "{path:?}: {reason}");
         assert_eq!(
-            common::count(&db, "SELECT count(*) FROM metrics WHERE status = 200").await,
+            count(&db, "SELECT count(*) FROM metrics WHERE status = 200").await,
             1,
             "{path:?}: the stored row is untouched"
         );
@@ -240,8 +247,8 @@ async fn schema_drift_stops_the_consumer_dead_letters_nothing_and_a_restart_afte
     let settings = common::settings(&bootstrap, "metrics", &db, "g");
     let stop = CancellationToken::new();
     let task = tokio::spawn(run(settings.clone(), stop.clone()));
-    common::wait_for(Duration::from_secs(30), "the first rows", || async {
-        rows(&db).await == 20
+    wait_for(Duration::from_secs(30), "the first rows", || async {
+        count_once_created(&db, ROWS).await == 20
     })
     .await;
     // A rolling upgrade adds a constraint the running consumer's rows break.
@@ -272,7 +279,7 @@ async fn schema_drift_stops_the_consumer_dead_letters_nothing_and_a_restart_afte
         .expect("the fix");
     let stop = CancellationToken::new();
     let task = tokio::spawn(run(settings, stop.clone()));
-    common::wait_for(Duration::from_secs(30), "every row", || async {
+    wait_for(Duration::from_secs(30), "every row", || async {
         rows(&db).await == 40
     })
     .await;

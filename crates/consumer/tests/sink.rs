@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use sitewatch_consumer::sink::{DeadLetter, Fault, Row, Sink, SinkError, Written};
 use sitewatch_metric::Metric;
+use sitewatch_pgtest::wait::wait_for;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -110,7 +111,7 @@ async fn every_message_reaches_a_memory_sink_once_and_every_offset_is_committed(
     });
     let refused = metrics.iter().filter(|m| m.url.contains("refused")).count();
     let want_rows = metrics.len() - refused;
-    common::wait_for(Duration::from_secs(60), "every message in the sink", || {
+    wait_for(Duration::from_secs(60), "every message in the sink", || {
         let sink = Arc::clone(&sink);
         async move {
             sink.rows.lock().expect("rows").len() == want_rows

@@ -10,9 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use sitewatch_pgtest::sql::count_once_created;
+use sitewatch_pgtest::wait::wait_for;
 use sitewatch_pgtest::Postgres;
 use sitewatch_sitefarm::{FarmOptions, SiteFarm};
-use support::{consumer_args, count, wait_for, Proc};
+use support::{consumer_args, Proc};
 
 const TOPIC: &str = "metrics";
 
@@ -264,7 +266,7 @@ async fn monitor_and_consumer_deliver_rows_with_the_managed_kafka_files() {
     wait_for(
         Duration::from_secs(60),
         "5 rows over mutual TLS",
-        || async { count(&db, "SELECT count(*) FROM metrics").await == 5 },
+        || async { count_once_created(&db, "SELECT count(*) FROM metrics").await == 5 },
     )
     .await;
 

@@ -6,10 +6,12 @@ mod support;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use sitewatch_metric::ErrorKind;
+use sitewatch_metric::{ErrorKind, Metric};
+use sitewatch_pgtest::sql::{client, count, count_once_created};
+use sitewatch_pgtest::wait::wait_for;
 use sitewatch_pgtest::Postgres;
 use sitewatch_sitefarm::{FarmOptions, SiteFarm};
-use support::{broker, consumer, count, log_event, printed_metrics, rows, wait_for, Proc};
+use support::{broker, consumer, log_event, printed_metrics, rows, Proc};
 
 async fn farm_and_ca(dir: &std::path::Path) -> (SiteFarm, String) {
     let farm = SiteFarm::start(FarmOptions::default()).await.expect("farm");
@@ -61,17 +63,53 @@ impl Stack {
     }
 
     async fn rows(&self) -> i64 {
-        count(&self.db, "SELECT count(*) FROM metrics").await
+        count(&self.db, ROWS).await
     }
 
-    /// Waits until the table holds at least `n` rows.
+    /// Waits until the table holds at least `n` rows; the first wait may begin
+    /// before the consumer has made the table.
     async fn wait_rows(&self, within: Duration, what: &str, n: i64) {
-        wait_for(within, what, || async { self.rows().await >= n }).await;
+        wait_for(within, what, || async {
+            count_once_created(&self.db, ROWS).await >= n
+        })
+        .await;
     }
 }
 
+const ROWS: &str = "SELECT count(*) FROM metrics";
+
+/// Each printed probe is exactly one row: the monitor printed no probe twice,
+/// the table holds as many rows as probes and as many distinct probe ids as
+/// rows (so nothing doubled), and every printed probe is among them (so
+/// nothing lost).
+async fn assert_one_row_per_probe(db: &Postgres, printed: &[Metric]) {
+    let printed_ids: HashSet<uuid::Uuid> = printed.iter().map(|m| m.probe_id).collect();
+    assert_eq!(
+        printed_ids.len(),
+        printed.len(),
+        "the monitor printed each probe once"
+    );
+    let rows = count(db, ROWS).await;
+    let distinct = count(db, "SELECT count(DISTINCT probe_id) FROM metrics").await;
+    assert_eq!(rows, distinct, "nothing doubled: no probe id in two rows");
+    assert_eq!(
+        rows,
+        i64::try_from(printed.len()).expect("fits"),
+        "nothing doubled: exactly one row per probe, no more"
+    );
+    let stored_ids: HashSet<uuid::Uuid> = client(db)
+        .await
+        .query("SELECT probe_id FROM metrics", &[])
+        .await
+        .expect("select probe ids")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(printed_ids.is_subset(&stored_ids), "nothing lost");
+}
+
 /// SIGTERM to a monitor started with `--output kafka,stdout`: it exits 0; returns what it printed.
-fn stop_monitor(monitor: Proc) -> Vec<sitewatch_metric::Metric> {
+fn stop_monitor(monitor: Proc) -> Vec<Metric> {
     monitor.signal("TERM");
     let (code, stdout, _) = monitor.wait(Duration::from_secs(30));
     assert_eq!(code, Some(0), "monitor exits 0 on SIGTERM");
@@ -159,7 +197,7 @@ async fn every_probe_the_monitor_makes_is_exactly_one_row_with_the_right_result(
     let consumer = consumer(bootstrap, "metrics", db, "g");
     let monitor = monitor(list.to_str().expect("utf8"), bootstrap, "metrics", ca, &[]);
     wait_for(Duration::from_secs(60), "rows arriving", || async {
-        count(db, "SELECT count(*) FROM metrics").await >= 30
+        count_once_created(db, ROWS).await >= 30
     })
     .await;
     monitor.signal("TERM");
@@ -171,15 +209,11 @@ async fn every_probe_the_monitor_makes_is_exactly_one_row_with_the_right_result(
     wait_for(
         Duration::from_secs(60),
         "a row for every printed probe",
-        || async { count(db, "SELECT count(*) FROM metrics").await >= n },
+        || async { count(db, ROWS).await >= n },
     )
     .await;
+    assert_one_row_per_probe(db, &printed).await;
     let stored = rows(db).await;
-    assert_eq!(
-        stored.len(),
-        printed.len(),
-        "exactly one row per probe, no more"
-    );
     for m in &printed {
         let row = stored
             .get(&m.probe_id)
@@ -242,12 +276,7 @@ async fn a_consumer_killed_mid_stream_hands_its_partitions_over_and_nothing_is_l
     stack
         .wait_rows(Duration::from_secs(60), "every probe stored", n)
         .await;
-    let stored = rows(&stack.db).await;
-    assert_eq!(stored.len(), printed.len(), "nothing doubled");
-    assert!(
-        printed.iter().all(|m| stored.contains_key(&m.probe_id)),
-        "nothing lost"
-    );
+    assert_one_row_per_probe(&stack.db, &printed).await;
     b.signal("TERM");
     let (code, _, log) = b.wait(Duration::from_secs(30));
     assert_eq!(code, Some(0));
@@ -324,7 +353,7 @@ async fn sites_from_the_websites_table_follow_its_rows() {
     } = &stack;
     let consumer = consumer(bootstrap, "metrics", db, "g");
     wait_for(Duration::from_secs(60), "the consumer's schema", || async {
-        count(db, "SELECT count(*) FROM refinery_schema_history").await >= 1
+        count_once_created(db, "SELECT count(*) FROM refinery_schema_history").await >= 1
     })
     .await;
     let (a, b) = (farm.url("/site/1"), farm.url("/site/2"));

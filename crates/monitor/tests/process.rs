@@ -2,13 +2,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use sitewatch_metric::Metric;
+use sitewatch_pgtest::wait::lines;
 use sitewatch_sitefarm::{FarmOptions, SiteFarm};
 
 const MONITOR: &str = env!("CARGO_BIN_EXE_monitor");
@@ -22,19 +22,6 @@ fn monitor(args: &[&str]) -> Command {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     cmd
-}
-
-/// Lines of a child's pipe, as they come.
-fn lines(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    let _ = std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 fn signal(child: &Child, name: &str) {

@@ -1,13 +1,13 @@
 //! Sites read from the `websites` table: enabled rows with an interval are
 //! probed, the table is re-read periodically, and metrics carry the URL as stored.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use sitewatch_db::PgSettings;
 use sitewatch_metric::Metric;
+use sitewatch_pgtest::wait::lines;
 use sitewatch_service::SecretString;
 use sitewatch_sitefarm::{FarmOptions, SiteFarm};
 
@@ -79,15 +79,7 @@ async fn enabled_rows_are_probed_and_the_table_is_re_read() {
         .stderr(Stdio::null())
         .spawn()
         .expect("monitor starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    let _ = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = lines(child.stdout.take().expect("stdout"));
 
     let first = urls_until(&rx, Duration::from_secs(3), |_| false);
     assert!(first.contains(&a), "the enabled site is probed: {first:?}");

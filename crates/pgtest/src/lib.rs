@@ -17,6 +17,10 @@
 //! (`psql`, the consumer) connect over TCP with a password, so they may run as
 //! anyone.
 //!
+//! [`sql`] and [`wait`] are what the integration tests (and the bench) do
+//! around a server: connect, count rows, wait for a condition with a
+//! deadline, and read a child process's output.
+//!
 //! A server never outlives its owner: [`Postgres`] stops it on drop, and a
 //! small watchdog shell process stops it (and removes the temp directory) when
 //! the owning process dies without dropping it, e.g. killed by a test runner's
@@ -30,7 +34,9 @@ mod options;
 mod psql;
 mod run_as;
 mod server;
+pub mod sql;
 mod tls;
+pub mod wait;
 mod watchdog;
 
 pub use binaries::BIN_ENV;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use serde::Serialize;
+use sitewatch_bench::http::{self, Connections};
 use sitewatch_bench::procs;
 
 /// Fresh-connection GETs in a loop: the fastest a probe can be made here.
@@ -97,20 +98,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     );
     anyhow::ensure!(!urls.is_empty(), "{} lists no URL", cli.urls.display());
     let regex = Arc::new(regex::bytes::Regex::new(&cli.regex).context("bad --regex")?);
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("cannot set up TLS")?
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-    let client = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        // A fresh connection per probe, as the monitor makes.
-        .pool_max_idle_per_host(0)
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .context("cannot build the HTTP client")?;
+    let client = http::client(Connections::Fresh)?;
     let counts = Arc::new(Counts::default());
     let next = Arc::new(AtomicU64::new(0));
     for _ in 0..cli.concurrency.max(1) {

@@ -4,7 +4,6 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,9 +17,9 @@ use sitewatch_consumer::settings::Settings;
 use sitewatch_db::columns;
 use sitewatch_db::SslMode;
 use sitewatch_metric::{ErrorKind, Metric, ProbeError, Timings};
+use sitewatch_pgtest::sql::client;
 use sitewatch_pgtest::Postgres;
 use sitewatch_service::SecretString;
-use tokio::time::Instant;
 use uuid::Uuid;
 
 /// A fresh PostgreSQL server for one test.
@@ -30,11 +29,7 @@ pub fn postgres() -> Postgres {
 
 /// librdkafka's own broker, in this process, with one topic.
 pub fn kafka(topic: &str, partitions: i32) -> MockCluster<'static, DefaultProducerContext> {
-    let cluster = MockCluster::new(1).expect("mock cluster");
-    cluster
-        .create_topic(topic, partitions, 1)
-        .expect("create topic");
-    cluster
+    sitewatch_broker::in_process(topic, partitions).expect("mock cluster with the topic")
 }
 
 /// Consumer settings for tests: short group timeouts (rebalances in ~3 s on the mock, FACTS.md).
@@ -158,15 +153,6 @@ pub async fn publish(bootstrap: &str, topic: &str, metrics: &[Metric]) -> Vec<(M
         .collect()
 }
 
-/// A client on the test database.
-pub async fn client(db: &Postgres) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    drop(tokio::spawn(connection));
-    client
-}
-
 /// Every stored metric with its Kafka origin, by probe id.
 pub async fn stored(db: &Postgres) -> HashMap<Uuid, (Metric, Origin)> {
     let client = client(db).await;
@@ -185,36 +171,6 @@ pub async fn stored(db: &Postgres) -> HashMap<Uuid, (Metric, Origin)> {
             (stored.metric.probe_id, (stored.metric, origin))
         })
         .collect()
-}
-
-/// One number from SQL, e.g. `SELECT count(*) FROM metrics`; 0 while the table does not exist.
-pub async fn count(db: &Postgres, sql: &str) -> i64 {
-    let Ok((client, connection)) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls).await
-    else {
-        return 0;
-    };
-    drop(tokio::spawn(connection));
-    client
-        .query_one(sql, &[])
-        .await
-        .map(|r| r.get::<_, i64>(0))
-        .unwrap_or(0)
-}
-
-/// Waits until `cond` holds, polling; fails the test with `what` at the deadline.
-pub async fn wait_for<F, Fut>(within: Duration, what: &str, cond: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !cond().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// The group's committed offset for each partition (-1001 = none).

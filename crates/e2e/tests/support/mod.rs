@@ -4,13 +4,14 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use sitewatch_metric::Metric;
+use sitewatch_pgtest::sql::client;
+use sitewatch_pgtest::wait::{lines, rest};
 use sitewatch_pgtest::Postgres;
 
 /// The folder the workspace's binaries were built into (next to this test's executable).
@@ -40,18 +41,6 @@ pub struct Proc {
     pub child: Child,
     pub stdout: mpsc::Receiver<String>,
     pub stderr: mpsc::Receiver<String>,
-}
-
-fn lines(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    let _ = std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 impl Proc {
@@ -93,11 +82,10 @@ impl Proc {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
-                std::thread::sleep(Duration::from_millis(100));
                 return (
                     status.code(),
-                    self.stdout.try_iter().collect(),
-                    self.stderr.try_iter().collect(),
+                    rest(&self.stdout, Duration::from_secs(5)),
+                    rest(&self.stderr, Duration::from_secs(5)),
                 );
             }
             if Instant::now() > deadline {
@@ -211,29 +199,6 @@ pub fn log_event(lines: &[String], message: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no {message:?} in the log:\n{}", lines.join("\n")))
 }
 
-/// A client on the database.
-pub async fn client(db: &Postgres) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    drop(tokio::spawn(connection));
-    client
-}
-
-/// One number from SQL; 0 while the schema does not exist yet.
-pub async fn count(db: &Postgres, sql: &str) -> i64 {
-    let Ok((client, connection)) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls).await
-    else {
-        return 0;
-    };
-    drop(tokio::spawn(connection));
-    client
-        .query_one(sql, &[])
-        .await
-        .map(|r| r.get::<_, i64>(0))
-        .unwrap_or(0)
-}
-
 /// The stored rows by probe id: status, error kind, regex result.
 pub async fn rows(
     db: &Postgres,
@@ -249,20 +214,4 @@ pub async fn rows(
         .iter()
         .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
         .collect()
-}
-
-/// Waits until `cond` holds; fails the test with `what` at the deadline.
-pub async fn wait_for<F, Fut>(within: Duration, what: &str, cond: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !cond().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }

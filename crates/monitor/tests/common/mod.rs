@@ -21,11 +21,7 @@ pub struct Read {
 
 /// librdkafka's own mock broker, in this process, with one topic.
 pub fn kafka(topic: &str, partitions: i32) -> MockCluster<'static, DefaultProducerContext> {
-    let cluster = MockCluster::new(1).expect("mock cluster");
-    cluster
-        .create_topic(topic, partitions, 1)
-        .expect("create topic");
-    cluster
+    sitewatch_broker::in_process(topic, partitions).expect("mock cluster with the topic")
 }
 
 /// Reads the topic from the start until `want` messages arrived or `within` passed,
