@@ -27,29 +27,31 @@ pub(crate) fn tls_config(
         (SslMode::Require, Some(_)) => SslMode::VerifyCa,
         _ => mode,
     };
-    let config = match mode {
-        SslMode::Disable | SslMode::Prefer | SslMode::Require => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(EncryptOnly { provider }))
-            .with_no_client_auth(),
-        SslMode::VerifyCa | SslMode::VerifyFull => {
-            let roots = Arc::new(roots(ca_file)?);
-            let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
-                roots,
+    let check = match mode {
+        SslMode::Disable | SslMode::Prefer | SslMode::Require => Check::Nothing,
+        SslMode::VerifyCa => Check::Chain,
+        SslMode::VerifyFull => Check::ChainAndName,
+    };
+    let chain = match check {
+        Check::Nothing => None,
+        Check::Chain | Check::ChainAndName => Some(
+            rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots(ca_file)?),
                 Arc::clone(&provider),
             )
             .build()
-            .map_err(|e| PgSettingsError::Tls(e.to_string()))?;
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(ChainVerifier {
-                    webpki,
-                    check_name: mode == SslMode::VerifyFull,
-                }))
-                .with_no_client_auth()
-        }
+            .map_err(|e| PgSettingsError::Tls(e.to_string()))?,
+        ),
     };
-    Ok(config)
+    let verifier = Verifier {
+        provider: Arc::clone(&provider),
+        chain,
+        check,
+    };
+    Ok(builder
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth())
 }
 
 fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, PgSettingsError> {
@@ -68,23 +70,45 @@ fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, PgSettingsError> {
     }
 }
 
-/// `require`: the handshake's signatures are checked, the certificate is not,
-/// as libpq does for `sslmode=require` without a root certificate.
-#[derive(Debug)]
-struct EncryptOnly {
-    provider: Arc<CryptoProvider>,
+/// What of the server's certificate is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// Nothing (`require` without a CA file, as libpq): the handshake's
+    /// signatures are still checked, so the connection is encrypted.
+    Nothing,
+    /// The chain leads to a trusted CA, for any host name (`verify-ca`).
+    Chain,
+    /// The chain, and that it was issued for the host (`verify-full`).
+    ChainAndName,
 }
 
-impl ServerCertVerifier for EncryptOnly {
+/// Checks the server's certificate as far as the mode asks.
+#[derive(Debug)]
+struct Verifier {
+    provider: Arc<CryptoProvider>,
+    /// The chain's verifier, unless nothing is checked.
+    chain: Option<Arc<rustls::client::WebPkiServerVerifier>>,
+    check: Check,
+}
+
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) if self.check == Check::Chain => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
     }
 
     fn verify_tls12_signature(
@@ -119,56 +143,5 @@ impl ServerCertVerifier for EncryptOnly {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
-    }
-}
-
-/// `verify-ca` and `verify-full`: the chain must lead to a trusted CA; the
-/// host name is checked only for `verify-full`.
-#[derive(Debug)]
-struct ChainVerifier {
-    webpki: Arc<rustls::client::WebPkiServerVerifier>,
-    check_name: bool,
-}
-
-impl ServerCertVerifier for ChainVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .webpki
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) if !self.check_name => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.webpki.supported_verify_schemes()
     }
 }

@@ -212,17 +212,9 @@ pub fn explain_unreachable(settings: &KafkaSettings, last_error: Option<&str>) -
 mod tests {
     use std::path::Path;
 
-    use secrecy::SecretString;
-
     use super::*;
+    use crate::settings::tests::with_certs_dir;
 
-    fn with_certs_dir(dir: &Path) -> KafkaSettings {
-        KafkaSettings {
-            certs_dir: Some(dir.to_owned()),
-            ssl_key_password: Some(SecretString::from("hunter2")),
-            ..KafkaSettings::default()
-        }
-    }
     #[test]
     fn a_tls_failure_names_the_file_to_replace() {
         let settings = with_certs_dir(Path::new("/certs"));

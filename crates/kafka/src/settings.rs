@@ -349,16 +349,18 @@ fn parse_property(s: &str) -> Result<(String, String), String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn with_certs_dir(dir: &Path) -> KafkaSettings {
+    /// Settings of a managed cluster whose files are in `dir`, key password `hunter2`.
+    pub(crate) fn with_certs_dir(dir: &Path) -> KafkaSettings {
         KafkaSettings {
             certs_dir: Some(dir.to_owned()),
             ssl_key_password: Some(SecretString::from("hunter2")),
             ..KafkaSettings::default()
         }
     }
+
     #[test]
     fn certs_dir_gives_the_three_managed_kafka_files() {
         let dir = tempfile::tempdir().expect("tempdir");
