@@ -190,25 +190,16 @@ pub async fn consume_into<S: Sink>(
         finished_tx,
     ));
     let health = settings.health_file.clone().map(|file| {
-        let context = Arc::clone(consumer.context());
-        let sink = Arc::clone(&sink);
+        let progress = Progress {
+            group: Arc::clone(consumer.context()),
+            sink: Arc::clone(&sink),
+            totals: Arc::clone(&totals),
+            limit: settings.unhealthy_after.get(),
+        };
         tokio::spawn(health::beat_while(
             Heartbeat::new(file),
             shutdown.clone(),
-            move || {
-                let kafka = context.kafka_reachable(health::BEAT_EVERY * 2);
-                let sink = Arc::clone(&sink);
-                async move {
-                    let postgres = sink.ping().await;
-                    if kafka && postgres {
-                        Ok(())
-                    } else {
-                        Err(format!(
-                            "a dependency does not answer (kafka={kafka} postgres={postgres})"
-                        ))
-                    }
-                }
-            },
+            move || progress.clone().verdict(),
         ))
     });
     let grace = settings.shutdown_grace;
@@ -262,6 +253,47 @@ pub async fn consume_into<S: Sink>(
         "consumer stopped"
     );
     Ok(summary)
+}
+
+/// What the health check looks at: the consumer is ready while the brokers
+/// answer, the sink answers, and it makes progress.
+struct Progress<S> {
+    group: Arc<GroupContext>,
+    sink: Arc<S>,
+    totals: Arc<Totals>,
+    limit: Duration,
+}
+
+impl<S> Clone for Progress<S> {
+    fn clone(&self) -> Self {
+        Progress {
+            group: Arc::clone(&self.group),
+            sink: Arc::clone(&self.sink),
+            totals: Arc::clone(&self.totals),
+            limit: self.limit,
+        }
+    }
+}
+
+impl<S: Sink> Progress<S> {
+    /// Ready, or why not, in words for the health file.
+    async fn verdict(self) -> Result<(), String> {
+        if !self.group.kafka_reachable(health::BEAT_EVERY * 2) {
+            return Err("Kafka does not answer".into());
+        }
+        if !self.sink.ping().await {
+            return Err("PostgreSQL does not answer".into());
+        }
+        if let Some(stuck) = self.totals.failing.longer_than(self.limit) {
+            return Err(format!("writes to PostgreSQL have failed for {stuck:?}"));
+        }
+        if let Some(stuck) = self.totals.held.longer_than(self.limit) {
+            return Err(format!(
+                "messages have been held for {stuck:?} without an offset moving"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Brings the schema up to date, retrying while the database is not reachable

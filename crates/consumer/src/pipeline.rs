@@ -75,6 +75,7 @@ pub async fn run<S: Sink, O: OffsetStore>(
     let mut writing: JoinSet<Result<Vec<Ack>, MustStop>> = JoinSet::new();
     let mut revoking: Option<Revoking> = None;
     let mut closed = false;
+    let mut idle = true;
     let mut stop_at: Option<Instant> = None;
     let writers = options.writers.max(1);
     loop {
@@ -86,10 +87,15 @@ pub async fn run<S: Sink, O: OffsetStore>(
             biased;
             Some(done) = writing.join_next() => match done {
                 Ok(Ok(acks)) => {
+                    let mut moved = false;
                     for ack in acks {
                         if let Some(offset) = tracker.written(ack) {
                             offsets.store(ack.partition, offset);
+                            moved = true;
                         }
+                    }
+                    if moved {
+                        totals.held.restart();
                     }
                 }
                 Ok(Err(stop)) => {
@@ -150,6 +156,16 @@ pub async fn run<S: Sink, O: OffsetStore>(
                     tracker.revoke(r.partitions);
                 }
             }
+        }
+        // Only a change of state takes the stall's lock, not every message.
+        let idle_now = tracker.outstanding(None) == 0;
+        if idle_now != idle {
+            if idle_now {
+                totals.held.moving();
+            } else {
+                totals.held.stuck();
+            }
+            idle = idle_now;
         }
         if closed && batcher.is_empty() && writing.is_empty() {
             break;

@@ -115,7 +115,15 @@ pub struct Settings {
         default_value = "5"
     )]
     pub unknown_error_attempts: u32,
-    /// Beat into this file every 10 s while Kafka and PostgreSQL are reachable (for container health checks)
+    /// The health check reports not ready once writes have failed, or messages have been held without an offset moving, for this long
+    #[arg(
+        long,
+        env = "CONSUMER_UNHEALTHY_AFTER",
+        value_name = "DURATION",
+        default_value = "60s"
+    )]
+    pub unhealthy_after: TimeSpan,
+    /// Write into this file every 10 s whether the consumer is ready: Kafka and PostgreSQL answer and it makes progress (for container health checks)
     #[arg(long, env = "CONSUMER_HEALTH_FILE", value_name = "FILE")]
     pub health_file: Option<PathBuf>,
     /// The Kafka cluster and topic.

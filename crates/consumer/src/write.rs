@@ -12,6 +12,8 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use sitewatch_service::health::Stall;
+
 use crate::batch::Batch;
 use crate::offsets::Ack;
 use crate::sink::{DeadLetter, Fault, Row, Sink, SinkError, Written};
@@ -34,6 +36,12 @@ pub struct Totals {
     pub dead_letters: AtomicU64,
     /// Failed writes retried.
     pub retries: AtomicU64,
+    /// Since when writes have kept failing, for the health check.
+    pub failing: Stall,
+    /// Since when messages have been held without any offset moving, for
+    /// the health check: a consumer that reads but never gets anything
+    /// written is not making progress, whatever its connections say.
+    pub held: Stall,
 }
 
 impl Totals {
@@ -144,9 +152,13 @@ async fn write_retrying<S: Sink>(
     let mut unknown = 0;
     loop {
         let err = match sink.write(rows, dead).await {
-            Ok(written) => return Ok(written),
+            Ok(written) => {
+                totals.failing.moving();
+                return Ok(written);
+            }
             Err(err) => err,
         };
+        totals.failing.stuck();
         match err.fault() {
             Fault::Message => return Err(Refused::Message(err)),
             Fault::Unknown => {

@@ -11,6 +11,7 @@ use rdkafka::client::{Client, ClientContext};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::util::Timeout;
+use tokio_util::sync::CancellationToken;
 
 use crate::settings::KafkaSettings;
 
@@ -113,6 +114,10 @@ struct ErrorState {
     last: Option<String>,
     /// When each kind of error was last logged.
     logged: HashMap<String, Instant>,
+    /// librdkafka's fatal error, if one happened: the client is unusable.
+    fatal: Option<String>,
+    /// Cancelled on a fatal error, so that the service stops.
+    on_fatal: Option<CancellationToken>,
 }
 
 impl BrokerErrors {
@@ -126,6 +131,13 @@ impl BrokerErrors {
         // A summary without a cause; the error before it says which broker failed and why.
         if code != Some(RDKafkaErrorCode::AllBrokersDown) {
             state.last = Some(reason.to_owned());
+        }
+        if code == Some(RDKafkaErrorCode::Fatal) && state.fatal.is_none() {
+            tracing::error!(error = %error, reason, "fatal Kafka client error: the client cannot go on; stopping");
+            state.fatal = Some(reason.to_owned());
+            if let Some(token) = &state.on_fatal {
+                token.cancel();
+            }
         }
         let kind = code.map_or_else(|| error.to_string(), |code| format!("{code:?}"));
         let now = Instant::now();
@@ -156,6 +168,22 @@ impl BrokerErrors {
             }
             RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{message}"),
         }
+    }
+
+    /// Cancels `token` when librdkafka reports a fatal error (an idempotent
+    /// producer that can no longer guarantee its order or no duplicates).
+    pub fn on_fatal(&self, token: CancellationToken) {
+        if let Ok(mut state) = self.state.lock() {
+            if state.fatal.is_some() {
+                token.cancel();
+            }
+            state.on_fatal = Some(token);
+        }
+    }
+
+    /// librdkafka's fatal error, if one happened.
+    pub fn fatal(&self) -> Option<String> {
+        self.state.lock().ok().and_then(|state| state.fatal.clone())
     }
 
     /// The last reason recorded that names a broker, if any.
@@ -214,6 +242,27 @@ mod tests {
 
     use super::*;
     use crate::settings::tests::with_certs_dir;
+
+    #[test]
+    fn a_fatal_error_cancels_the_service() {
+        let errors = BrokerErrors::default();
+        let stop = CancellationToken::new();
+        errors.on_fatal(stop.clone());
+        errors.record(
+            &KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure),
+            "broker down",
+        );
+        assert!(!stop.is_cancelled() && errors.fatal().is_none());
+        errors.record(
+            &KafkaError::Global(RDKafkaErrorCode::Fatal),
+            "out of order sequence number",
+        );
+        assert!(stop.is_cancelled());
+        assert_eq!(
+            errors.fatal().as_deref(),
+            Some("out of order sequence number")
+        );
+    }
 
     #[test]
     fn a_tls_failure_names_the_file_to_replace() {

@@ -56,6 +56,8 @@ pub struct RunSummary {
     pub schedule: ScheduleReport,
     /// What became of the metrics.
     pub delivery: DeliveryReport,
+    /// The producer's fatal error, which stopped the run, if there was one.
+    pub fatal: Option<String>,
 }
 
 impl RunSummary {
@@ -135,18 +137,24 @@ pub async fn run(
             shutdown.child_token(),
         ))
     });
+    sink.on_fatal(shutdown.clone());
     let health = settings.health_file.clone().map(|file| {
         let sink = Arc::clone(&sink);
+        let limit = settings.unhealthy_after.get();
         tokio::spawn(health::beat_while(
             Heartbeat::new(file),
             shutdown.child_token(),
             move || {
                 let sink = Arc::clone(&sink);
                 async move {
-                    if sink.reachable(KAFKA_ANSWER_WITHIN).await {
-                        Ok(())
-                    } else {
-                        Err("Kafka does not answer".to_owned())
+                    if !sink.reachable(KAFKA_ANSWER_WITHIN).await {
+                        return Err("Kafka does not answer".to_owned());
+                    }
+                    match sink.failing_longer_than(limit) {
+                        Some(stuck) => {
+                            Err(format!("deliveries to Kafka have failed for {stuck:?}"))
+                        }
+                        None => Ok(()),
                     }
                 }
             },
@@ -190,7 +198,11 @@ pub async fn run(
         "schedule stopped; waiting for the last confirmations"
     );
     let delivery = sink.finish(settings.flush_timeout.get()).await;
-    let summary = RunSummary { schedule, delivery };
+    let summary = RunSummary {
+        schedule,
+        delivery,
+        fatal: sink.fatal(),
+    };
     tracing::info!(
         probes = summary.schedule.started,
         skipped = summary.schedule.skipped,

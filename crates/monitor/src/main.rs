@@ -22,6 +22,10 @@ fn main() -> ExitCode {
         |signals| async move {
             let summary =
                 sitewatch_monitor::run(settings, signals.shutdown, signals.reload).await?;
+            if let Some(fatal) = &summary.fatal {
+                tracing::error!(%fatal, "stopped by a fatal Kafka producer error");
+                return Ok(ExitCode::from(1));
+            }
             if summary.lost() > 0 {
                 tracing::error!(
                     lost = summary.lost(),

@@ -12,6 +12,8 @@ use rdkafka::util::Timeout;
 use rdkafka::Message;
 use sitewatch_kafka::{broker, BrokerErrors, KafkaSettings, KafkaSettingsError, Unreachable};
 use sitewatch_metric::Metric;
+use sitewatch_service::health::Stall;
+use tokio_util::sync::CancellationToken;
 
 use crate::settings::{Output, Settings};
 
@@ -88,6 +90,7 @@ impl DeliveryCounts {
 pub struct DeliveryContext {
     counts: Arc<DeliveryCounts>,
     errors: Arc<BrokerErrors>,
+    failing: Arc<Stall>,
 }
 
 sitewatch_kafka::forward_client_context!(DeliveryContext, errors);
@@ -99,9 +102,11 @@ impl ProducerContext for DeliveryContext {
         match result {
             Ok(_) => {
                 let _ = self.counts.delivered.fetch_add(1, Ordering::Relaxed);
+                self.failing.moving();
             }
             Err((err, message)) => {
                 let _ = self.counts.failed.fetch_add(1, Ordering::Relaxed);
+                self.failing.stuck();
                 let url = message
                     .key()
                     .map(String::from_utf8_lossy)
@@ -128,6 +133,8 @@ pub struct KafkaSink {
     producer: ThreadedProducer<DeliveryContext>,
     topic: String,
     counts: Arc<DeliveryCounts>,
+    errors: Arc<BrokerErrors>,
+    failing: Arc<Stall>,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -172,9 +179,11 @@ impl KafkaSink {
         let _ = config.set("queue.buffering.max.messages", queue_messages.to_string());
         let counts = Arc::new(DeliveryCounts::default());
         let errors = Arc::new(BrokerErrors::default());
+        let failing = Arc::new(Stall::default());
         let context = DeliveryContext {
             counts: Arc::clone(&counts),
             errors: Arc::clone(&errors),
+            failing: Arc::clone(&failing),
         };
         let producer: ThreadedProducer<DeliveryContext> = config
             .create_with_context(context)
@@ -186,6 +195,8 @@ impl KafkaSink {
             producer,
             topic: settings.topic.clone(),
             counts,
+            errors: Arc::clone(&errors),
+            failing,
         };
         let topic = sink.topic.clone();
         let producer = sink.producer.clone();
@@ -224,6 +235,7 @@ impl KafkaSink {
                 Err((source, _)) => {
                     let _ = self.counts.enqueued.fetch_add(1, Ordering::Relaxed);
                     let _ = self.counts.failed.fetch_add(1, Ordering::Relaxed);
+                    self.failing.stuck();
                     return Err(PublishError {
                         url: metric.url.clone(),
                         source,
@@ -309,6 +321,25 @@ impl Sink {
         })
         .await
         .unwrap_or(false)
+    }
+
+    /// How long deliveries to Kafka have kept failing, if longer than `limit`.
+    pub fn failing_longer_than(&self, limit: Duration) -> Option<Duration> {
+        self.kafka
+            .as_ref()
+            .and_then(|kafka| kafka.failing.longer_than(limit))
+    }
+
+    /// Cancels `token` if the producer hits a fatal error, so that the monitor stops.
+    pub fn on_fatal(&self, token: CancellationToken) {
+        if let Some(kafka) = &self.kafka {
+            kafka.errors.on_fatal(token);
+        }
+    }
+
+    /// The producer's fatal error, if one happened.
+    pub fn fatal(&self) -> Option<String> {
+        self.kafka.as_ref().and_then(|kafka| kafka.errors.fatal())
     }
 
     /// Waits until every published metric is confirmed or `timeout` passes; counts over all outputs.

@@ -120,7 +120,15 @@ pub struct Settings {
         default_value = "100000"
     )]
     pub producer_queue: usize,
-    /// Beat into this file every 10 s while Kafka is reachable (for container health checks)
+    /// The health check reports not ready once deliveries to Kafka have failed for this long (every produce refused, topic missing, ACL denied)
+    #[arg(
+        long,
+        env = "MONITOR_UNHEALTHY_AFTER",
+        value_name = "DURATION",
+        default_value = "60s"
+    )]
+    pub unhealthy_after: TimeSpan,
+    /// Write into this file every 10 s whether the monitor is ready: Kafka answers and takes the metrics (for container health checks)
     #[arg(long, env = "MONITOR_HEALTH_FILE", value_name = "FILE")]
     pub health_file: Option<PathBuf>,
     /// How probes are made.

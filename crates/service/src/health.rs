@@ -1,20 +1,26 @@
-//! A heartbeat file for container health checks: the service writes the time
-//! to it while it is up and connected, and `--check-health` (run by the
-//! container runtime) says whether the last beat is recent.
+//! Health as progress, for container health checks: the service writes its
+//! verdict (ready, or why not) to a file every [`BEAT_EVERY`], and
+//! `--check-health` (run by the container runtime) reads it: healthy means a
+//! recent beat that says ready. [`Stall`] tracks since when something that
+//! should move (writes, deliveries, offsets) has not.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio_util::sync::CancellationToken;
 
-/// How often a healthy service beats.
+/// How often a service writes its verdict.
 pub const BEAT_EVERY: Duration = Duration::from_secs(10);
 
 /// A beat older than this means the service is not healthy (three missed beats).
 pub const STALE_AFTER: Duration = Duration::from_secs(30);
 
-/// Where a service records that it is healthy.
+/// What a beat starts with when the service is ready.
+const READY: &str = "ready";
+
+/// Where a service records whether it is healthy.
 #[derive(Debug, Clone)]
 pub struct Heartbeat {
     path: PathBuf,
@@ -26,39 +32,47 @@ impl Heartbeat {
         Heartbeat { path }
     }
 
-    /// Records that the service is healthy now.
-    pub fn beat(&self) {
+    /// Records the verdict now: ready, or not ready for `why`.
+    pub fn beat(&self, verdict: &Result<(), String>) {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        // Written whole then renamed, so a check never reads half a number.
+        let text = match verdict {
+            Ok(()) => format!("{now} {READY}"),
+            Err(why) => format!("{now} {why}"),
+        };
+        // Written whole then renamed, so a check never reads half a verdict.
         let tmp = self.path.with_extension("tmp");
-        let written =
-            std::fs::write(&tmp, now.to_string()).and_then(|()| std::fs::rename(&tmp, &self.path));
+        let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &self.path));
         if let Err(err) = written {
             tracing::warn!(file = %self.path.display(), error = %err, "cannot write the health file");
         }
     }
 }
 
-/// Beats into `heartbeat` every [`BEAT_EVERY`] while `healthy` finds the
-/// service healthy, until `stop`; when it is not, logs why and skips the beat.
+/// Writes the verdict of `healthy` into `heartbeat` every [`BEAT_EVERY`]
+/// until `stop`; logs when the service stops or starts being ready.
 pub async fn beat_while<F, Fut>(heartbeat: Heartbeat, stop: CancellationToken, mut healthy: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<(), String>>,
 {
     let mut tick = tokio::time::interval(BEAT_EVERY);
+    let mut was_ready = true;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = stop.cancelled() => return,
         }
-        match healthy().await {
-            Ok(()) => heartbeat.beat(),
-            Err(why) => tracing::warn!(%why, "not healthy: the health check will report it"),
+        let verdict = healthy().await;
+        match &verdict {
+            Err(why) => tracing::warn!(%why, "not ready: the health check reports it"),
+            Ok(()) if !was_ready => tracing::info!("ready again"),
+            Ok(()) => {}
         }
+        was_ready = verdict.is_ok();
+        heartbeat.beat(&verdict);
     }
 }
 
@@ -66,8 +80,8 @@ where
 pub fn check(path: &Path) -> Result<(), String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("no heartbeat in {} yet ({e})", path.display()))?;
-    let beat: u64 = text
-        .trim()
+    let (beat, verdict) = text.trim().split_once(' ').unwrap_or((text.trim(), READY));
+    let beat: u64 = beat
         .parse()
         .map_err(|_| format!("{} does not hold a heartbeat", path.display()))?;
     let now = SystemTime::now()
@@ -77,10 +91,52 @@ pub fn check(path: &Path) -> Result<(), String> {
     let age = now.saturating_sub(beat);
     if age > STALE_AFTER.as_secs() {
         return Err(format!(
-            "last heartbeat {age}s ago: the service is stuck or cannot reach Kafka or PostgreSQL"
+            "last heartbeat {age}s ago: the service is stuck or stopped"
         ));
     }
+    if verdict != READY {
+        return Err(verdict.to_owned());
+    }
     Ok(())
+}
+
+/// Since when something that should move has not: a write that keeps
+/// failing, deliveries that keep failing, messages held while no offset moves.
+#[derive(Debug, Default)]
+pub struct Stall {
+    since: Mutex<Option<Instant>>,
+}
+
+impl Stall {
+    /// It is not moving; the stall starts now unless it already had.
+    pub fn stuck(&self) {
+        let mut since = self.lock();
+        if since.is_none() {
+            *since = Some(Instant::now());
+        }
+    }
+
+    /// It moved: no stall.
+    pub fn moving(&self) {
+        *self.lock() = None;
+    }
+
+    /// It moved but is still expected to move again: a stall, if any, starts over now.
+    pub fn restart(&self) {
+        *self.lock() = Some(Instant::now());
+    }
+
+    /// How long it has been stuck, if longer than `limit`.
+    pub fn longer_than(&self, limit: Duration) -> Option<Duration> {
+        self.lock()
+            .map(|since| since.elapsed())
+            .filter(|stuck| *stuck > limit)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        // An Option<Instant> is valid whatever a panicking holder did.
+        self.since.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 #[cfg(test)]
@@ -88,13 +144,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fresh_beat_is_healthy_missing_or_stale_is_not() {
+    fn a_fresh_ready_beat_is_healthy_a_missing_stale_or_unready_one_is_not() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("health");
         assert!(check(&path).is_err(), "no beat yet");
-        Heartbeat::new(path.clone()).beat();
+        let heartbeat = Heartbeat::new(path.clone());
+        heartbeat.beat(&Ok(()));
         assert_eq!(check(&path), Ok(()));
-        std::fs::write(&path, "1").expect("write");
+        heartbeat.beat(&Err("writes have failed for 61s".into()));
+        assert_eq!(check(&path), Err("writes have failed for 61s".into()));
+        std::fs::write(&path, "1 ready").expect("write");
         assert!(check(&path).expect_err("stale").contains("ago"));
+    }
+
+    #[test]
+    fn a_stall_counts_from_its_first_sign_until_it_moves() {
+        let stall = Stall::default();
+        assert_eq!(stall.longer_than(Duration::ZERO), None);
+        stall.stuck();
+        std::thread::sleep(Duration::from_millis(20));
+        stall.stuck();
+        let stuck = stall.longer_than(Duration::from_millis(10));
+        assert!(
+            stuck.is_some_and(|d| d >= Duration::from_millis(20)),
+            "{stuck:?}"
+        );
+        stall.restart();
+        assert_eq!(stall.longer_than(Duration::from_millis(10)), None);
+        stall.moving();
+        assert_eq!(stall.longer_than(Duration::ZERO), None);
     }
 }
