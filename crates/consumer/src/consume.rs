@@ -320,16 +320,22 @@ impl ConsumerContext for GroupContext {
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(list) = rebalance {
-            // librdkafka keeps a partition paused across unassign and assign;
-            // start every assigned partition fetching, and pause again if needed.
-            if let Err(err) = consumer.resume(list) {
-                tracing::debug!(error = %err, "cannot resume newly assigned partitions");
-            }
             let partitions = partitions_of(list, &self.topic);
             tracing::info!(?partitions, "partitions assigned");
             let mut outbox = self.outbox();
-            // The pump pauses them again if the pipeline is still behind.
-            outbox.paused = false;
+            // librdkafka keeps a partition paused across unassign and assign,
+            // and with cooperative rebalancing `list` holds only the new
+            // partitions: they follow the rest of the assignment, paused
+            // while the pipeline is behind, fetching otherwise, so that the
+            // pump's one resume later covers them all.
+            let result = if outbox.paused {
+                consumer.pause(list)
+            } else {
+                consumer.resume(list)
+            };
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "cannot pause or resume newly assigned partitions");
+            }
             let _ = outbox.offer(Event::Assigned(partitions));
         }
     }

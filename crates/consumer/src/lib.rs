@@ -351,6 +351,9 @@ fn group_member(
             let _ = config.set(name, value);
         }
     }
+    if let Some(instance) = &settings.group_instance_id {
+        let _ = config.set("group.instance.id", instance_id(instance));
+    }
     let _ = config
         .set("group.id", &settings.group_id)
         .set("enable.auto.commit", "true")
@@ -363,6 +366,20 @@ fn group_member(
             kafka: settings.kafka.describe(),
             source,
         })
+}
+
+/// The static member id `setting` names: itself, or for `hostname` the host's
+/// name (a container's, which survives a restart of the container).
+fn instance_id(setting: &str) -> String {
+    if setting != "hostname" {
+        return setting.to_owned();
+    }
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| setting.to_owned())
 }
 
 /// Every 30 s, what was written; silent when nothing was.

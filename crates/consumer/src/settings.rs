@@ -28,6 +28,9 @@ pub struct Settings {
         default_value = "sitewatch-consumer"
     )]
     pub group_id: String,
+    /// Static membership: this member's id in the group (unique per consumer), so that a restarted consumer gets its partitions back without a rebalance of the whole group; `hostname` takes the container's host name
+    #[arg(long, env = "CONSUMER_GROUP_INSTANCE_ID", value_name = "ID|hostname")]
+    pub group_instance_id: Option<String>,
     /// Rows that make a batch full
     #[arg(
         long,

@@ -55,6 +55,9 @@ pub const MAX_MATCH_BYTES: usize = 256;
 /// Longest error `message` kept in a metric, in bytes.
 pub const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
 
+/// Longest body regex a site may have, in bytes.
+pub const MAX_REGEX_BYTES: usize = 4096;
+
 /// One probe of one site: what was asked, when, and what came back.
 ///
 /// The default is an empty probe (nil id, epoch times): a base for the
@@ -289,9 +292,24 @@ impl Metric {
         if self.status.is_none() && self.error.is_none() {
             return out_of_range("error", "a probe without a status must say why");
         }
+        // The monitor never makes longer fields; a message that has them
+        // was made by something else, and is kept out of memory and the table.
         // A URL is a unique key in PostgreSQL, whose btree rows stop at 2704 bytes.
-        if self.url.len() > MAX_URL_BYTES {
-            return out_of_range("url", "longer than 2000 bytes");
+        let limits = [
+            ("url", Some(self.url.as_str()), MAX_URL_BYTES),
+            ("final_url", self.final_url.as_deref(), MAX_URL_BYTES),
+            ("regex", self.regex.as_deref(), MAX_REGEX_BYTES),
+            ("regex_match", self.regex_match.as_deref(), MAX_MATCH_BYTES),
+            (
+                "error.message",
+                self.error.as_ref().map(|e| e.message.as_str()),
+                MAX_ERROR_MESSAGE_BYTES,
+            ),
+        ];
+        for (field, value, max) in limits {
+            if value.is_some_and(|v| v.len() > max) {
+                return out_of_range(field, &format!("longer than {max} bytes"));
+            }
         }
         if self.skipped_before > i32::MAX as u32 || self.redirects > i32::MAX as u32 {
             return out_of_range(
@@ -412,6 +430,26 @@ mod tests {
             matches!(err, DecodeError::OutOfRange { field: "error", .. }),
             "{err}"
         );
+    }
+
+    #[test]
+    fn fields_longer_than_the_monitor_makes_are_refused() {
+        let mut long = sample();
+        long.final_url = Some(format!("https://example.com/{}", "a".repeat(MAX_URL_BYTES)));
+        let err = Metric::from_json(&long.to_json()).expect_err("too long");
+        assert!(
+            matches!(
+                err,
+                DecodeError::OutOfRange {
+                    field: "final_url",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let mut long = sample();
+        long.regex_match = Some("x".repeat(MAX_MATCH_BYTES + 1));
+        assert!(Metric::from_json(&long.to_json()).is_err());
     }
 
     #[test]

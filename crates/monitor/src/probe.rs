@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use sitewatch_metric::{
     truncate_utf8, ErrorKind, Metric, ProbeError, Timings, MAX_ERROR_MESSAGE_BYTES,
-    MAX_MATCH_BYTES, SCHEMA_VERSION,
+    MAX_MATCH_BYTES, MAX_URL_BYTES, SCHEMA_VERSION,
 };
 use sitewatch_service::tls;
 use tokio::time::Instant;
@@ -218,7 +218,7 @@ impl Prober {
             .map_err(|e| classify(&e))?;
         head.at = Some(Instant::now());
         head.status = Some(response.status().as_u16());
-        head.final_url = Some(response.url().to_string());
+        head.final_url = Some(truncate_utf8(response.url().to_string(), MAX_URL_BYTES));
         head.tls_expires_at = response
             .extensions()
             .get::<reqwest::tls::TlsInfo>()

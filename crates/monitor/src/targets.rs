@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use sitewatch_metric::{MAX_REGEX_BYTES, MAX_URL_BYTES};
 use url::Url;
 
 /// Biggest compiled regex accepted, so one row cannot eat the monitor's memory.
@@ -336,12 +337,19 @@ impl RegexCache {
 
 fn validate_row(row: &RawRow, regexes: &mut RegexCache) -> Result<Target, String> {
     let url = parse_url(&row.url)?;
+    // The consumer refuses longer ones (the URL is a unique key in PostgreSQL).
+    if url.as_str().len() > MAX_URL_BYTES {
+        return Err(format!("URL longer than {MAX_URL_BYTES} bytes"));
+    }
     let interval = match row.interval.as_deref().map(str::trim) {
         None | Some("") => return Err("interval missing".into()),
         Some(text) => parse_seconds(text).map_err(|why| format!("interval {why}"))?,
     };
     let regex = match row.regex.as_deref() {
         None | Some("") => None,
+        Some(pattern) if pattern.len() > MAX_REGEX_BYTES => {
+            return Err(format!("regex longer than {MAX_REGEX_BYTES} bytes"))
+        }
         Some(pattern) => Some(
             regexes
                 .get(pattern)

@@ -358,7 +358,7 @@ impl Sample {
             "FILE" | "DIR" => "/sample/path".into(),
             "HOST:PORT" => "kafka.example:9093".into(),
             "HOST" => "db.example".into(),
-            "NAME" | "USER" => "sample".into(),
+            "NAME" | "USER" | "ID|hostname" => "sample".into(),
             "FILTER" => "debug".into(),
             "TEXT" => "sample-agent/1.0".into(),
             "URL" | "FILE|URL" => format!("postgres://sample:{SECRET}@db.example/sample"),
