@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use crate::decode::Decoded;
@@ -14,6 +15,8 @@ use crate::sink::{DeadLetter, Row};
 pub struct BatchPolicy {
     /// Messages that make a batch full.
     pub max_rows: usize,
+    /// Bytes of messages that make a batch full.
+    pub max_bytes: usize,
     /// Longest time the first message of a batch waits for the rest.
     pub max_wait: Duration,
 }
@@ -27,6 +30,9 @@ pub struct Batch {
     pub dead: Vec<DeadLetter>,
     /// One per message, rows and dead letters alike.
     pub acks: Vec<Ack>,
+    /// The messages' share of the read-ahead budget, given back when the
+    /// batch is dropped, written.
+    pub budget: Option<OwnedSemaphorePermit>,
 }
 
 impl Batch {
@@ -46,6 +52,7 @@ impl Batch {
 pub struct Batcher {
     policy: BatchPolicy,
     batch: Batch,
+    bytes: usize,
     deadline: Option<Instant>,
 }
 
@@ -55,14 +62,28 @@ impl Batcher {
         Batcher {
             policy,
             batch: Batch::default(),
+            bytes: 0,
             deadline: None,
         }
     }
 
-    /// Adds a message; the first of a batch starts its clock.
-    pub fn push(&mut self, decoded: Decoded, ack: Ack) {
+    /// Adds a message of `bytes` bytes, with its share of the read-ahead
+    /// budget; the first of a batch starts its clock.
+    pub fn push(
+        &mut self,
+        decoded: Decoded,
+        ack: Ack,
+        bytes: usize,
+        budget: Option<OwnedSemaphorePermit>,
+    ) {
         if self.deadline.is_none() {
             self.deadline = Some(Instant::now() + self.policy.max_wait);
+        }
+        self.bytes += bytes;
+        match (&mut self.batch.budget, budget) {
+            (Some(held), Some(more)) => held.merge(more),
+            (held @ None, more) => *held = more,
+            (Some(_), None) => {}
         }
         self.batch.acks.push(ack);
         match decoded {
@@ -83,7 +104,7 @@ impl Batcher {
 
     /// Whether the batch has all the messages it may hold.
     pub fn is_full(&self) -> bool {
-        self.batch.len() >= self.policy.max_rows
+        self.batch.len() >= self.policy.max_rows || self.bytes >= self.policy.max_bytes
     }
 
     /// When the batch is due by time, if it holds anything.
@@ -94,6 +115,7 @@ impl Batcher {
     /// The batch so far, leaving an empty one.
     pub fn take(&mut self) -> Batch {
         self.deadline = None;
+        self.bytes = 0;
         std::mem::take(&mut self.batch)
     }
 }
@@ -128,15 +150,16 @@ mod tests {
     async fn full_at_max_rows_and_due_after_max_wait_from_the_first() {
         let mut batcher = Batcher::new(BatchPolicy {
             max_rows: 2,
+            max_bytes: 1000,
             max_wait: Duration::from_millis(100),
         });
         assert_eq!(batcher.deadline(), None, "no clock without a message");
         let start = Instant::now();
         let (d, a) = dead(1);
-        batcher.push(d, a);
+        batcher.push(d, a, 10, None);
         tokio::time::advance(Duration::from_millis(60)).await;
         let (d, a) = dead(2);
-        batcher.push(d, a);
+        batcher.push(d, a, 10, None);
         assert!(batcher.is_full());
         assert_eq!(
             batcher.deadline(),
@@ -146,5 +169,8 @@ mod tests {
         let batch = batcher.take();
         assert_eq!((batch.len(), batch.acks.len()), (2, 2));
         assert!(batcher.is_empty() && batcher.deadline().is_none());
+        let (d, a) = dead(3);
+        batcher.push(d, a, 1000, None);
+        assert!(batcher.is_full(), "full by bytes with one message");
     }
 }

@@ -18,8 +18,8 @@ use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::{Message, TopicPartitionList};
 use sitewatch_kafka::{broker, BrokerErrors};
 use sitewatch_service::health;
-use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::offsets::{OffsetStore, Origin};
@@ -42,7 +42,7 @@ const PAUSE_AFTER: Duration = Duration::from_secs(1);
 const ROOM_WAIT: Duration = Duration::from_millis(10);
 
 /// A message as read from Kafka, not yet decoded.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Record {
     /// Where it came from.
     pub origin: Origin,
@@ -50,6 +50,16 @@ pub struct Record {
     pub key: Option<Vec<u8>>,
     /// Message payload.
     pub payload: Option<Vec<u8>>,
+    /// Its share of the read-ahead budget in bytes, held until it is
+    /// written; `None` until the pump gets it.
+    pub bytes: Option<OwnedSemaphorePermit>,
+}
+
+impl Record {
+    /// Bytes the message holds in memory.
+    pub fn size(&self) -> usize {
+        self.key.as_ref().map_or(0, Vec::len) + self.payload.as_ref().map_or(0, Vec::len)
+    }
 }
 
 /// What the group member tells the pipeline, in the order it happened.
@@ -78,6 +88,10 @@ pub enum Event {
 struct Outbox {
     /// The channel to the pipeline; `None` once the pump stopped.
     events: Option<mpsc::Sender<Event>>,
+    /// Bytes of messages read and not yet written that may be held at once.
+    budget: Arc<Semaphore>,
+    /// The budget's size.
+    budget_bytes: u32,
     /// Events the channel had no room for yet, in order.
     pending: VecDeque<Event>,
     /// Whether the assignment is paused because the pipeline is behind.
@@ -107,7 +121,22 @@ impl Outbox {
         let Some(sender) = self.events.as_ref().filter(|s| !s.is_closed()) else {
             return Offered::Closed;
         };
-        while let Some(event) = self.pending.pop_front() {
+        while let Some(mut event) = self.pending.pop_front() {
+            if let Event::Message(record) = &mut event {
+                if record.bytes.is_none() {
+                    // A message larger than the whole budget takes all of it.
+                    let size = u32::try_from(record.size())
+                        .unwrap_or(u32::MAX)
+                        .clamp(1, self.budget_bytes);
+                    match Arc::clone(&self.budget).try_acquire_many_owned(size) {
+                        Ok(permit) => record.bytes = Some(permit),
+                        Err(_) => {
+                            self.pending.push_front(event);
+                            return Offered::Full;
+                        }
+                    }
+                }
+            }
             match sender.try_send(event) {
                 Ok(()) => {}
                 Err(TrySendError::Full(event)) => {
@@ -172,12 +201,21 @@ impl std::fmt::Debug for GroupContext {
 sitewatch_kafka::forward_client_context!(GroupContext, errors);
 
 impl GroupContext {
-    /// Callbacks for `topic`, sending events on `events`.
-    pub fn new(topic: &str, events: mpsc::Sender<Event>, revoke_drain: Duration) -> GroupContext {
+    /// Callbacks for `topic`, sending events on `events`, holding at most
+    /// `budget_bytes` of messages not yet written.
+    pub fn new(
+        topic: &str,
+        events: mpsc::Sender<Event>,
+        budget_bytes: u32,
+        revoke_drain: Duration,
+    ) -> GroupContext {
+        let budget_bytes = budget_bytes.clamp(1, Semaphore::MAX_PERMITS as u32);
         GroupContext {
             topic: Arc::from(topic),
             outbox: Mutex::new(Outbox {
                 events: Some(events),
+                budget: Arc::new(Semaphore::new(budget_bytes as usize)),
+                budget_bytes,
                 pending: VecDeque::new(),
                 paused: false,
             }),
@@ -406,6 +444,7 @@ pub fn run(
                     },
                     key: message.key().map(<[u8]>::to_vec),
                     payload: message.payload().map(<[u8]>::to_vec),
+                    bytes: None,
                 };
                 let _ = context.outbox().offer(Event::Message(record));
             }

@@ -24,6 +24,7 @@ pub fn decode(record: Record) -> Decoded {
         origin,
         key,
         payload,
+        bytes: _,
     } = record;
     let decoded = match &payload {
         None => Err("empty payload (a tombstone or a null message)".to_owned()),

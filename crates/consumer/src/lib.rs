@@ -129,6 +129,7 @@ pub async fn consume_into<S: Sink>(
     let context = GroupContext::new(
         &settings.kafka.topic,
         events_tx,
+        u32::try_from(settings.queue_bytes).unwrap_or(u32::MAX),
         settings.revoke_drain.get(),
     );
     let consumer = Arc::new(group_member(settings, context)?);
@@ -170,6 +171,7 @@ pub async fn consume_into<S: Sink>(
     let options = PipelineOptions {
         batch: BatchPolicy {
             max_rows: settings.batch_rows,
+            max_bytes: settings.batch_bytes,
             max_wait: settings.batch_wait.get(),
         },
         writers: settings.writers,

@@ -113,13 +113,14 @@ pub async fn run<S: Sink, O: OffsetStore>(
             }
             event = events.recv(), if receiving => match event {
                 Some(Event::Assigned(partitions)) => tracker.assign(partitions),
-                Some(Event::Message(record)) => {
+                Some(Event::Message(mut record)) => {
                     let _ = totals.read.fetch_add(1, Ordering::Relaxed);
                     let origin = &record.origin;
                     // A message of a partition revoked meanwhile is dropped: its next owner reads it.
                     if let Some(epoch) = tracker.hand_over(origin.partition, origin.offset) {
                         let ack = Ack { partition: origin.partition, epoch, offset: origin.offset };
-                        batcher.push(decode(record), ack);
+                        let (bytes, budget) = (record.size(), record.bytes.take());
+                        batcher.push(decode(record), ack, bytes, budget);
                     }
                 }
                 Some(Event::Revoked { partitions, lost: true, .. }) => tracker.revoke(partitions),

@@ -61,6 +61,22 @@ pub struct Settings {
         default_value = "20000"
     )]
     pub queue_messages: usize,
+    /// Bytes of messages read ahead and not yet written before partitions pause, so that large messages cannot exhaust memory
+    #[arg(
+        long,
+        env = "CONSUMER_QUEUE_BYTES",
+        value_name = "BYTES",
+        default_value = "67108864"
+    )]
+    pub queue_bytes: usize,
+    /// Bytes of messages that make a batch full (as `batch_rows` does by count)
+    #[arg(
+        long,
+        env = "CONSUMER_BATCH_BYTES",
+        value_name = "BYTES",
+        default_value = "16777216"
+    )]
+    pub batch_bytes: usize,
     /// How rows get into the table
     #[arg(
         long,
@@ -188,6 +204,12 @@ impl ServiceSettings for Settings {
         }
         if self.unknown_error_attempts == 0 {
             return invalid("unknown_error_attempts", "must be at least 1");
+        }
+        if self.queue_bytes == 0 || self.batch_bytes == 0 {
+            return invalid(
+                "queue_bytes",
+                "queue_bytes and batch_bytes must be at least 1",
+            );
         }
         if self.queue_messages == 0 {
             return invalid("queue_messages", "must be at least 1");

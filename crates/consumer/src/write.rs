@@ -74,7 +74,13 @@ pub async fn write_batch<S: Sink>(
     retry: RetryPolicy,
     totals: &Totals,
 ) -> Result<Vec<Ack>, MustStop> {
-    let Batch { rows, dead, acks } = batch;
+    // The batch's share of the read-ahead budget goes back when it is written.
+    let Batch {
+        rows,
+        dead,
+        acks,
+        budget: _budget,
+    } = batch;
     let mut pending = vec![(rows, dead)];
     while let Some((rows, dead)) = pending.pop() {
         match write_retrying(sink, &rows, &dead, retry, totals).await {
