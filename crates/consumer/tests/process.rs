@@ -7,6 +7,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use sitewatch_metric::Metric;
+use sitewatch_pgtest::child::{assert_help_names, signal};
 use sitewatch_pgtest::sql::{count, count_once_created};
 use sitewatch_pgtest::wait::{lines, rest, wait_for};
 use sitewatch_pgtest::Postgres;
@@ -63,11 +64,7 @@ fn start_with(bootstrap: &str, db: &Postgres, grace: &str, short_timeouts: bool)
 
 impl Proc {
     fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
+        signal(&self.child, name);
     }
 
     /// Exit code, and the log lines, once the process ended.
@@ -206,22 +203,20 @@ async fn sigterm_with_messages_in_flight_exits_0_and_a_restart_reads_nothing_twi
 
 #[test]
 fn help_documents_the_settings_and_bad_ones_are_named() {
-    let help = Command::new(CONSUMER).arg("--help").output().expect("runs");
-    assert!(help.status.success());
-    let text = String::from_utf8_lossy(&help.stdout);
-    for flag in [
-        "--group-id",
-        "--batch-rows",
-        "--batch-wait",
-        "--shutdown-grace",
-        "--postgres-url",
-        "SITEWATCH_POSTGRES_PASSWORD",
-        "--postgres-sslmode",
-        "--postgres-pool-size",
-        "--kafka-brokers",
-    ] {
-        assert!(text.contains(flag), "--help lacks {flag}");
-    }
+    assert_help_names(
+        CONSUMER,
+        &[
+            "--group-id",
+            "--batch-rows",
+            "--batch-wait",
+            "--shutdown-grace",
+            "--postgres-url",
+            "SITEWATCH_POSTGRES_PASSWORD",
+            "--postgres-sslmode",
+            "--postgres-pool-size",
+            "--kafka-brokers",
+        ],
+    );
     let out = Command::new(CONSUMER)
         .args(["--batch-rows", "0", "--postgres-password", "hunter2"])
         .output()
