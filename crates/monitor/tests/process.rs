@@ -121,11 +121,7 @@ async fn sigterm_with_probes_in_flight_exits_0_and_publishes_every_started_probe
     );
 
     let started = usize::try_from(farm.requests_seen()).expect("fits");
-    let reads = tokio::task::spawn_blocking(move || {
-        common::read_topic(&bootstrap, "metrics", started, Duration::from_secs(30))
-    })
-    .await
-    .expect("reader");
+    let reads = common::read_topic(&bootstrap, "metrics", started, Duration::from_secs(30)).await;
     assert_eq!(
         reads.len(),
         started,
