@@ -89,6 +89,21 @@ impl Proc {
         }
     }
 
+    /// SIGTERM, then [`Proc::wait`]; panics with its log unless it exits 0 within `within`.
+    /// Returns its stdout and stderr lines.
+    pub fn stop(self, within: Duration) -> (Vec<String>, Vec<String>) {
+        self.signal("TERM");
+        let name = self.name.clone();
+        let (code, stdout, stderr) = self.wait(within);
+        assert_eq!(
+            code,
+            Some(0),
+            "{name} exits 0 on SIGTERM:\n{}",
+            stderr.join("\n")
+        );
+        (stdout, stderr)
+    }
+
     /// Waits for a stdout line `key=value` and returns the value.
     pub fn value(&self, key: &str, within: Duration) -> String {
         let prefix = format!("{key}=");
