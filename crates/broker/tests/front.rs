@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use sitewatch_broker::{Advertised, Broker, BrokerOptions, FrontOptions};
-use support::{config, consume, metadata_brokers, payloads, produce};
+use support::{config, metadata_brokers, round_trip};
 
 const TOPIC: &str = "metrics";
 
@@ -42,10 +42,8 @@ async fn clients_on_the_advertised_alias_produce_and_consume_through_the_front()
         Ok(vec![bootstrap.clone()]),
         "metadata advertises the front, not {mock}"
     );
-    let sent = payloads(5);
-    produce(&client, TOPIC, &sent).await;
     // A consumer group also finds its coordinator through metadata.
-    consume(&client, TOPIC, "front-test", &sent, Duration::from_secs(30)).await;
+    round_trip(&client, TOPIC, "front-test", 5).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,16 +76,7 @@ async fn each_broker_gets_its_own_front() {
     let mut expected = fronts.clone();
     expected.sort();
     assert_eq!(advertised, expected);
-    let sent = payloads(12);
-    produce(&client, TOPIC, &sent).await;
-    consume(
-        &client,
-        TOPIC,
-        "two-brokers",
-        &sent,
-        Duration::from_secs(30),
-    )
-    .await;
+    round_trip(&client, TOPIC, "two-brokers", 12).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,9 +91,7 @@ async fn without_a_front_clients_use_the_mock_listener() {
         metadata_brokers(&client, Duration::from_secs(10)).await,
         Ok(vec![mock.to_string()])
     );
-    let sent = payloads(3);
-    produce(&client, TOPIC, &sent).await;
-    consume(&client, TOPIC, "plain-test", &sent, Duration::from_secs(30)).await;
+    round_trip(&client, TOPIC, "plain-test", 3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

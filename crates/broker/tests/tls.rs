@@ -11,7 +11,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
 };
 use sitewatch_broker::{Broker, BrokerOptions, FrontOptions, TlsFiles};
-use support::{config, consume, metadata_brokers, payloads, produce};
+use support::{config, metadata_brokers, round_trip};
 use tokio::time::Instant;
 
 const TOPIC: &str = "metrics";
@@ -101,16 +101,7 @@ async fn mutual_tls_admits_a_client_certificate_and_refuses_none() {
         ],
     );
     let started = Instant::now();
-    let sent = payloads(3);
-    produce(&with_cert, TOPIC, &sent).await;
-    consume(
-        &with_cert,
-        TOPIC,
-        "tls-test",
-        &sent,
-        Duration::from_secs(30),
-    )
-    .await;
+    round_trip(&with_cert, TOPIC, "tls-test", 3).await;
     eprintln!("mutual TLS round trip: {:?}", started.elapsed());
 
     let without_cert = config(

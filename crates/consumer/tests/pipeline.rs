@@ -5,52 +5,20 @@ mod common;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use sitewatch_consumer::{run, Summary};
-use sitewatch_metric::Metric;
-use sitewatch_pgtest::sql::{client, count, count_once_created};
+use common::{metrics, wait_count, wait_rows, Stack, DEAD, ROWS};
+use sitewatch_pgtest::sql::{client, count};
 use sitewatch_pgtest::wait::wait_for;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
-
-struct Running {
-    stop: CancellationToken,
-    task: JoinHandle<Result<Summary, sitewatch_consumer::ConsumerError>>,
-}
-
-impl Running {
-    fn start(settings: sitewatch_consumer::settings::Settings) -> Running {
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(run(settings, stop.clone()));
-        Running { stop, task }
-    }
-
-    async fn stop(self) -> Summary {
-        self.stop.cancel();
-        self.task
-            .await
-            .expect("consumer task")
-            .expect("consumer ran")
-    }
-}
 
 /// A bad message: key, payload, and words its dead letter's reason must contain.
 type Poison<'a> = (Option<Vec<u8>>, Option<Vec<u8>>, &'a str);
 
-fn metrics(n: u64, sites: u64) -> Vec<Metric> {
-    (0..n).map(|i| common::metric(i, sites)).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn n_messages_give_n_rows_with_every_field_and_the_sites() {
-    let db = common::postgres();
-    let kafka = common::kafka("metrics", 3);
-    let bootstrap = kafka.bootstrap_servers();
-    let published = common::publish(&bootstrap, "metrics", &metrics(600, 20)).await;
-    let consumer = Running::start(common::settings(&bootstrap, "metrics", &db, "g1"));
-    wait_for(Duration::from_secs(60), "600 rows", || async {
-        count_once_created(&db, "SELECT count(*) FROM metrics").await == 600
-    })
-    .await;
+    let stack = Stack::start(3);
+    let db = &stack.db;
+    let published = stack.publish(&metrics(600, 20)).await;
+    let consumer = stack.consumer("g1");
+    wait_rows(db, 600, Duration::from_secs(60)).await;
     let summary = consumer.stop().await;
     assert_eq!(
         (summary.inserted, summary.duplicates, summary.dead_letters),
@@ -58,7 +26,7 @@ async fn n_messages_give_n_rows_with_every_field_and_the_sites() {
         "{summary:?}"
     );
 
-    let stored = common::stored(&db).await;
+    let stored = common::stored(db).await;
     assert_eq!(stored.len(), 600);
     for (metric, partition, offset) in &published {
         let (row, origin) = &stored[&metric.probe_id];
@@ -68,10 +36,10 @@ async fn n_messages_give_n_rows_with_every_field_and_the_sites() {
             ("metrics", *partition, *offset)
         );
     }
-    assert_eq!(count(&db, "SELECT count(*) FROM websites").await, 20);
+    assert_eq!(count(db, "SELECT count(*) FROM websites").await, 20);
     assert_eq!(
         count(
-            &db,
+            db,
             "SELECT count(*) FROM websites WHERE interval_seconds IS NULL AND enabled"
         )
         .await,
@@ -79,15 +47,15 @@ async fn n_messages_give_n_rows_with_every_field_and_the_sites() {
         "sites seen only in metrics have no interval, so the monitor does not probe them"
     );
     assert_eq!(
-        count(&db, "SELECT count(*) FROM site_status").await,
+        count(db, "SELECT count(*) FROM site_status").await,
         20,
         "the status view has a line per site"
     );
     assert_eq!(
-        count(&db, "SELECT sum(probes)::bigint FROM site_status").await,
+        count(db, "SELECT sum(probes)::bigint FROM site_status").await,
         600
     );
-    let ends = common::committed(&bootstrap, "metrics", "g1", 3);
+    let ends = stack.committed("g1", 3);
     let mut highest: HashMap<i32, i64> = HashMap::new();
     for (_, p, o) in &published {
         let e = highest.entry(*p).or_insert(-1);
@@ -105,40 +73,28 @@ async fn n_messages_give_n_rows_with_every_field_and_the_sites() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_messages_delivered_twice_add_no_rows() {
-    let db = common::postgres();
-    let kafka = common::kafka("metrics", 2);
-    let bootstrap = kafka.bootstrap_servers();
-    let _ = common::publish(&bootstrap, "metrics", &metrics(300, 10)).await;
-    let first = Running::start(common::settings(&bootstrap, "metrics", &db, "first"));
-    wait_for(Duration::from_secs(60), "300 rows", || async {
-        count_once_created(&db, "SELECT count(*) FROM metrics").await == 300
-    })
-    .await;
+    let stack = Stack::start(2);
+    let _ = stack.publish(&metrics(300, 10)).await;
+    let first = stack.consumer("first");
+    wait_rows(&stack.db, 300, Duration::from_secs(60)).await;
     let _ = first.stop().await;
     // A new group starts from the beginning: every message is delivered again.
-    let again = Running::start(common::settings(&bootstrap, "metrics", &db, "second"));
+    let again = stack.consumer("second");
     wait_for(
         Duration::from_secs(60),
         "the second group to read everything",
-        || async {
-            common::committed(&bootstrap, "metrics", "second", 2)
-                .iter()
-                .sum::<i64>()
-                == 300
-        },
+        || async { stack.committed("second", 2).iter().sum::<i64>() == 300 },
     )
     .await;
     let summary = again.stop().await;
     assert_eq!(summary.duplicates, 300, "{summary:?}");
     assert_eq!(summary.inserted, 0);
-    assert_eq!(count(&db, "SELECT count(*) FROM metrics").await, 300);
+    assert_eq!(common::rows(&stack.db).await, 300);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_messages_go_to_dead_letters_and_the_good_ones_land() {
-    let db = common::postgres();
-    let kafka = common::kafka("metrics", 1);
-    let bootstrap = kafka.bootstrap_servers();
+    let stack = Stack::start(1);
     let good = metrics(40, 5);
     let mut v2: serde_json::Value = serde_json::from_slice(&good[0].to_json()).expect("json");
     v2["schema_version"] = 2.into();
@@ -180,24 +136,17 @@ async fn poison_messages_go_to_dead_letters_and_the_good_ones_land() {
     for (i, (key, payload, _)) in poison.iter().enumerate() {
         messages.insert(i * 7 + 3, (key.clone(), payload.clone()));
     }
-    let positions = common::publish_raw(&bootstrap, "metrics", &messages).await;
-    let consumer = Running::start(common::settings(&bootstrap, "metrics", &db, "g"));
-    wait_for(
-        Duration::from_secs(60),
-        "good rows and dead letters",
-        || async {
-            count_once_created(&db, "SELECT count(*) FROM metrics").await == 38
-                && count_once_created(&db, "SELECT count(*) FROM dead_letters").await == 5
-        },
-    )
-    .await;
+    let positions = stack.publish_raw(&messages).await;
+    let consumer = stack.consumer("g");
+    wait_count(&stack.db, ROWS, 38, Duration::from_secs(60)).await;
+    wait_count(&stack.db, DEAD, 5, Duration::from_secs(60)).await;
     let summary = consumer.stop().await;
     assert_eq!(
         (summary.inserted, summary.dead_letters),
         (38, 5),
         "{summary:?}"
     );
-    let client = client(&db).await;
+    let client = client(&stack.db).await;
     let rows = client
         .query(
             "SELECT kafka_offset, reason, payload, key FROM dead_letters ORDER BY kafka_offset",
@@ -215,7 +164,7 @@ async fn poison_messages_go_to_dead_letters_and_the_good_ones_land() {
     let expected: BTreeSet<i64> = (0..poison.len()).map(|i| positions[i * 7 + 3].1).collect();
     assert_eq!(dead_offsets, expected);
     assert_eq!(
-        common::committed(&bootstrap, "metrics", "g", 1),
+        stack.committed("g", 1),
         vec![i64::try_from(messages.len()).expect("small")],
         "offsets moved past the poison"
     );
@@ -223,71 +172,50 @@ async fn poison_messages_go_to_dead_letters_and_the_good_ones_land() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_down_mid_stream_loses_nothing_and_recovers_without_restart() {
-    let db = common::postgres();
-    let kafka = common::kafka("metrics", 2);
-    let bootstrap = kafka.bootstrap_servers();
-    let consumer = Running::start(common::settings(&bootstrap, "metrics", &db, "g"));
+    let stack = Stack::start(2);
     let all = metrics(1200, 30);
-    let _ = common::publish(&bootstrap, "metrics", &all[..400]).await;
-    wait_for(Duration::from_secs(60), "first rows", || async {
-        count_once_created(&db, "SELECT count(*) FROM metrics").await == 400
-    })
-    .await;
+    let db = &stack.db;
+    let consumer = stack.consumer("g");
+    let _ = stack.publish(&all[..400]).await;
+    wait_rows(db, 400, Duration::from_secs(60)).await;
     db.stop().expect("stop PostgreSQL");
     // Published while the database is away: the consumer holds and retries.
-    let _ = common::publish(&bootstrap, "metrics", &all[400..]).await;
+    let _ = stack.publish(&all[400..]).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     db.start_again().expect("start PostgreSQL again");
-    wait_for(
-        Duration::from_secs(90),
-        "every row after the outage",
-        || async { count(&db, "SELECT count(*) FROM metrics").await == 1200 },
-    )
-    .await;
+    wait_rows(db, 1200, Duration::from_secs(90)).await;
     let summary = consumer.stop().await;
     assert!(
         summary.retries > 0,
         "writes failed and were retried while the database was down: {summary:?}"
     );
     assert_eq!(
-        count(&db, "SELECT count(DISTINCT probe_id) FROM metrics").await,
+        count(db, "SELECT count(DISTINCT probe_id) FROM metrics").await,
         1200
     );
     assert_eq!(
-        count(&db, "SELECT count(*) FROM dead_letters").await,
+        common::dead(db).await,
         0,
         "an outage is not the data's fault"
     );
-    let stored = common::stored(&db).await;
-    assert!(
-        all.iter().all(|m| stored.contains_key(&m.probe_id)),
-        "nothing lost"
-    );
+    let _ = common::assert_all_stored(db, &all).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn consumers_share_partitions_and_a_rebalance_loses_and_doubles_nothing() {
-    let db = common::postgres();
-    let kafka = common::kafka("metrics", 4);
-    let bootstrap = kafka.bootstrap_servers();
-    let a = Running::start(common::settings(&bootstrap, "metrics", &db, "shared"));
-    let b = Running::start(common::settings(&bootstrap, "metrics", &db, "shared"));
+    let stack = Stack::start(4);
+    let a = stack.consumer("shared");
+    let b = stack.consumer("shared");
     let all = metrics(3000, 50);
-    let _ = common::publish(&bootstrap, "metrics", &all[..1000]).await;
-    wait_for(Duration::from_secs(60), "first 1000 rows", || async {
-        count_once_created(&db, "SELECT count(*) FROM metrics").await == 1000
-    })
-    .await;
+    let _ = stack.publish(&all[..1000]).await;
+    wait_rows(&stack.db, 1000, Duration::from_secs(60)).await;
     // A third member joins while messages keep coming: the group rebalances.
-    let c = Running::start(common::settings(&bootstrap, "metrics", &db, "shared"));
+    let c = stack.consumer("shared");
     for chunk in all[1000..].chunks(250) {
-        let _ = common::publish(&bootstrap, "metrics", chunk).await;
+        let _ = stack.publish(chunk).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    wait_for(Duration::from_secs(90), "all 3000 rows", || async {
-        count(&db, "SELECT count(*) FROM metrics").await == 3000
-    })
-    .await;
+    wait_rows(&stack.db, 3000, Duration::from_secs(90)).await;
     let (sa, sb, sc) = (a.stop().await, b.stop().await, c.stop().await);
     assert!(
         sa.read > 0 && sb.read > 0,
@@ -298,9 +226,8 @@ async fn consumers_share_partitions_and_a_rebalance_loses_and_doubles_nothing() 
         inserted, 3000,
         "each message inserted once across members: {sa:?} {sb:?} {sc:?}"
     );
-    let stored = common::stored(&db).await;
+    let stored = common::assert_all_stored(&stack.db, &all).await;
     assert_eq!(stored.len(), 3000);
-    assert!(all.iter().all(|m| stored.contains_key(&m.probe_id)));
     // Every offset of every partition is a row: nothing skipped by the rebalance.
     let mut per_partition: HashMap<i32, Vec<i64>> = HashMap::new();
     for (_, origin) in stored.values() {

@@ -6,10 +6,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::{metrics, rows, wait_rows, wait_rows_past, Stack, TOPIC};
 use sitewatch_metric::Metric;
-use sitewatch_pgtest::sql::{count, count_once_created};
-use sitewatch_pgtest::wait::{lines, rest, wait_for};
-use sitewatch_pgtest::Postgres;
+use sitewatch_pgtest::child::{assert_help_names, signal};
+use sitewatch_pgtest::wait::{lines, rest};
+use tokio::task::JoinHandle;
 
 const CONSUMER: &str = env!("CARGO_BIN_EXE_consumer");
 
@@ -18,24 +19,29 @@ struct Proc {
     log: mpsc::Receiver<String>,
 }
 
-fn start(bootstrap: &str, db: &Postgres) -> Proc {
-    start_with(bootstrap, db, "15s", true)
+fn start(stack: &Stack) -> Proc {
+    start_with(stack, "15s", true)
 }
 
 /// A consumer with `grace` to write what it holds after SIGTERM, and the
 /// tests' short group timeouts or librdkafka's defaults.
-fn start_with(bootstrap: &str, db: &Postgres, grace: &str, short_timeouts: bool) -> Proc {
+fn start_with(stack: &Stack, grace: &str, short_timeouts: bool) -> Proc {
     let mut cmd = Command::new(CONSUMER);
     let _ = cmd
         .args([
             "--kafka-brokers",
-            bootstrap,
+            &stack.bootstrap,
             "--kafka-topic",
-            "metrics",
+            TOPIC,
             "--group-id",
             "g",
         ])
-        .args(["--postgres-url", &db.url(), "--postgres-sslmode", "disable"])
+        .args([
+            "--postgres-url",
+            &stack.db.url(),
+            "--postgres-sslmode",
+            "disable",
+        ])
         .args([
             "--batch-rows",
             "100",
@@ -63,11 +69,7 @@ fn start_with(bootstrap: &str, db: &Postgres, grace: &str, short_timeouts: bool)
 
 impl Proc {
     fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
+        signal(&self.child, name);
     }
 
     /// Exit code, and the log lines, once the process ended.
@@ -99,70 +101,54 @@ fn final_summary(lines: &[String]) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no summary in the log:\n{}", lines.join("\n")))
 }
 
+/// Streams `all` to the topic with a consumer reading it, and sends the
+/// consumer `signal` once at least `past` rows are stored; returns the
+/// producer's task, and the consumer's exit code and log.
+async fn interrupted(
+    stack: &Stack,
+    all: &[Metric],
+    past: i64,
+    signal: &str,
+) -> (JoinHandle<()>, Option<i32>, Vec<String>) {
+    let producer = stream(stack.bootstrap.clone(), all.to_vec());
+    let consumer = start(stack);
+    wait_rows_past(&stack.db, past, Duration::from_secs(60)).await;
+    consumer.signal(signal);
+    let (code, log) = consumer.exit(Duration::from_secs(30)).await;
+    (producer, code, log)
+}
+
 /// Publishes `metrics` in chunks over time, as a monitor would.
-fn stream(bootstrap: String, metrics: Vec<Metric>) -> tokio::task::JoinHandle<()> {
+fn stream(bootstrap: String, metrics: Vec<Metric>) -> JoinHandle<()> {
     tokio::spawn(async move {
         for chunk in metrics.chunks(100) {
-            let _ = common::publish(&bootstrap, "metrics", chunk).await;
+            let _ = common::publish(&bootstrap, TOPIC, chunk).await;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
 }
 
-const ROWS: &str = "SELECT count(*) FROM metrics";
-
-async fn rows(db: &Postgres) -> i64 {
-    count(db, ROWS).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_then_restart_gives_exactly_one_row_per_message() {
-    let db = common::postgres();
-    let kafka = common::kafka("metrics", 2);
-    let bootstrap = kafka.bootstrap_servers();
-    let all: Vec<Metric> = (0..3000).map(|i| common::metric(i, 40)).collect();
-    let producer = stream(bootstrap.clone(), all.clone());
-    let first = start(&bootstrap, &db);
-    wait_for(Duration::from_secs(60), "rows arriving", || async {
-        count_once_created(&db, ROWS).await >= 500
-    })
-    .await;
-    first.signal("KILL");
-    let (code, _) = first.exit(Duration::from_secs(10)).await;
+    let stack = Stack::start(2);
+    let all = metrics(3000, 40);
+    let (producer, code, _) = interrupted(&stack, &all, 500, "KILL").await;
     assert_eq!(code, None, "killed by a signal");
-    let second = start(&bootstrap, &db);
+    let second = start(&stack);
     producer.await.expect("producer");
-    wait_for(
-        Duration::from_secs(120),
-        "every row after the restart",
-        || async { rows(&db).await == 3000 },
-    )
-    .await;
+    wait_rows(&stack.db, 3000, Duration::from_secs(120)).await;
     second.signal("TERM");
     let (code, _) = second.exit(Duration::from_secs(30)).await;
     assert_eq!(code, Some(0));
-    let stored = common::stored(&db).await;
+    let stored = common::assert_all_stored(&stack.db, &all).await;
     assert_eq!(stored.len(), 3000);
-    assert!(
-        all.iter().all(|m| stored.contains_key(&m.probe_id)),
-        "no message lost"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_messages_in_flight_exits_0_and_a_restart_reads_nothing_twice() {
-    let db = common::postgres();
-    let kafka = common::kafka("metrics", 2);
-    let bootstrap = kafka.bootstrap_servers();
-    let all: Vec<Metric> = (0..2000).map(|i| common::metric(i, 25)).collect();
-    let producer = stream(bootstrap.clone(), all.clone());
-    let first = start(&bootstrap, &db);
-    wait_for(Duration::from_secs(60), "rows arriving", || async {
-        count_once_created(&db, ROWS).await >= 300
-    })
-    .await;
-    first.signal("TERM");
-    let (code, log) = first.exit(Duration::from_secs(30)).await;
+    let stack = Stack::start(2);
+    let all = metrics(2000, 25);
+    let (producer, code, log) = interrupted(&stack, &all, 300, "TERM").await;
     assert_eq!(
         code,
         Some(0),
@@ -174,7 +160,7 @@ async fn sigterm_with_messages_in_flight_exits_0_and_a_restart_reads_nothing_twi
         summary["unwritten"], 0,
         "everything read was written before exit: {summary}"
     );
-    let written_before = rows(&db).await;
+    let written_before = rows(&stack.db).await;
     assert_eq!(
         serde_json::Value::from(written_before),
         summary["inserted"],
@@ -182,13 +168,8 @@ async fn sigterm_with_messages_in_flight_exits_0_and_a_restart_reads_nothing_twi
     );
 
     producer.await.expect("producer");
-    let second = start(&bootstrap, &db);
-    wait_for(
-        Duration::from_secs(90),
-        "every row after the restart",
-        || async { rows(&db).await == 2000 },
-    )
-    .await;
+    let second = start(&stack);
+    wait_rows(&stack.db, 2000, Duration::from_secs(90)).await;
     second.signal("TERM");
     let (code, log) = second.exit(Duration::from_secs(30)).await;
     assert_eq!(code, Some(0));
@@ -197,31 +178,25 @@ async fn sigterm_with_messages_in_flight_exits_0_and_a_restart_reads_nothing_twi
         summary["duplicates"], 0,
         "offsets were committed at shutdown, so nothing was read twice: {summary}"
     );
-    let stored = common::stored(&db).await;
-    assert!(
-        all.iter().all(|m| stored.contains_key(&m.probe_id)),
-        "no message lost"
-    );
+    let _ = common::assert_all_stored(&stack.db, &all).await;
 }
 
 #[test]
 fn help_documents_the_settings_and_bad_ones_are_named() {
-    let help = Command::new(CONSUMER).arg("--help").output().expect("runs");
-    assert!(help.status.success());
-    let text = String::from_utf8_lossy(&help.stdout);
-    for flag in [
-        "--group-id",
-        "--batch-rows",
-        "--batch-wait",
-        "--shutdown-grace",
-        "--postgres-url",
-        "SITEWATCH_POSTGRES_PASSWORD",
-        "--postgres-sslmode",
-        "--postgres-pool-size",
-        "--kafka-brokers",
-    ] {
-        assert!(text.contains(flag), "--help lacks {flag}");
-    }
+    assert_help_names(
+        CONSUMER,
+        &[
+            "--group-id",
+            "--batch-rows",
+            "--batch-wait",
+            "--shutdown-grace",
+            "--postgres-url",
+            "SITEWATCH_POSTGRES_PASSWORD",
+            "--postgres-sslmode",
+            "--postgres-pool-size",
+            "--kafka-brokers",
+        ],
+    );
     let out = Command::new(CONSUMER)
         .args(["--batch-rows", "0", "--postgres-password", "hunter2"])
         .output()
@@ -236,20 +211,14 @@ fn help_documents_the_settings_and_bad_ones_are_named() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_the_brokers_gone_exits_within_the_grace_period_on_default_timeouts() {
-    let db = common::postgres();
-    let cluster = common::kafka("metrics", 2);
-    let bootstrap = cluster.bootstrap_servers();
-    let metrics: Vec<Metric> = (0..50).map(|i| common::metric(i, 5)).collect();
-    let _ = common::publish(&bootstrap, "metrics", &metrics).await;
+    let stack = Stack::start(2);
+    let _ = stack.publish(&metrics(50, 5)).await;
     let grace = Duration::from_secs(3);
-    let consumer = start_with(&bootstrap, &db, "3s", false);
-    wait_for(Duration::from_secs(60), "the 50 rows", || async {
-        count_once_created(&db, ROWS).await == 50
-    })
-    .await;
+    let consumer = start_with(&stack, "3s", false);
+    wait_rows(&stack.db, 50, Duration::from_secs(60)).await;
     // The brokers, group coordinator included, vanish; librdkafka's defaults
     // would let a commit wait for the session timeout (45 s).
-    drop(cluster);
+    drop(stack.kafka);
     let stopped = Instant::now();
     consumer.signal("TERM");
     let (code, lines) = consumer.exit(Duration::from_secs(60)).await;

@@ -124,15 +124,18 @@ impl Pki {
         self.dir.path().join(name)
     }
 
-    /// A `kafka_certs/`-like folder `name` holding (ca, cert, key) copied from
-    /// the given files; `None` leaves that file out.
-    fn certs_dir(&self, name: &str, files: [Option<&str>; 3]) -> String {
+    /// A `kafka_certs/`-like folder `name` holding CA `ca` (`ca.pem`) and the
+    /// certificate and key of client `client` (`service.cert`, `service.key`).
+    fn certs_dir(&self, name: &str, ca: &str, client: &str) -> String {
         let dir = self.path(name);
         std::fs::create_dir_all(&dir).expect("certs dir");
-        for (source, target) in files.iter().zip(["ca.pem", "service.cert", "service.key"]) {
-            if let Some(source) = source {
-                let _ = std::fs::copy(self.path(source), dir.join(target)).expect("copy PEM");
-            }
+        let files = [
+            (format!("{ca}.pem"), "ca.pem"),
+            (format!("{client}.cert"), "service.cert"),
+            (format!("{client}.key"), "service.key"),
+        ];
+        for (source, target) in files {
+            let _ = std::fs::copy(self.path(&source), dir.join(target)).expect("copy PEM");
         }
         dir.to_string_lossy().into_owned()
     }
@@ -237,14 +240,7 @@ fn monitor_with(certs: &str, bootstrap: &str, list: &str, extra: &[&str]) -> Pro
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn monitor_and_consumer_deliver_rows_with_the_managed_kafka_files() {
     let pki = Pki::make();
-    let certs = pki.certs_dir(
-        "kafka_certs",
-        [
-            Some("service-ca.pem"),
-            Some("client.cert"),
-            Some("client.key"),
-        ],
-    );
+    let certs = pki.certs_dir("kafka_certs", "service-ca", "client");
     let (broker, bootstrap) = tls_broker(&pki);
     let farm = SiteFarm::start(FarmOptions::default()).await.expect("farm");
     let db = Postgres::start_temp().expect("postgres");
@@ -270,14 +266,7 @@ async fn monitor_and_consumer_deliver_rows_with_the_managed_kafka_files() {
     )
     .await;
 
-    consumer.signal("TERM");
-    let (code, _, consumer_log) = consumer.wait(Duration::from_secs(30));
-    assert_eq!(
-        code,
-        Some(0),
-        "consumer exits 0:\n{}",
-        consumer_log.join("\n")
-    );
+    let (_, consumer_log) = consumer.stop(Duration::from_secs(30));
     for (who, log) in [("monitor", &monitor_log), ("consumer", &consumer_log)] {
         assert!(
             log.iter()
@@ -293,26 +282,10 @@ async fn monitor_and_consumer_deliver_rows_with_the_managed_kafka_files() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_ca_a_missing_key_or_an_untrusted_client_certificate_is_named_at_start() {
     let pki = Pki::make();
-    let wrong_ca = pki.certs_dir(
-        "wrong-ca",
-        [
-            Some("other-ca.pem"),
-            Some("client.cert"),
-            Some("client.key"),
-        ],
-    );
-    let no_key = pki.certs_dir(
-        "no-key",
-        [Some("service-ca.pem"), Some("client.cert"), None],
-    );
-    let untrusted = pki.certs_dir(
-        "untrusted",
-        [
-            Some("service-ca.pem"),
-            Some("rogue.cert"),
-            Some("rogue.key"),
-        ],
-    );
+    let wrong_ca = pki.certs_dir("wrong-ca", "other-ca", "client");
+    let no_key = pki.certs_dir("no-key", "service-ca", "client");
+    std::fs::remove_file(Path::new(&no_key).join("service.key")).expect("remove the key");
+    let untrusted = pki.certs_dir("untrusted", "service-ca", "rogue");
     let (_broker, bootstrap) = tls_broker(&pki);
     let db = Postgres::start_temp().expect("postgres");
     let list = pki.path("sites.csv");

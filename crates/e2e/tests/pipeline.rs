@@ -62,6 +62,30 @@ impl Stack {
         list.to_string_lossy().into_owned()
     }
 
+    /// A consumer of the `metrics` topic in `group`.
+    fn consumer(&self, group: &str) -> Proc {
+        consumer(&self.bootstrap, "metrics", &self.db, group)
+    }
+
+    /// A monitor of the sites in `list` that publishes to `metrics` and prints
+    /// each metric (`--output kafka,stdout`), with `extra` flags.
+    fn monitor(&self, list: &str, extra: &[&str]) -> Proc {
+        let mut args = vec![
+            "--targets",
+            list,
+            "--output",
+            "kafka,stdout",
+            "--kafka-brokers",
+            &self.bootstrap,
+            "--kafka-topic",
+            "metrics",
+            "--ca-file",
+            &self.ca,
+        ];
+        args.extend_from_slice(extra);
+        Proc::start("monitor", &args, &[])
+    }
+
     async fn rows(&self) -> i64 {
         count(&self.db, ROWS).await
     }
@@ -110,110 +134,57 @@ async fn assert_one_row_per_probe(db: &Postgres, printed: &[Metric]) {
 
 /// SIGTERM to a monitor started with `--output kafka,stdout`: it exits 0; returns what it printed.
 fn stop_monitor(monitor: Proc) -> Vec<Metric> {
-    monitor.signal("TERM");
-    let (code, stdout, _) = monitor.wait(Duration::from_secs(30));
-    assert_eq!(code, Some(0), "monitor exits 0 on SIGTERM");
+    let (stdout, _) = monitor.stop(Duration::from_secs(30));
     printed_metrics(&stdout)
-}
-
-fn monitor(list: &str, bootstrap: &str, topic: &str, ca: &str, extra: &[&str]) -> Proc {
-    let mut args = vec![
-        "--targets",
-        list,
-        "--output",
-        "kafka,stdout",
-        "--kafka-brokers",
-        bootstrap,
-        "--kafka-topic",
-        topic,
-        "--ca-file",
-        ca,
-    ];
-    args.extend_from_slice(extra);
-    Proc::start("monitor", &args, &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_probe_the_monitor_makes_is_exactly_one_row_with_the_right_result() {
     let stack = Stack::start(2).await;
-    let Stack {
-        dir,
-        farm,
-        ca,
-        db,
-        bootstrap,
-        ..
-    } = &stack;
+    let farm = &stack.farm;
     let refused = free_port();
+    // What each site's probe must give: status, error kind, regex result.
+    let ok = |matched: Option<bool>| (Some(200), None, matched);
+    let status = |code: u16| (Some(code), None, None);
+    let failed = |kind: ErrorKind| (None, Some(kind), None);
     let sites = [
-        (farm.url("/ok"), "Welcome", (Some(200), None, Some(true))),
-        (
-            farm.url("/ok?miss"),
-            "Goodbye",
-            (Some(200), None, Some(false)),
-        ),
-        (farm.url("/status/500"), "", (Some(500), None, None)),
-        (farm.url("/status/404"), "", (Some(404), None, None)),
-        (
-            farm.url("/slow/3000"),
-            "",
-            (None, Some(ErrorKind::Timeout), None),
-        ),
-        (
-            farm.url("/redirect/2"),
-            "chain done",
-            (Some(200), None, Some(true)),
-        ),
+        (farm.url("/ok"), "Welcome", ok(Some(true))),
+        (farm.url("/ok?miss"), "Goodbye", ok(Some(false))),
+        (farm.url("/status/500"), "", status(500)),
+        (farm.url("/status/404"), "", status(404)),
+        (farm.url("/slow/3000"), "", failed(ErrorKind::Timeout)),
+        (farm.url("/redirect/2"), "chain done", ok(Some(true))),
         (
             format!("http://127.0.0.1:{refused}/"),
             "",
-            (None, Some(ErrorKind::Connect), None),
+            failed(ErrorKind::Connect),
         ),
         (
             "http://no-such-site.invalid/".to_owned(),
             "",
-            (None, Some(ErrorKind::Dns), None),
+            failed(ErrorKind::Dns),
         ),
-        (
-            farm.self_signed_url("/ok"),
-            "",
-            (None, Some(ErrorKind::Tls), None),
-        ),
-        (
-            farm.https_url("/ok"),
-            "Welcome",
-            (Some(200), None, Some(true)),
-        ),
+        (farm.self_signed_url("/ok"), "", failed(ErrorKind::Tls)),
+        (farm.https_url("/ok"), "Welcome", ok(Some(true))),
     ];
-    let list = dir.path().join("sites.csv");
-    std::fs::write(
-        &list,
-        sites
-            .iter()
-            .map(|(u, r, _)| format!("{u},1,{r}\n"))
-            .collect::<String>(),
-    )
-    .expect("list");
-    let consumer = consumer(bootstrap, "metrics", db, "g");
-    let monitor = monitor(list.to_str().expect("utf8"), bootstrap, "metrics", ca, &[]);
-    wait_for(Duration::from_secs(60), "rows arriving", || async {
-        count_once_created(db, ROWS).await >= 30
-    })
-    .await;
-    monitor.signal("TERM");
-    let (code, stdout, _) = monitor.wait(Duration::from_secs(30));
-    assert_eq!(code, Some(0), "monitor exits 0 on SIGTERM");
-    let printed = printed_metrics(&stdout);
+    let csv: String = sites
+        .iter()
+        .map(|(u, r, _)| format!("{u},1,{r}\n"))
+        .collect();
+    let list = stack.site_list(&csv);
+    let consumer = stack.consumer("g");
+    let monitor = stack.monitor(&list, &[]);
+    stack
+        .wait_rows(Duration::from_secs(60), "rows arriving", 30)
+        .await;
+    let printed = stop_monitor(monitor);
     assert!(printed.len() >= 30);
     let n = i64::try_from(printed.len()).expect("fits");
-    wait_for(
-        Duration::from_secs(60),
-        "a row for every printed probe",
-        || async { count(db, ROWS).await >= n },
-    )
-    .await;
-    assert_one_row_per_probe(db, &printed).await;
-    let stored = rows(db).await;
+    stack
+        .wait_rows(Duration::from_secs(60), "a row for every printed probe", n)
+        .await;
+    assert_one_row_per_probe(&stack.db, &printed).await;
+    let stored = rows(&stack.db).await;
     for m in &printed {
         let row = stored
             .get(&m.probe_id)
@@ -242,21 +213,16 @@ async fn every_probe_the_monitor_makes_is_exactly_one_row_with_the_right_result(
     }
     let urls: HashSet<&str> = printed.iter().map(|m| m.url.as_str()).collect();
     assert_eq!(urls.len(), sites.len(), "every kind of site was probed");
-    consumer.signal("TERM");
-    assert_eq!(
-        consumer.wait(Duration::from_secs(30)).0,
-        Some(0),
-        "consumer exits 0 on SIGTERM"
-    );
+    let _ = consumer.stop(Duration::from_secs(30));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_killed_mid_stream_hands_its_partitions_over_and_nothing_is_lost_or_doubled() {
     let stack = Stack::start(4).await;
     let list = stack.fast_sites(20, "0.2");
-    let a = consumer(&stack.bootstrap, "metrics", &stack.db, "shared");
-    let b = consumer(&stack.bootstrap, "metrics", &stack.db, "shared");
-    let monitor = monitor(&list, &stack.bootstrap, "metrics", &stack.ca, &[]);
+    let a = stack.consumer("shared");
+    let b = stack.consumer("shared");
+    let monitor = stack.monitor(&list, &[]);
     stack
         .wait_rows(Duration::from_secs(60), "rows arriving", 300)
         .await;
@@ -277,9 +243,7 @@ async fn a_consumer_killed_mid_stream_hands_its_partitions_over_and_nothing_is_l
         .wait_rows(Duration::from_secs(60), "every probe stored", n)
         .await;
     assert_one_row_per_probe(&stack.db, &printed).await;
-    b.signal("TERM");
-    let (code, _, log) = b.wait(Duration::from_secs(30));
-    assert_eq!(code, Some(0));
+    let (_, log) = b.stop(Duration::from_secs(30));
     let took_all = log
         .iter()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -291,8 +255,8 @@ async fn a_consumer_killed_mid_stream_hands_its_partitions_over_and_nothing_is_l
 async fn sigterm_flushes_the_monitor_commits_the_consumer_and_a_restart_reads_nothing_twice() {
     let stack = Stack::start(2).await;
     let list = stack.fast_sites(5, "0.2");
-    let first = consumer(&stack.bootstrap, "metrics", &stack.db, "g");
-    let monitor = monitor(&list, &stack.bootstrap, "metrics", &stack.ca, &[]);
+    let first = stack.consumer("g");
+    let monitor = stack.monitor(&list, &[]);
     stack
         .wait_rows(Duration::from_secs(60), "rows arriving", 100)
         .await;
@@ -303,13 +267,11 @@ async fn sigterm_flushes_the_monitor_commits_the_consumer_and_a_restart_reads_no
         || async { stack.rows().await == n },
     )
     .await;
-    first.signal("TERM");
-    let (code, _, log) = first.wait(Duration::from_secs(30));
-    assert_eq!(code, Some(0));
+    let (_, log) = first.stop(Duration::from_secs(30));
     assert_eq!(log_event(&log, "consumer stopped")["unwritten"], 0);
 
     // The restarted consumer starts from the committed offsets: it reads only what is new.
-    let second = consumer(&stack.bootstrap, "metrics", &stack.db, "g");
+    let second = stack.consumer("g");
     let again = Proc::start(
         "monitor",
         &[
@@ -330,9 +292,7 @@ async fn sigterm_flushes_the_monitor_commits_the_consumer_and_a_restart_reads_no
         || async { stack.rows().await == n + 5 },
     )
     .await;
-    second.signal("TERM");
-    let (code, _, log) = second.wait(Duration::from_secs(30));
-    assert_eq!(code, Some(0));
+    let (_, log) = second.stop(Duration::from_secs(30));
     let summary = log_event(&log, "consumer stopped");
     assert_eq!(
         (summary["read"].as_u64(), summary["duplicates"].as_u64()),
@@ -344,19 +304,13 @@ async fn sigterm_flushes_the_monitor_commits_the_consumer_and_a_restart_reads_no
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sites_from_the_websites_table_follow_its_rows() {
     let stack = Stack::start(2).await;
-    let Stack {
-        farm,
-        ca,
-        db,
-        bootstrap,
-        ..
-    } = &stack;
-    let consumer = consumer(bootstrap, "metrics", db, "g");
+    let db = &stack.db;
+    let consumer = stack.consumer("g");
     wait_for(Duration::from_secs(60), "the consumer's schema", || async {
         count_once_created(db, "SELECT count(*) FROM refinery_schema_history").await >= 1
     })
     .await;
-    let (a, b) = (farm.url("/site/1"), farm.url("/site/2"));
+    let (a, b) = (stack.farm.url("/site/1"), stack.farm.url("/site/2"));
     db.psql(
         "postgres",
         &format!("INSERT INTO websites (url, interval_seconds) VALUES ('{a}', 0.3)"),
@@ -371,11 +325,11 @@ async fn sites_from_the_websites_table_follow_its_rows() {
             "--targets-refresh",
             "500ms",
             "--kafka-brokers",
-            bootstrap,
+            &stack.bootstrap,
             "--kafka-topic",
             "metrics",
             "--ca-file",
-            ca,
+            &stack.ca,
             "--log-format",
             "json",
         ],
@@ -427,16 +381,13 @@ async fn sites_from_the_websites_table_follow_its_rows() {
         a_rows,
         "a disabled row is no longer probed"
     );
-    monitor.signal("TERM");
-    let (code, _, log) = monitor.wait(Duration::from_secs(30));
-    assert_eq!(code, Some(0));
+    let (_, log) = monitor.stop(Duration::from_secs(30));
     assert!(
         log.iter()
             .any(|l| l.contains("target list reloaded") && l.contains("\"removed\":1")),
         "the reload dropped a"
     );
-    consumer.signal("TERM");
-    assert_eq!(consumer.wait(Duration::from_secs(30)).0, Some(0));
+    let _ = consumer.stop(Duration::from_secs(30));
 }
 
 /// `future.map_gt(n)`: whether the count it yields is above `n`.
@@ -467,13 +418,12 @@ async fn health_checks_report_connected_services_and_fail_when_a_dependency_goes
     let Stack {
         dir,
         farm,
-        ca,
         db,
         broker,
         bootstrap,
+        ..
     } = &stack;
-    let list = dir.path().join("sites.csv");
-    std::fs::write(&list, format!("{},1\n", farm.url("/ok"))).expect("list");
+    let list = stack.site_list(&format!("{},1\n", farm.url("/ok")));
     let consumer_health = dir.path().join("consumer.health");
     let monitor_health = dir.path().join("monitor.health");
     let mut args = support::consumer_args(bootstrap, "metrics", &db.url(), "g");
@@ -483,11 +433,8 @@ async fn health_checks_report_connected_services_and_fail_when_a_dependency_goes
     ]);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let consumer = Proc::start("consumer", &refs, &[]);
-    let monitor = monitor(
-        list.to_str().expect("utf8"),
-        bootstrap,
-        "metrics",
-        ca,
+    let monitor = stack.monitor(
+        &list,
         &["--health-file", monitor_health.to_str().expect("utf8")],
     );
     let healthy = |name: &'static str, file: std::path::PathBuf| {

@@ -393,6 +393,31 @@ mod tests {
     }
 
     impl Recorder {
+        /// A recorder whose probes of the listed URLs take the time listed (others none).
+        fn taking(takes: &[(&str, Duration)]) -> Arc<Recorder> {
+            let recorder = Recorder::default();
+            recorder
+                .takes
+                .lock()
+                .expect("lock")
+                .extend(takes.iter().map(|(url, time)| ((*url).to_owned(), *time)));
+            Arc::new(recorder)
+        }
+
+        /// Every run so far: URL, deadline, start, deadlines skipped before it.
+        fn runs(&self) -> Vec<(String, Instant, Instant, u32)> {
+            self.runs.lock().expect("lock").clone()
+        }
+
+        /// No two probes of one site ever ran at once.
+        fn assert_no_overlaps(&self) {
+            assert_eq!(
+                *self.overlaps.lock().expect("lock"),
+                0,
+                "two probes of one site ran at once"
+            );
+        }
+
         fn starts_of(&self, url: &str) -> Vec<Instant> {
             self.runs
                 .lock()
@@ -415,6 +440,13 @@ mod tests {
         }
     }
 
+    /// The sites `s0.example` to `s{n-1}.example`, each probed every `secs` seconds.
+    fn sites(n: usize, secs: f64) -> Vec<Target> {
+        (0..n)
+            .map(|i| target(&format!("s{i}.example"), secs))
+            .collect()
+    }
+
     fn options() -> ScheduleOptions {
         ScheduleOptions {
             max_in_flight: 100,
@@ -430,12 +462,17 @@ mod tests {
         handle: tokio::task::JoinHandle<ScheduleReport>,
     }
 
-    fn start(targets: Vec<Target>, recorder: &Arc<Recorder>, options: ScheduleOptions) -> Running {
+    /// The schedule of `targets` on a task of its own, with `runner` running the probes.
+    fn start<R: RunJob>(
+        targets: Vec<Target>,
+        runner: &Arc<R>,
+        options: ScheduleOptions,
+    ) -> Running {
         let shutdown = CancellationToken::new();
         let (updates, rx) = mpsc::channel(1);
         let handle = tokio::spawn(run(
             targets,
-            Arc::clone(recorder),
+            Arc::clone(runner),
             options,
             shutdown.clone(),
             rx,
@@ -448,6 +485,11 @@ mod tests {
     }
 
     impl Running {
+        /// Hands the schedule a new site list, as a reload does.
+        async fn reload(&self, targets: Vec<Target>) {
+            self.updates.send(targets).await.expect("send");
+        }
+
         async fn stop(self) -> ScheduleReport {
             self.shutdown.cancel();
             self.handle.await.expect("schedule task")
@@ -456,13 +498,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn probes_follow_deadlines_without_drift() {
-        let recorder = Arc::new(Recorder::default());
         // Each probe takes 300 ms; with deadlines from the start this adds no drift.
-        let _ = recorder
-            .takes
-            .lock()
-            .expect("lock")
-            .insert("https://a.example/".into(), Duration::from_millis(300));
+        let recorder = Recorder::taking(&[("https://a.example/", Duration::from_millis(300))]);
         let t0 = Instant::now();
         let running = start(vec![target("a.example", 10.0)], &recorder, options());
         tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -506,18 +543,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_probe_that_panics_keeps_its_site_on_the_schedule() {
         let runner = Arc::new(PanicsOnce::default());
-        let shutdown = CancellationToken::new();
-        let (_updates, rx) = mpsc::channel(1);
-        let handle = tokio::spawn(run(
-            vec![target("http://a.example/", 1.0)],
-            Arc::clone(&runner),
-            options(),
-            shutdown.clone(),
-            rx,
-        ));
+        let running = start(vec![target("http://a.example/", 1.0)], &runner, options());
         tokio::time::sleep(Duration::from_millis(3500)).await;
-        shutdown.cancel();
-        let report = handle.await.expect("schedule task");
+        let report = running.stop().await;
         let probes = runner.seen.lock().expect("lock")["http://a.example/"];
         assert!(
             probes >= 3,
@@ -528,14 +556,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn first_probes_spread_over_the_interval() {
         let recorder = Arc::new(Recorder::default());
-        let targets: Vec<Target> = (0..1000)
-            .map(|i| target(&format!("s{i}.example"), 60.0))
-            .collect();
         let t0 = Instant::now();
-        let running = start(targets, &recorder, options());
+        let running = start(sites(1000, 60.0), &recorder, options());
         tokio::time::sleep(Duration::from_secs(60)).await;
         let _ = running.stop().await;
-        let runs = recorder.runs.lock().expect("lock").clone();
+        let runs = recorder.runs();
         assert_eq!(
             runs.len(),
             1000,
@@ -557,21 +582,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_slow_probe_is_never_stacked_and_the_skip_is_recorded() {
-        let recorder = Arc::new(Recorder::default());
-        let _ = recorder
-            .takes
-            .lock()
-            .expect("lock")
-            .insert("https://slow.example/".into(), Duration::from_millis(2500));
+        let recorder = Recorder::taking(&[("https://slow.example/", Duration::from_millis(2500))]);
         let running = start(vec![target("slow.example", 1.0)], &recorder, options());
         tokio::time::sleep(Duration::from_secs(30)).await;
         let report = running.stop().await;
-        assert_eq!(
-            *recorder.overlaps.lock().expect("lock"),
-            0,
-            "two probes of one site ran at once"
-        );
-        let runs = recorder.runs.lock().expect("lock").clone();
+        recorder.assert_no_overlaps();
+        let runs = recorder.runs();
         // A 2.5 s probe every 1 s: each run covers three deadlines, two of them skipped.
         assert!(runs.len() >= 9, "{} runs", runs.len());
         assert!(
@@ -584,17 +600,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_in_flight_bound_holds_probes_back_and_lateness_shows() {
-        let recorder = Arc::new(Recorder::default());
-        let mut targets = Vec::new();
-        for i in 0..4 {
-            let url = format!("https://b{i}.example/");
-            let _ = recorder
-                .takes
-                .lock()
-                .expect("lock")
-                .insert(url.clone(), Duration::from_secs(1));
-            targets.push(target(&url, 3600.0));
-        }
+        let urls: Vec<String> = (0..4).map(|i| format!("https://b{i}.example/")).collect();
+        let takes: Vec<(&str, Duration)> = urls
+            .iter()
+            .map(|url| (url.as_str(), Duration::from_secs(1)))
+            .collect();
+        let recorder = Recorder::taking(&takes);
+        let targets = urls.iter().map(|url| target(url, 3600.0)).collect();
         let opts = ScheduleOptions {
             max_in_flight: 1,
             once: true,
@@ -604,13 +616,7 @@ mod tests {
         let running = start(targets, &recorder, opts);
         let report = running.handle.await.expect("once ends by itself");
         assert_eq!(report.started, 4);
-        let mut lateness: Vec<Duration> = recorder
-            .runs
-            .lock()
-            .expect("lock")
-            .iter()
-            .map(|r| r.2 - r.1)
-            .collect();
+        let mut lateness: Vec<Duration> = recorder.runs().iter().map(|r| r.2 - r.1).collect();
         lateness.sort();
         let secs: Vec<u64> = lateness.iter().map(Duration::as_secs).collect();
         assert_eq!(
@@ -631,13 +637,11 @@ mod tests {
         );
         tokio::time::sleep(Duration::from_secs(25)).await;
         running
-            .updates
-            .send(vec![
+            .reload(vec![
                 target("keep.example", 2.0),
                 target("new.example", 10.0),
             ])
-            .await
-            .expect("send");
+            .await;
         let reload_at = Instant::now();
         tokio::time::sleep(Duration::from_secs(60)).await;
         let _ = running.stop().await;
@@ -670,49 +674,25 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_site_removed_and_added_back_waits_for_its_running_probe() {
-        let recorder = Arc::new(Recorder::default());
-        let _ = recorder
-            .takes
-            .lock()
-            .expect("lock")
-            .insert("https://slow.example/".into(), Duration::from_secs(5));
+        let recorder = Recorder::taking(&[("https://slow.example/", Duration::from_secs(5))]);
         let running = start(vec![target("slow.example", 1.0)], &recorder, options());
         tokio::time::sleep(Duration::from_millis(1500)).await;
         // Gone and back while its first probe still runs.
-        running
-            .updates
-            .send(vec![target("other.example", 60.0)])
-            .await
-            .expect("send");
+        running.reload(vec![target("other.example", 60.0)]).await;
         tokio::time::sleep(Duration::from_millis(10)).await;
-        running
-            .updates
-            .send(vec![target("slow.example", 1.0)])
-            .await
-            .expect("send");
+        running.reload(vec![target("slow.example", 1.0)]).await;
         tokio::time::sleep(Duration::from_secs(20)).await;
         let _ = running.stop().await;
-        assert_eq!(
-            *recorder.overlaps.lock().expect("lock"),
-            0,
-            "two probes of one site ran at once"
-        );
+        recorder.assert_no_overlaps();
         assert!(recorder.starts_of("https://slow.example/").len() >= 3);
     }
 
     #[tokio::test(start_paused = true)]
     async fn shutdown_lets_running_probes_finish_within_grace() {
-        let recorder = Arc::new(Recorder::default());
-        let _ = recorder
-            .takes
-            .lock()
-            .expect("lock")
-            .insert("https://a.example/".into(), Duration::from_secs(3));
-        let _ = recorder
-            .takes
-            .lock()
-            .expect("lock")
-            .insert("https://b.example/".into(), Duration::from_secs(30));
+        let recorder = Recorder::taking(&[
+            ("https://a.example/", Duration::from_secs(3)),
+            ("https://b.example/", Duration::from_secs(30)),
+        ]);
         let opts = ScheduleOptions {
             once: true,
             ..options()
@@ -748,17 +728,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn with_slack_probes_start_late_by_less_than_it_and_never_drift() {
         let recorder = Arc::new(Recorder::default());
-        let targets: Vec<Target> = (0..50)
-            .map(|i| target(&format!("s{i}.example"), 1.0))
-            .collect();
         let opts = ScheduleOptions {
             slack: Duration::from_millis(10),
             ..options()
         };
-        let running = start(targets, &recorder, opts);
+        let running = start(sites(50, 1.0), &recorder, opts);
         tokio::time::sleep(Duration::from_secs(20)).await;
         let report = running.stop().await;
-        let runs = recorder.runs.lock().expect("lock").clone();
+        let runs = recorder.runs();
         assert!(runs.len() >= 50 * 19, "{} runs", runs.len());
         for (url, scheduled, started, skipped) in &runs {
             let late = *started - *scheduled;

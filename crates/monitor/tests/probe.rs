@@ -45,15 +45,25 @@ fn site(url: &str, regex: Option<&str>, timeout: Option<Duration>) -> Target {
 }
 
 impl Bench {
+    /// A probe of the farm's page at `path`.
     async fn probe(&self, path: &str, regex: Option<&str>) -> Metric {
-        self.prober
-            .probe(&site(&self.farm.url(path), regex, None))
-            .await
+        self.probe_url(&self.farm.url(path), regex).await
+    }
+
+    /// A probe of `url`, anywhere.
+    async fn probe_url(&self, url: &str, regex: Option<&str>) -> Metric {
+        self.prober.probe(&site(url, regex, None)).await
     }
 }
 
 fn kind(o: &Metric) -> Option<ErrorKind> {
     o.error.as_ref().map(|e| e.kind)
+}
+
+/// The probe failed with `expected` before any response, so it has no status.
+fn assert_failed(o: &Metric, expected: ErrorKind) {
+    assert_eq!(kind(o), Some(expected), "{o:?}");
+    assert_eq!(o.status, None, "{o:?}");
 }
 
 #[tokio::test]
@@ -95,8 +105,7 @@ async fn a_slow_response_past_the_timeout() {
         Some(Duration::from_millis(300)),
     );
     let o = b.prober.probe(&slow_head).await;
-    assert_eq!(kind(&o), Some(ErrorKind::Timeout), "{o:?}");
-    assert_eq!(o.status, None);
+    assert_failed(&o, ErrorKind::Timeout);
     assert!(
         o.timings.total_us >= 300_000 && o.timings.total_us < 2_000_000,
         "{:?}",
@@ -207,44 +216,31 @@ async fn a_refused_port_is_a_connect_error() {
         listener.local_addr().expect("addr").port()
     };
     let o = b
-        .prober
-        .probe(&site(&format!("http://127.0.0.1:{port}/"), None, None))
+        .probe_url(&format!("http://127.0.0.1:{port}/"), None)
         .await;
-    assert_eq!(kind(&o), Some(ErrorKind::Connect), "{o:?}");
-    assert_eq!(o.status, None);
+    assert_failed(&o, ErrorKind::Connect);
     assert_eq!(o.timings.dns_us, None, "an IP address needs no lookup");
 }
 
 #[tokio::test]
 async fn an_unresolvable_host_is_a_dns_error() {
     let b = bench().await;
-    let o = b
-        .prober
-        .probe(&site("http://no-such-host.invalid/", None, None))
-        .await;
-    assert_eq!(kind(&o), Some(ErrorKind::Dns), "{o:?}");
+    let o = b.probe_url("http://no-such-host.invalid/", None).await;
+    assert_failed(&o, ErrorKind::Dns);
     assert!(o.timings.dns_us.is_some());
-    assert_eq!(o.status, None);
 }
 
 #[tokio::test]
 async fn a_self_signed_certificate_is_a_tls_error() {
     let b = bench().await;
-    let o = b
-        .prober
-        .probe(&site(&b.farm.self_signed_url("/ok"), None, None))
-        .await;
-    assert_eq!(kind(&o), Some(ErrorKind::Tls), "{o:?}");
-    assert_eq!(o.status, None);
+    let o = b.probe_url(&b.farm.self_signed_url("/ok"), None).await;
+    assert_failed(&o, ErrorKind::Tls);
 }
 
 #[tokio::test]
 async fn a_trusted_certificate_records_its_expiry_and_the_phases() {
     let b = bench().await;
-    let o = b
-        .prober
-        .probe(&site(&b.farm.https_url("/ok"), Some("Welcome"), None))
-        .await;
+    let o = b.probe_url(&b.farm.https_url("/ok"), Some("Welcome")).await;
     assert_eq!(o.status, Some(200), "{o:?}");
     let expected = b
         .farm

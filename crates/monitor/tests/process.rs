@@ -3,11 +3,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use sitewatch_metric::Metric;
+use sitewatch_pgtest::child::{assert_help_names, piped, signal};
 use sitewatch_pgtest::wait::lines;
 use sitewatch_sitefarm::{FarmOptions, SiteFarm};
 
@@ -15,21 +16,20 @@ const MONITOR: &str = env!("CARGO_BIN_EXE_monitor");
 
 fn monitor(args: &[&str]) -> Command {
     let mut cmd = Command::new(MONITOR);
-    let _ = cmd
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let _ = piped(cmd.args(args));
     cmd
 }
 
-fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{name}"), &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
+/// A monitor that probes the sites in `list` and prints each metric, with `extra` flags.
+fn printing(list: &Path, extra: &[&str]) -> Command {
+    let mut args = vec![
+        "--targets",
+        list.to_str().expect("utf8 path"),
+        "--output",
+        "stdout",
+    ];
+    args.extend_from_slice(extra);
+    monitor(&args)
 }
 
 fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
@@ -121,11 +121,7 @@ async fn sigterm_with_probes_in_flight_exits_0_and_publishes_every_started_probe
     );
 
     let started = usize::try_from(farm.requests_seen()).expect("fits");
-    let reads = tokio::task::spawn_blocking(move || {
-        common::read_topic(&bootstrap, "metrics", started, Duration::from_secs(30))
-    })
-    .await
-    .expect("reader");
+    let reads = common::read_topic(&bootstrap, "metrics", started, Duration::from_secs(30)).await;
     assert_eq!(
         reads.len(),
         started,
@@ -148,14 +144,7 @@ fn a_bad_site_list_exits_2_and_names_every_bad_row() {
         &list,
         "good.example,30\nno-interval.example\nre.example,5,\"(oops\"\ngood.example,60\n",
     );
-    let out = monitor(&[
-        "--targets",
-        list.to_str().expect("utf8"),
-        "--output",
-        "stdout",
-    ])
-    .output()
-    .expect("runs");
+    let out = printing(&list, &[]).output().expect("runs");
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     let name = list.display().to_string();
@@ -177,22 +166,20 @@ fn a_bad_setting_is_named_and_help_documents_every_setting() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("`max_in_flight`"));
 
-    let help = monitor(&["--help"]).output().expect("runs");
-    assert!(help.status.success());
-    let text = String::from_utf8_lossy(&help.stdout);
-    for flag in [
-        "--targets",
-        "--output",
-        "--once",
-        "--max-in-flight",
-        "--probe-timeout",
-        "--kafka-brokers",
-        "--kafka-certs-dir",
-        "SITEWATCH_KAFKA_SSL_KEY_PASSWORD",
-        "--log-format",
-    ] {
-        assert!(text.contains(flag), "--help lacks {flag}");
-    }
+    assert_help_names(
+        MONITOR,
+        &[
+            "--targets",
+            "--output",
+            "--once",
+            "--max-in-flight",
+            "--probe-timeout",
+            "--kafka-brokers",
+            "--kafka-certs-dir",
+            "SITEWATCH_KAFKA_SSL_KEY_PASSWORD",
+            "--log-format",
+        ],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -206,19 +193,10 @@ async fn once_to_stdout_prints_one_metric_per_site_and_exits_0() {
         .map(|u| format!("{{\"url\": \"{u}\", \"interval\": 30}}"))
         .collect();
     write(&list, &format!("[{}]", json.join(",\n")));
-    let out = tokio::task::spawn_blocking(move || {
-        monitor(&[
-            "--targets",
-            list.to_str().expect("utf8"),
-            "--output",
-            "stdout",
-            "--once",
-        ])
-        .output()
-        .expect("runs")
-    })
-    .await
-    .expect("join");
+    let out =
+        tokio::task::spawn_blocking(move || printing(&list, &["--once"]).output().expect("runs"))
+            .await
+            .expect("join");
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -252,14 +230,7 @@ async fn the_list_reloads_on_file_change_and_sighup_and_a_bad_reload_keeps_it() 
         farm.url("/site/c"),
     );
     write(&list, &format!("{a},0.2\n"));
-    let mut child = monitor(&[
-        "--targets",
-        list.to_str().expect("utf8"),
-        "--output",
-        "stdout",
-    ])
-    .spawn()
-    .expect("starts");
+    let mut child = printing(&list, &[]).spawn().expect("starts");
     let stdout = lines(child.stdout.take().expect("stdout"));
     let stderr = lines(child.stderr.take().expect("stderr"));
     let mut out = Vec::new();
@@ -303,15 +274,7 @@ async fn the_list_reloads_on_file_change_and_sighup_and_a_bad_reload_keeps_it() 
     let _ = child.kill();
     let _ = child.wait();
     write(&list, &format!("{a},0.2\n"));
-    let mut child = monitor(&[
-        "--targets",
-        list.to_str().expect("utf8"),
-        "--output",
-        "stdout",
-        "--no-watch",
-    ])
-    .spawn()
-    .expect("starts");
+    let mut child = printing(&list, &["--no-watch"]).spawn().expect("starts");
     let stdout = lines(child.stdout.take().expect("stdout"));
     let mut out = Vec::new();
     assert!(wait_line(

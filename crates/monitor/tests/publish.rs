@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sitewatch_metric::{ErrorKind, SCHEMA_VERSION};
 use sitewatch_monitor::settings::{Output, Settings};
-use sitewatch_monitor::{run, MonitorError};
+use sitewatch_monitor::{run, MonitorError, RunSummary};
 use sitewatch_sitefarm::{FarmOptions, SiteFarm};
 use tokio_util::sync::CancellationToken;
 
@@ -26,12 +26,20 @@ fn settings(bootstrap: &str, topic: &str, targets: &std::path::Path) -> Settings
     s
 }
 
+/// Runs the monitor with `settings` to its end: nothing cancels it or asks for a reload.
+async fn run_to_end(settings: Settings) -> Result<RunSummary, MonitorError> {
+    run(
+        settings,
+        CancellationToken::new(),
+        tokio::sync::mpsc::channel(1).1,
+    )
+    .await
+}
+
 #[tokio::test]
 async fn every_probe_is_published_keyed_by_its_site_with_every_field() {
     let farm = SiteFarm::start(FarmOptions::default()).await.expect("farm");
     let kafka = common::kafka("metrics", 3);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let list = dir.path().join("sites.csv");
     let refused = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr").port()
@@ -44,25 +52,17 @@ async fn every_probe_is_published_keyed_by_its_site_with_every_field() {
         (format!("http://127.0.0.1:{refused}/"), ""),
     ];
     let csv: String = sites.iter().map(|(u, r)| format!("{u},60,{r}\n")).collect();
-    std::fs::write(&list, csv).expect("write list");
+    let (_dir, list) = common::site_list("sites.csv", &csv);
 
-    let summary = run(
-        settings(&kafka.bootstrap_servers(), "metrics", &list),
-        CancellationToken::new(),
-        tokio::sync::mpsc::channel(1).1,
-    )
-    .await
-    .expect("monitor runs");
+    let bootstrap = kafka.bootstrap_servers();
+    let summary = run_to_end(settings(&bootstrap, "metrics", &list))
+        .await
+        .expect("monitor runs");
     assert_eq!(summary.schedule.started, 5);
     assert_eq!(summary.delivery.delivered, 5, "{summary:?}");
     assert_eq!(summary.lost(), 0);
 
-    let bootstrap = kafka.bootstrap_servers();
-    let reads = tokio::task::spawn_blocking(move || {
-        common::read_topic(&bootstrap, "metrics", 5, Duration::from_secs(30))
-    })
-    .await
-    .expect("reader");
+    let reads = common::read_topic(&bootstrap, "metrics", 5, Duration::from_secs(30)).await;
     assert_eq!(reads.len(), 5, "one message per probe, no more");
     common::assert_unique_v7(&reads);
     let by_url: HashMap<String, &common::Read> =
@@ -125,28 +125,18 @@ async fn every_probe_is_published_keyed_by_its_site_with_every_field() {
 async fn one_site_stays_in_one_partition() {
     let farm = SiteFarm::start(FarmOptions::default()).await.expect("farm");
     let kafka = common::kafka("ordered", 4);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let list = dir.path().join("sites.csv");
-    let urls: Vec<String> = (0..8).map(|i| farm.url(&format!("/site/{i}"))).collect();
-    std::fs::write(
-        &list,
-        urls.iter()
-            .map(|u| format!("{u},0.2\n"))
-            .collect::<String>(),
-    )
-    .expect("write");
-    let mut s = settings(&kafka.bootstrap_servers(), "ordered", &list);
+    let csv: String = (0..8)
+        .map(|i| format!("{},0.2\n", farm.url(&format!("/site/{i}"))))
+        .collect();
+    let (_dir, list) = common::site_list("sites.csv", &csv);
+    let bootstrap = kafka.bootstrap_servers();
+    let mut s = settings(&bootstrap, "ordered", &list);
     s.once = false;
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     let running = tokio::spawn(run(s, shutdown, tokio::sync::mpsc::channel(1).1));
-    let bootstrap = kafka.bootstrap_servers();
     // Each site is due five times a second; 40 messages means every site was probed several times.
-    let reads = tokio::task::spawn_blocking(move || {
-        common::read_topic(&bootstrap, "ordered", 40, Duration::from_secs(30))
-    })
-    .await
-    .expect("reader");
+    let reads = common::read_topic(&bootstrap, "ordered", 40, Duration::from_secs(30)).await;
     stop.cancel();
     let summary = running.await.expect("task").expect("monitor");
     assert!(reads.len() >= 40, "{} messages", reads.len());
@@ -178,24 +168,15 @@ async fn one_site_stays_in_one_partition() {
 #[tokio::test]
 async fn a_bad_site_list_publishes_nothing() {
     let kafka = common::kafka("untouched", 1);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let list = dir.path().join("sites.csv");
-    std::fs::write(&list, "http://127.0.0.1:9/,5\nbroken.example,never\n").expect("write");
-    let err = run(
-        settings(&kafka.bootstrap_servers(), "untouched", &list),
-        CancellationToken::new(),
-        tokio::sync::mpsc::channel(1).1,
-    )
-    .await
-    .expect_err("bad list refused");
+    let (_dir, list) =
+        common::site_list("sites.csv", "http://127.0.0.1:9/,5\nbroken.example,never\n");
+    let bootstrap = kafka.bootstrap_servers();
+    let err = run_to_end(settings(&bootstrap, "untouched", &list))
+        .await
+        .expect_err("bad list refused");
     assert!(matches!(err, MonitorError::Targets(_)), "{err}");
     assert!(err.to_string().contains("sites.csv:2: interval"), "{err}");
-    let bootstrap = kafka.bootstrap_servers();
-    let reads = tokio::task::spawn_blocking(move || {
-        common::read_topic(&bootstrap, "untouched", 1, Duration::from_secs(3))
-    })
-    .await
-    .expect("reader");
+    let reads = common::read_topic(&bootstrap, "untouched", 1, Duration::from_secs(3)).await;
     assert!(reads.is_empty(), "nothing published: {reads:?}");
 }
 
@@ -210,18 +191,13 @@ async fn deliveries_kafka_refuses_are_counted_not_dropped_silently() {
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; 50],
     );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let list = dir.path().join("sites.csv");
-    std::fs::write(
-        &list,
-        format!("{},30\n{},30\n", farm.url("/ok"), farm.url("/status/500")),
-    )
-    .expect("write");
+    let (_dir, list) = common::site_list(
+        "sites.csv",
+        &format!("{},30\n{},30\n", farm.url("/ok"), farm.url("/status/500")),
+    );
     let mut s = settings(&kafka.bootstrap_servers(), "refused", &list);
     s.flush_timeout = Duration::from_secs(10).into();
-    let summary = run(s, CancellationToken::new(), tokio::sync::mpsc::channel(1).1)
-        .await
-        .expect("runs");
+    let summary = run_to_end(s).await.expect("runs");
     assert_eq!(summary.schedule.started, 2);
     assert_eq!(
         summary.delivery.failed, 2,

@@ -19,7 +19,8 @@
 //!
 //! [`sql`] and [`wait`] are what the integration tests (and the bench) do
 //! around a server: connect, count rows, wait for a condition with a
-//! deadline, and read a child process's output.
+//! deadline, and read a child process's output; [`child`] sets up, signals
+//! and checks the `--help` of the binaries the tests run as children.
 //!
 //! A server never outlives its owner: [`Postgres`] stops it on drop, and a
 //! small watchdog shell process stops it (and removes the temp directory) when
@@ -27,6 +28,7 @@
 //! timeout or holding the server in a `static`.
 
 mod binaries;
+pub mod child;
 mod command;
 mod error;
 mod names;

@@ -77,6 +77,14 @@ pub async fn consume(
     }
 }
 
+/// Produces `n` distinct [`payloads`] to `topic` and reads every one back in
+/// consumer group `group`, or panics after 30 s.
+pub async fn round_trip(config: &ClientConfig, topic: &str, group: &str, n: usize) {
+    let sent = payloads(n);
+    produce(config, topic, &sent).await;
+    consume(config, topic, group, &sent, Duration::from_secs(30)).await;
+}
+
 /// The brokers (`host:port`) the cluster's metadata names, as a client bootstrapping
 /// with `config` sees them.
 pub async fn metadata_brokers(

@@ -1,5 +1,6 @@
 //! What the consumer's integration tests share: a real PostgreSQL, librdkafka's
-//! mock broker, metrics to publish, and reads of what landed in the tables.
+//! mock broker, metrics to publish, a consumer run in-process, and reads of
+//! what landed in the tables.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -14,13 +15,26 @@ use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use sitewatch_consumer::offsets::Origin;
 use sitewatch_consumer::settings::Settings;
+use sitewatch_consumer::{run, ConsumerError, Summary};
 use sitewatch_db::columns;
 use sitewatch_db::SslMode;
 use sitewatch_metric::{ErrorKind, Metric, ProbeError, Timings};
-use sitewatch_pgtest::sql::client;
+use sitewatch_pgtest::sql::{client, count, count_once_created};
+use sitewatch_pgtest::wait::wait_for;
 use sitewatch_pgtest::Postgres;
 use sitewatch_service::SecretString;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+/// The topic the tests publish to and the consumer reads.
+pub const TOPIC: &str = "metrics";
+
+/// The rows the consumer wrote.
+pub const ROWS: &str = "SELECT count(*) FROM metrics";
+
+/// The messages it dead-lettered.
+pub const DEAD: &str = "SELECT count(*) FROM dead_letters";
 
 /// A fresh PostgreSQL server for one test.
 pub fn postgres() -> Postgres {
@@ -30,6 +44,116 @@ pub fn postgres() -> Postgres {
 /// librdkafka's own broker, in this process, with one topic.
 pub fn kafka(topic: &str, partitions: i32) -> MockCluster<'static, DefaultProducerContext> {
     sitewatch_broker::in_process(topic, partitions).expect("mock cluster with the topic")
+}
+
+/// What a test runs consumers against: a fresh PostgreSQL, the mock cluster
+/// with the [`TOPIC`], and the cluster's address.
+pub struct Stack {
+    pub db: Postgres,
+    pub kafka: MockCluster<'static, DefaultProducerContext>,
+    pub bootstrap: String,
+}
+
+impl Stack {
+    /// Starts both, the topic with `partitions` partitions.
+    pub fn start(partitions: i32) -> Stack {
+        let db = postgres();
+        let kafka = kafka(TOPIC, partitions);
+        let bootstrap = kafka.bootstrap_servers();
+        Stack {
+            db,
+            kafka,
+            bootstrap,
+        }
+    }
+
+    /// [`settings`] for a consumer of the topic in `group`.
+    pub fn settings(&self, group: &str) -> Settings {
+        settings(&self.bootstrap, TOPIC, &self.db, group)
+    }
+
+    /// A consumer in `group` with the [`Stack::settings`], running in this process.
+    pub fn consumer(&self, group: &str) -> Running {
+        Running::start(self.settings(group))
+    }
+
+    /// [`publish`] to the topic.
+    pub async fn publish(&self, metrics: &[Metric]) -> Vec<(Metric, i32, i64)> {
+        publish(&self.bootstrap, TOPIC, metrics).await
+    }
+
+    /// [`publish_raw`] to the topic.
+    pub async fn publish_raw(&self, messages: &[RawMessage]) -> Vec<(i32, i64)> {
+        publish_raw(&self.bootstrap, TOPIC, messages).await
+    }
+
+    /// [`committed`] for the topic.
+    pub fn committed(&self, group: &str, partitions: i32) -> Vec<i64> {
+        committed(&self.bootstrap, TOPIC, group, partitions)
+    }
+}
+
+/// The consumer run in-process on a task of its own, until stopped.
+pub struct Running {
+    stop: CancellationToken,
+    task: JoinHandle<Result<Summary, ConsumerError>>,
+}
+
+impl Running {
+    /// Starts [`run`] with `settings`.
+    pub fn start(settings: Settings) -> Running {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(settings, stop.clone()));
+        Running { stop, task }
+    }
+
+    /// Cancels it and returns its summary; panics if it failed.
+    pub async fn stop(self) -> Summary {
+        self.stop.cancel();
+        self.task
+            .await
+            .expect("consumer task")
+            .expect("consumer ran")
+    }
+
+    /// What it returns once it stops by itself; panics if it still runs after `within`.
+    pub async fn ended(self, within: Duration) -> Result<Summary, ConsumerError> {
+        tokio::time::timeout(within, self.task)
+            .await
+            .expect("the consumer stops by itself")
+            .expect("consumer task")
+    }
+}
+
+/// Waits up to `within` until `sql` counts exactly `n`; a table not made yet counts as empty.
+pub async fn wait_count(db: &Postgres, sql: &str, n: i64, within: Duration) {
+    wait_for(within, &format!("{n} from `{sql}`"), || async {
+        count_once_created(db, sql).await == n
+    })
+    .await;
+}
+
+/// [`wait_count`] of the metrics rows.
+pub async fn wait_rows(db: &Postgres, n: i64, within: Duration) {
+    wait_count(db, ROWS, n, within).await;
+}
+
+/// Waits up to `within` until at least `n` metrics rows are stored, while more keep coming.
+pub async fn wait_rows_past(db: &Postgres, n: i64, within: Duration) {
+    wait_for(within, &format!("at least {n} rows"), || async {
+        count_once_created(db, ROWS).await >= n
+    })
+    .await;
+}
+
+/// The metrics rows stored now.
+pub async fn rows(db: &Postgres) -> i64 {
+    count(db, ROWS).await
+}
+
+/// The dead letters stored now.
+pub async fn dead(db: &Postgres) -> i64 {
+    count(db, DEAD).await
 }
 
 /// Consumer settings for tests: short group timeouts (rebalances in ~3 s on the mock, FACTS.md).
@@ -111,6 +235,11 @@ pub fn metric(i: u64, sites: u64) -> Metric {
     }
 }
 
+/// `n` metrics from [`metric`], spread over `sites` sites.
+pub fn metrics(n: u64, sites: u64) -> Vec<Metric> {
+    (0..n).map(|i| metric(i, sites)).collect()
+}
+
 /// Publishes payloads (with keys) and returns where each landed, in order.
 pub async fn publish_raw(bootstrap: &str, topic: &str, messages: &[RawMessage]) -> Vec<(i32, i64)> {
     let producer: FutureProducer = ClientConfig::new()
@@ -171,6 +300,26 @@ pub async fn stored(db: &Postgres) -> HashMap<Uuid, (Metric, Origin)> {
             (stored.metric.probe_id, (stored.metric, origin))
         })
         .collect()
+}
+
+/// [`stored`], once checked to hold every one of `published`: nothing lost.
+pub async fn assert_all_stored(
+    db: &Postgres,
+    published: &[Metric],
+) -> HashMap<Uuid, (Metric, Origin)> {
+    let stored = stored(db).await;
+    let lost: Vec<Uuid> = published
+        .iter()
+        .map(|m| m.probe_id)
+        .filter(|id| !stored.contains_key(id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} published metrics lost: {lost:?}",
+        lost.len(),
+        published.len()
+    );
+    stored
 }
 
 /// The group's committed offset for each partition (-1001 = none).

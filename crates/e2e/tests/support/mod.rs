@@ -5,11 +5,12 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use sitewatch_metric::Metric;
+use sitewatch_pgtest::child::{piped, signal};
 use sitewatch_pgtest::sql::client;
 use sitewatch_pgtest::wait::{lines, rest};
 use sitewatch_pgtest::Postgres;
@@ -47,15 +48,7 @@ impl Proc {
     /// Starts a workspace binary with `args` and extra environment.
     pub fn start(name: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
         let mut cmd = Command::new(bin(name));
-        let _ = cmd
-            .args(args)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            let _ = cmd.env(k, v);
-        }
+        let _ = piped(cmd.args(args).envs(env.iter().copied()));
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{name} starts: {e}"));
         let stdout = lines(child.stdout.take().expect("stdout"));
         let stderr = lines(child.stderr.take().expect("stderr"));
@@ -68,13 +61,8 @@ impl Proc {
     }
 
     /// Sends a signal by name (TERM, INT, KILL).
-    pub fn signal(&self, signal: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(ok, "kill -{signal} {}", self.name);
+    pub fn signal(&self, name: &str) {
+        signal(&self.child, name);
     }
 
     /// Waits for the exit; returns the code (None when killed by a signal) and every stderr line.
@@ -99,6 +87,21 @@ impl Proc {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// SIGTERM, then [`Proc::wait`]; panics with its log unless it exits 0 within `within`.
+    /// Returns its stdout and stderr lines.
+    pub fn stop(self, within: Duration) -> (Vec<String>, Vec<String>) {
+        self.signal("TERM");
+        let name = self.name.clone();
+        let (code, stdout, stderr) = self.wait(within);
+        assert_eq!(
+            code,
+            Some(0),
+            "{name} exits 0 on SIGTERM:\n{}",
+            stderr.join("\n")
+        );
+        (stdout, stderr)
     }
 
     /// Waits for a stdout line `key=value` and returns the value.

@@ -1,8 +1,10 @@
-//! Helpers the monitor's integration tests share: a Kafka protocol peer and a reader of its topic.
+//! Helpers the monitor's integration tests share: a Kafka protocol peer, a
+//! reader of its topic, and a site list on disk.
 
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -24,9 +26,25 @@ pub fn kafka(topic: &str, partitions: i32) -> MockCluster<'static, DefaultProduc
     sitewatch_broker::in_process(topic, partitions).expect("mock cluster with the topic")
 }
 
+/// A temp folder holding the site list `name` with `text`; the folder goes with the guard.
+pub fn site_list(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let list = dir.path().join(name);
+    std::fs::write(&list, text).expect("write site list");
+    (dir, list)
+}
+
 /// Reads the topic from the start until `want` messages arrived or `within` passed,
-/// then keeps reading briefly so that extra messages would be seen too.
-pub fn read_topic(bootstrap: &str, topic: &str, want: usize, within: Duration) -> Vec<Read> {
+/// then keeps reading briefly so that extra messages would be seen too; on a
+/// thread of its own, as the reader blocks.
+pub async fn read_topic(bootstrap: &str, topic: &str, want: usize, within: Duration) -> Vec<Read> {
+    let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || read_topic_blocking(&bootstrap, &topic, want, within))
+        .await
+        .expect("reader")
+}
+
+fn read_topic_blocking(bootstrap: &str, topic: &str, want: usize, within: Duration) -> Vec<Read> {
     let group = format!("reader-{}", uuid::Uuid::now_v7());
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
