@@ -34,11 +34,27 @@ async fn a_refused_row_and_an_undecodable_message_in_one_batch_both_become_dead_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn partitions_paused_during_an_outage_resume_after_a_rebalance() {
+    paused_partitions_resume_after_rebalances(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partitions_paused_during_an_outage_resume_after_cooperative_rebalances() {
+    // Incremental assignments hand over only the new partitions: those the
+    // consumer kept must resume with them.
+    paused_partitions_resume_after_rebalances(Some("cooperative-sticky")).await;
+}
+
+/// A consumer paused behind a database outage sees a member join and leave
+/// (two rebalances, by `strategy` or librdkafka's default); once the database
+/// is back, every message becomes a row.
+async fn paused_partitions_resume_after_rebalances(strategy: Option<&'static str>) {
+    let strategy = strategy.map(|s| ("partition.assignment.strategy".to_owned(), s.to_owned()));
     let stack = Stack::start(2);
     let db = &stack.db;
     let mut settings = stack.settings("g");
     settings.queue_messages = 50;
     settings.batch_rows = 20;
+    settings.kafka.properties.extend(strategy.clone());
     let consumer = Running::start(settings);
     let all = metrics(1010, 40);
     let _ = stack.publish(&all[..10]).await;
@@ -61,7 +77,7 @@ async fn partitions_paused_during_an_outage_resume_after_a_rebalance() {
                 .set("bootstrap.servers", &bootstrap)
                 .set("group.id", "g")
                 .set("enable.auto.commit", "false");
-            for (k, v) in common::group_timeouts() {
+            for (k, v) in common::group_timeouts().into_iter().chain(strategy) {
                 let _ = config.set(k, v);
             }
             let idle: BaseConsumer = config.create().expect("member");
