@@ -255,10 +255,8 @@ mod tests {
         let err = Settings::load(&check::cli(command(), &["--writers", "9"]))
             .expect_err("pool too small");
         assert!(err.to_string().contains("`postgres.pool_size`"), "{err}");
-        let (_dir, config) = check::config_file("[postgres]\nsslmode = \"sometimes\"\n");
-        let err = Settings::load(&check::cli(command(), &["--config", &config]))
-            .expect_err("bad sslmode");
-        assert!(err.to_string().contains("sslmode"), "{err}");
+        let err = check::file_error::<Settings>(command(), "[postgres]\nsslmode = \"sometimes\"\n");
+        assert!(err.contains("sslmode"), "{err}");
     }
 
     #[test]

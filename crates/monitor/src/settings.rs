@@ -311,16 +311,12 @@ mod tests {
 
     #[test]
     fn a_bad_file_setting_is_named() {
-        let (_dir, config) =
-            check::config_file("targets = \"s.csv\"\n[probe]\ntimeout = \"soon\"\n");
-        let err = Settings::load(&check::cli(command(), &["--config", &config]))
-            .expect_err("bad duration");
-        assert!(err.to_string().contains("probe.timeout"), "{err}");
-
-        let (_dir, config) = check::config_file("targets = \"s.csv\"\nmax_inflight = 3\n");
-        let err = Settings::load(&check::cli(command(), &["--config", &config]))
-            .expect_err("unknown key");
-        assert!(err.to_string().contains("max_inflight"), "{err}");
+        let bad_duration = "targets = \"s.csv\"\n[probe]\ntimeout = \"soon\"\n";
+        let err = check::file_error::<Settings>(command(), bad_duration);
+        assert!(err.contains("probe.timeout"), "{err}");
+        let unknown_key = "targets = \"s.csv\"\nmax_inflight = 3\n";
+        let err = check::file_error::<Settings>(command(), unknown_key);
+        assert!(err.contains("max_inflight"), "{err}");
     }
 
     #[test]

@@ -56,6 +56,18 @@ pub fn config_file(toml: &str) -> (tempfile::TempDir, String) {
     (dir, path)
 }
 
+/// The error loading `S` from a config file holding `toml` gives, as text.
+///
+/// # Panics
+/// When the settings load: the test expected them refused.
+pub fn file_error<S: super::ServiceSettings + Debug>(command: Command, toml: &str) -> String {
+    let (_dir, path) = config_file(toml);
+    match S::load(&cli(command, &["--config", &path])) {
+        Ok(settings) => panic!("{toml:?} loaded: {settings:?}"),
+        Err(err) => err.to_string(),
+    }
+}
+
 /// The example config file `name` in `monitor-data/`, for a test that loads it.
 pub fn example(name: &str) -> String {
     format!("{}/../../monitor-data/{name}", env!("CARGO_MANIFEST_DIR"))
