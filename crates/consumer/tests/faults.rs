@@ -1,0 +1,167 @@
+//! The network between the consumer and PostgreSQL, or the broker,
+//! misbehaving, through a fault proxy: cut without a word (blackhole),
+//! connections reset or hung for good, replies lost, every packet late.
+//! After each: nothing lost, nothing doubled, nothing dead-lettered, and the
+//! consumer recovers by itself.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{assert_all_stored, metrics, wait_rows, Running, Stack, TOPIC};
+use sitewatch_consumer::Summary;
+use sitewatch_faults::{BrokerBehind, Fault, FaultProxy};
+use sitewatch_metric::Metric;
+use sitewatch_pgtest::sql::count;
+use sitewatch_pgtest::Postgres;
+use sitewatch_service::SecretString;
+
+/// A consumer whose way to PostgreSQL goes through `proxy`, with timeouts
+/// short enough for a test to see them end every wait.
+fn through(stack: &Stack, proxy: &FaultProxy) -> Running {
+    let mut settings = stack.settings("g");
+    let url = stack.db.url().replace(
+        &format!(":{}/", stack.db.port()),
+        &format!(":{}/", proxy.addr().port()),
+    );
+    settings.postgres.url = Some(SecretString::from(url));
+    settings.postgres.tcp_user_timeout = Duration::from_secs(2).into();
+    settings.postgres.statement_timeout = Duration::from_secs(3).into();
+    settings.postgres.pool_wait_timeout = Duration::from_secs(3).into();
+    settings.postgres.connect_timeout = Duration::from_secs(2).into();
+    settings.write_timeout = Duration::from_secs(4).into();
+    Running::start(settings)
+}
+
+/// What goes wrong between the consumer and PostgreSQL, mid-stream.
+#[derive(Debug, Clone, Copy)]
+enum Disruption {
+    /// This fault for this long, then a healthy network again.
+    For(Fault, Duration),
+    /// The open connections hang for good and new ones pass (a failover).
+    Strand,
+}
+
+/// Runs `disruption` in the middle of a stream of 400 metrics, then checks
+/// every one is a row, once, and none a dead letter; returns how long
+/// recovery took once the network was healthy again.
+async fn survives(disruption: Disruption) -> (Duration, Summary) {
+    let stack = Stack::start(2);
+    let db = &stack.db;
+    let port = std::net::SocketAddr::from(([127, 0, 0, 1], db.port()));
+    let proxy = FaultProxy::start(port).await.expect("proxy");
+    let consumer = through(&stack, &proxy);
+    let all = metrics(400, 20);
+    let _ = stack.publish(&all[..200]).await;
+    wait_rows(db, 200, Duration::from_secs(60)).await;
+    match disruption {
+        Disruption::For(fault, lasting) => {
+            proxy.set(fault);
+            let _ = stack.publish(&all[200..]).await;
+            // The fault's duration is the scenario, not a wait for something to happen.
+            tokio::time::sleep(lasting).await;
+            proxy.set(Fault::None);
+        }
+        Disruption::Strand => {
+            // Writes in flight when the connections hang: the batch after
+            // them is published first, so the pool is busy with it.
+            let _ = stack.publish(&all[200..]).await;
+            proxy.strand();
+        }
+    }
+    let restored = Instant::now();
+    wait_rows(db, 400, Duration::from_secs(90)).await;
+    let recovered = restored.elapsed();
+    let summary = consumer.stop().await;
+    stored_once(db, &all, &summary).await;
+    eprintln!("{disruption:?}: recovered {recovered:?} after; {summary:?}");
+    (recovered, summary)
+}
+
+/// Every one of `all` is a row, once, and nothing is a dead letter.
+async fn stored_once(db: &Postgres, all: &[Metric], summary: &Summary) {
+    let _ = assert_all_stored(db, all).await;
+    assert_eq!(
+        count(db, "SELECT count(DISTINCT probe_id) FROM metrics").await,
+        count(db, "SELECT count(*) FROM metrics").await,
+        "nothing doubled"
+    );
+    assert_eq!(
+        count(db, "SELECT count(*) FROM dead_letters").await,
+        0,
+        "{summary:?}"
+    );
+}
+
+/// `fault` between the consumer and the broker for `lasting`, between two
+/// halves of a stream; returns how long the second half took to be stored
+/// once the network was healthy again.
+async fn survives_the_broker(fault: Fault, lasting: Duration) -> Duration {
+    let db = common::postgres();
+    let kafka = BrokerBehind::start(TOPIC, 2).await.expect("broker");
+    let bootstrap = kafka.bootstrap();
+    let consumer = Running::start(common::settings(&bootstrap, TOPIC, &db, "g"));
+    let all = metrics(400, 20);
+    let _ = common::publish(&bootstrap, TOPIC, &all[..200]).await;
+    wait_rows(&db, 200, Duration::from_secs(60)).await;
+    kafka.proxy.set(fault);
+    tokio::time::sleep(lasting).await;
+    kafka.proxy.set(Fault::None);
+    let restored = Instant::now();
+    let _ = common::publish(&bootstrap, TOPIC, &all[200..]).await;
+    wait_rows(&db, 400, Duration::from_secs(90)).await;
+    let recovered = restored.elapsed();
+    let summary = consumer.stop().await;
+    stored_once(&db, &all, &summary).await;
+    eprintln!("broker {fault:?} for {lasting:?}: recovered {recovered:?} after; {summary:?}");
+    recovered
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_cut_off_longer_than_the_session_is_rejoined() {
+    // Past the tests' 6 s session timeout: the group gives the member up.
+    let _ = survives_the_broker(Fault::Blackhole, Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_connections_reset_lose_and_double_nothing() {
+    let _ = survives_the_broker(Fault::Reset, Duration::from_secs(3)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_cut_loses_and_doubles_nothing() {
+    let _ = survives(Disruption::For(Fault::Blackhole, Duration::from_secs(8))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_hang_for_good_are_given_up() {
+    let _ = survives(Disruption::Strand).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_reply_is_lost_is_not_stored_twice() {
+    let lost = Fault::NoRepliesAfter(b"COMMIT");
+    let (_, summary) = survives(Disruption::For(lost, Duration::from_secs(6))).await;
+    assert!(
+        summary.retries > 0,
+        "the unacknowledged write was retried: {summary:?}"
+    );
+    assert!(
+        summary.duplicates > 0,
+        "the retry found the committed rows stored: {summary:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_connections_lose_and_double_nothing() {
+    let _ = survives(Disruption::For(Fault::Reset, Duration::from_secs(3))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_network_loses_and_doubles_nothing() {
+    let _ = survives(Disruption::For(
+        Fault::Latency(Duration::from_millis(200)),
+        Duration::from_secs(4),
+    ))
+    .await;
+}
