@@ -9,7 +9,7 @@ ARGS ?=
 # `docker compose` where the plugin exists, else the older `docker-compose`.
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
-.PHONY: help setup build demo test lint bench bench-writes run-monitor run-consumer up down docker-test
+.PHONY: help setup build demo test lint bench bench-writes soak fuzz run-monitor run-consumer up down docker-test
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-13s %s\n", $$1, $$2}'
@@ -35,6 +35,12 @@ bench: ## Benchmarks of the pipeline against its goals, quick set (a few minutes
 
 bench-writes: ## The consumer's write-path micro-benchmark (COPY vs INSERT into PostgreSQL)
 	cargo bench -p sitewatch-consumer --bench write_path
+
+soak: ## Monitor and two consumers at 1,000 probes/s for 10 minutes under faults (SIGKILLs, PostgreSQL restarts, a broker outage); ARGS="--soak-minutes N"
+	scripts/bench.sh --scenario soak $(ARGS)
+
+fuzz: ## Fuzz the site-list parsers and the message decoder (cargo fuzz, nightly), FUZZ_SECONDS each (default 60)
+	scripts/fuzz.sh
 
 run-monitor: ## Probe TARGETS (default monitor-data/websites_top100.csv) and print metrics as JSON lines (no Kafka needed)
 	cargo run --release --locked --bin monitor -- --targets $(or $(TARGETS),monitor-data/websites_top100.csv) --output stdout

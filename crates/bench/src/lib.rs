@@ -1,6 +1,7 @@
 //! Benchmarks of the pipeline, each a scenario that starts what it needs
 //! (site farm, broker, PostgreSQL, the release binaries) and reports figures.
-//! `make bench` runs the quick set; `make bench ARGS=--full` the full one.
+//! `make bench` runs the quick set; `make bench ARGS=--full` the full one;
+//! `make soak` the soak under faults.
 
 pub mod ceiling;
 pub mod farm;
@@ -11,6 +12,7 @@ pub mod peer;
 pub mod procs;
 pub mod report;
 pub mod schedule;
+pub mod soak;
 mod stack;
 
 use std::path::PathBuf;
@@ -28,7 +30,13 @@ pub struct Options {
     pub bin_dir: PathBuf,
     /// Scratch space for this run (data directories, logs, generated site lists).
     pub work_dir: PathBuf,
+    /// How long the soak runs its faults, in minutes.
+    pub soak_minutes: u64,
 }
 
-/// The scenarios in the order they run.
-pub const SCENARIOS: &[&str] = &["schedule", "ceiling", "peer", "ingest", "latency"];
+/// Every scenario, in the order they run.
+pub const SCENARIOS: &[&str] = &["schedule", "ceiling", "peer", "ingest", "latency", "soak"];
+
+/// The scenarios a run without `--scenario` runs: all but the soak, which
+/// takes its own ten minutes and more (`make soak`).
+pub const DEFAULT_SCENARIOS: &[&str] = &["schedule", "ceiling", "peer", "ingest", "latency"];

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use sitewatch_bench::{report, Options, ScenarioReport, SCENARIOS};
+use sitewatch_bench::{report, Options, ScenarioReport, DEFAULT_SCENARIOS, SCENARIOS};
 
 /// Runs the benchmark scenarios against the release binaries and prints a
 /// table of figures (with the goals they are held against) and a JSON summary.
@@ -15,7 +15,7 @@ struct Cli {
     /// The full run: the site counts and durations the goals are set at (tens of minutes).
     #[arg(long)]
     full: bool,
-    /// Run only these scenarios (repeat the flag); default all of them.
+    /// Run only these scenarios (repeat the flag); default all but the soak.
     #[arg(long = "scenario", value_name = "NAME", value_parser = clap::builder::PossibleValuesParser::new(SCENARIOS))]
     scenarios: Vec<String>,
     /// Repetitions whose median is reported [default: 1 quick, 3 full]
@@ -27,6 +27,9 @@ struct Cli {
     /// Scratch directory for data, logs and site lists.
     #[arg(long, default_value = "build/bench")]
     work_dir: PathBuf,
+    /// How long the soak runs its faults
+    #[arg(long, value_name = "MINUTES", default_value_t = 10)]
+    soak_minutes: u64,
     /// Also write the JSON summary to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -70,6 +73,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         runs: cli.runs.unwrap_or(if cli.full { 3 } else { 1 }),
         bin_dir: cli.bin_dir,
         work_dir: cli.work_dir,
+        soak_minutes: cli.soak_minutes,
     };
     if options.runs == 0 {
         bail!("--runs must be at least 1");
@@ -77,7 +81,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     std::fs::create_dir_all(&options.work_dir)
         .with_context(|| format!("cannot create {}", options.work_dir.display()))?;
     let chosen: Vec<&str> = if cli.scenarios.is_empty() {
-        SCENARIOS.to_vec()
+        DEFAULT_SCENARIOS.to_vec()
     } else {
         SCENARIOS
             .iter()
@@ -94,6 +98,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             "schedule" => sitewatch_bench::schedule::run(&options).await?,
             "ceiling" => sitewatch_bench::ceiling::run(&options).await?,
             "peer" => sitewatch_bench::peer::run(&options).await?,
+            "soak" => sitewatch_bench::soak::run(&options).await?,
             _ => bail!("scenario {name} is not written yet"),
         };
         #[allow(unreachable_code)]

@@ -230,3 +230,36 @@ async fn sigterm_with_the_brokers_gone_exits_within_the_grace_period_on_default_
         lines.join("\n")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_postgres_down_exits_within_the_grace_period_and_a_restart_stores_the_rest() {
+    let stack = Stack::start(2);
+    let all = metrics(500, 25);
+    let _ = stack.publish(&all[..300]).await;
+    let grace = Duration::from_secs(3);
+    let consumer = start_with(&stack, "3s", true);
+    wait_rows(&stack.db, 300, Duration::from_secs(60)).await;
+    stack.db.stop().expect("stop PostgreSQL");
+    // Read while the database is away: held, retried, never written.
+    let _ = stack.publish(&all[300..]).await;
+    let stopped = Instant::now();
+    consumer.signal("TERM");
+    let (code, log) = consumer.exit(Duration::from_secs(60)).await;
+    let took = stopped.elapsed();
+    assert!(
+        took < grace + Duration::from_secs(8),
+        "exited {took:?} after SIGTERM with a {grace:?} grace period:\n{}",
+        log.join("\n")
+    );
+    assert_eq!(code, Some(0), "{}", log.join("\n"));
+    let summary = final_summary(&log);
+    assert_eq!(summary["inserted"], 300, "{summary}");
+
+    stack.db.start_again().expect("start PostgreSQL again");
+    let second = start(&stack);
+    wait_rows(&stack.db, 500, Duration::from_secs(90)).await;
+    second.signal("TERM");
+    let (code, _) = second.exit(Duration::from_secs(30)).await;
+    assert_eq!(code, Some(0));
+    let _ = common::assert_all_stored(&stack.db, &all).await;
+}

@@ -225,3 +225,56 @@ async fn schema_drift_stops_the_consumer_dead_letters_nothing_and_a_restart_afte
     let summary = consumer.stop().await;
     assert_eq!(summary.dead_letters, 0, "{summary:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_held_past_the_revoke_drain_is_neither_lost_nor_doubled() {
+    let stack = Stack::start(2);
+    let db = &stack.db;
+    let a = stack.consumer("g");
+    let all = metrics(400, 20);
+    let _ = stack.publish(&all[..200]).await;
+    wait_rows(db, 200, Duration::from_secs(60)).await;
+
+    // An operator's transaction holds the table, so the first member's next
+    // write hangs mid-flight.
+    let mut blocker = client(db).await;
+    let lock = blocker.transaction().await.expect("transaction");
+    lock.batch_execute("LOCK TABLE metrics IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+    let _ = stack.publish(&all[200..]).await;
+    wait_for(
+        Duration::from_secs(30),
+        "a write waiting on the lock",
+        || async {
+            count(
+                db,
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+            )
+            .await
+                >= 1
+        },
+    )
+    .await;
+    // A second member joins: the group rebalances, and the first member's
+    // drain of a revoked partition runs out (3 s) with its write still held.
+    let b = stack.consumer("g");
+    // How long the lock holds is the scenario: past the rebalance and the drain.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    lock.rollback().await.expect("release");
+
+    wait_rows(db, 400, Duration::from_secs(90)).await;
+    let (sa, sb) = (a.stop().await, b.stop().await);
+    let _ = common::assert_all_stored(db, &all).await;
+    assert_eq!(
+        count(db, "SELECT count(DISTINCT probe_id) FROM metrics").await,
+        count(db, "SELECT count(*) FROM metrics").await,
+        "nothing doubled: {sa:?} {sb:?}"
+    );
+    assert_eq!(dead(db).await, 0, "{sa:?} {sb:?}");
+    assert_eq!(sa.inserted + sb.inserted, 400, "{sa:?} {sb:?}");
+    assert!(
+        sb.duplicates > 0,
+        "the new owner read again what the old one was still writing: {sa:?} {sb:?}"
+    );
+}

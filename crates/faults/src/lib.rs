@@ -194,6 +194,8 @@ async fn connection(
     faults: watch::Receiver<Fault>,
     stranding: Stranding,
 ) {
+    // However it ends, its token is then pruned from the open list.
+    let _ended = stranding.stranded.clone().drop_guard();
     let Ok(server) = TcpStream::connect(upstream).await else {
         return;
     };
@@ -216,8 +218,6 @@ async fn connection(
         () = async { tokio::join!(up, down); } => {}
         () = stranding.stop.cancelled() => {}
     }
-    // Its token is pruned from the open list on the next accept.
-    stranding.stranded.cancel();
 }
 
 /// What one direction of a connection obeys.

@@ -1,9 +1,11 @@
-//! The network between the monitor and the broker misbehaving, through a
-//! fault proxy: cut without a word (blackhole) or connections reset while
-//! probes go on. After each: every probe made is on the topic, once.
+//! The monitor among faults: the network to the broker misbehaving, through
+//! a fault proxy (cut without a word, connections reset), after which every
+//! probe made is on the topic, once; and hostile sites, which must not hold
+//! up their neighbours.
 
 mod common;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use sitewatch_faults::{BrokerBehind, Fault};
@@ -74,4 +76,81 @@ async fn a_broker_cut_off_for_seconds_loses_and_doubles_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_connections_reset_lose_and_double_nothing() {
     let _ = publishes_through(Fault::Reset, Duration::from_secs(3)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_sites_do_not_hold_up_their_neighbours() {
+    let farm = SiteFarm::start(FarmOptions::default()).await.expect("farm");
+    let kafka = common::kafka(TOPIC, 3);
+    let hostile = [
+        "/drip/10",
+        "/gzip-bomb",
+        "/headers/10000",
+        "/slow/5000",
+        "/reset",
+    ];
+    let neighbours: Vec<String> = (0..5).map(|i| farm.url(&format!("/ok?{i}"))).collect();
+    let csv: String = hostile
+        .iter()
+        .map(|path| format!("{},2,\n", farm.url(path)))
+        .chain(neighbours.iter().map(|url| format!("{url},1,Welcome\n")))
+        .collect();
+    let (_dir, list) = common::site_list("sites.csv", &csv);
+    let mut settings = Settings {
+        targets: Some(sitewatch_monitor::source::TargetSpec::new(
+            list.to_string_lossy(),
+        )),
+        output: vec![Output::Kafka],
+        ..Settings::default()
+    };
+    settings.kafka.brokers = kafka.bootstrap_servers();
+    settings.kafka.topic = TOPIC.to_owned();
+    settings.probe.timeout = Duration::from_secs(1).into();
+    let stop = CancellationToken::new();
+    let monitor = tokio::spawn(run(settings, stop.clone(), tokio::sync::mpsc::channel(1).1));
+    // How long the sites are probed is the scenario, not a wait.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    stop.cancel();
+    let summary = monitor.await.expect("monitor task").expect("monitor runs");
+    assert_eq!(summary.lost(), 0, "{summary:?}");
+    let want = usize::try_from(summary.delivery.delivered).expect("count");
+    let topic = common::read_topic(
+        &kafka.bootstrap_servers(),
+        TOPIC,
+        want,
+        Duration::from_secs(30),
+    )
+    .await;
+    let mut probes: HashMap<&str, Vec<_>> = HashMap::new();
+    for read in &topic {
+        probes
+            .entry(read.metric.url.as_str())
+            .or_default()
+            .push(&read.metric);
+    }
+    for url in &neighbours {
+        let metrics = probes
+            .get(url.as_str())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        assert!(
+            metrics.len() >= 5,
+            "{url} probed every second beside the hostile sites: {} probes; {summary:?}",
+            metrics.len()
+        );
+        assert!(
+            metrics
+                .iter()
+                .all(|m| m.error.is_none() && m.regex_matched == Some(true)),
+            "{metrics:?}"
+        );
+    }
+    for path in hostile {
+        let url = farm.url(path);
+        let metrics = probes
+            .get(url.as_str())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        assert!(!metrics.is_empty(), "{url} was probed too");
+    }
 }

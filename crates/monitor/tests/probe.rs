@@ -323,3 +323,83 @@ async fn credentials_in_the_url_authenticate_but_are_never_in_the_metric() {
     let ok = b.prober.probe(&targets[0]).await;
     assert_eq!(ok.status, Some(200), "{ok:?}");
 }
+
+#[tokio::test]
+async fn a_gzip_bomb_is_read_only_up_to_the_cap() {
+    let b = bench().await;
+    let o = b.probe("/gzip-bomb", None).await;
+    assert_eq!(o.status, Some(200), "{o:?}");
+    assert_eq!(o.error, None, "{o:?}");
+    assert_eq!(
+        o.body_bytes,
+        ProbeSettings::default().body_cap as u64,
+        "inflated only as far as the cap: {o:?}"
+    );
+    assert!(o.body_truncated, "{o:?}");
+}
+
+#[tokio::test]
+async fn a_body_that_drips_forever_ends_at_the_timeout() {
+    let b = bench().await;
+    let drip = site(
+        &b.farm.url("/drip/20"),
+        None,
+        Some(Duration::from_millis(500)),
+    );
+    let o = b.prober.probe(&drip).await;
+    assert_eq!(kind(&o), Some(ErrorKind::Timeout), "{o:?}");
+    assert_eq!(o.status, Some(200), "the head arrived before the timeout");
+}
+
+#[tokio::test]
+async fn a_flood_of_headers_is_refused_and_the_next_probe_is_unharmed() {
+    let b = bench().await;
+    let o = b.probe("/headers/10000", None).await;
+    assert_failed(&o, ErrorKind::Other);
+    let message = &o.error.as_ref().expect("an error").message;
+    assert!(message.contains("header"), "{message}");
+    let next = b.probe("/ok", None).await;
+    assert_eq!(next.status, Some(200), "{next:?}");
+}
+
+#[tokio::test]
+async fn an_ipv6_literal_is_probed_and_published_with_its_brackets() {
+    let farm = SiteFarm::start(FarmOptions {
+        http: "[::1]:0".parse().expect("address"),
+        ..FarmOptions::default()
+    })
+    .await
+    .expect("a farm on ::1 (the loopback has IPv6 here)");
+    let prober = Prober::new(ProbeSettings::default()).expect("prober");
+    let url = farm.url("/ok");
+    assert!(url.starts_with("http://[::1]:"), "{url}");
+    let o = prober.probe(&site(&url, Some("Welcome"), None)).await;
+    assert_eq!(o.status, Some(200), "{o:?}");
+    assert_eq!(o.regex_matched, Some(true), "{o:?}");
+    assert_eq!(o.url, url);
+}
+
+#[tokio::test]
+async fn an_international_host_is_published_in_its_ascii_form() {
+    let b = bench().await;
+    // `.invalid` never resolves (RFC 6761): the DNS error is the expected end.
+    let o = b.probe_url("http://bücher.invalid/", None).await;
+    assert_failed(&o, ErrorKind::Dns);
+    assert_eq!(o.url, "http://xn--bcher-kva.invalid/", "{o:?}");
+}
+
+#[tokio::test]
+async fn a_redirect_from_https_to_http_is_followed_and_shows_in_the_final_url() {
+    let b = bench().await;
+    let plain = b.farm.url("/ok");
+    let o = b
+        .probe_url(
+            &b.farm.https_url(&format!("/redirect-to?{plain}")),
+            Some("Welcome"),
+        )
+        .await;
+    assert_eq!(o.status, Some(200), "{o:?}");
+    assert_eq!(o.redirects, 1, "{o:?}");
+    assert_eq!(o.final_url.as_deref(), Some(plain.as_str()), "{o:?}");
+    assert_eq!(o.regex_matched, Some(true), "{o:?}");
+}

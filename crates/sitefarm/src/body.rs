@@ -47,6 +47,11 @@ enum Kind {
     },
     /// `remaining` bytes of [`FILLER`], one chunk per frame.
     Filler { remaining: u64 },
+    /// One byte every `every`, never ending: a server that trickles.
+    Drip {
+        every: Duration,
+        next: Pin<Box<Sleep>>,
+    },
 }
 
 impl SiteBody {
@@ -86,13 +91,24 @@ impl SiteBody {
         }
     }
 
-    /// Bytes still to send; hyper turns this into `Content-Length`.
-    fn remaining(&self) -> u64 {
+    /// A body that never ends, one byte every `every` (sent chunked).
+    pub(crate) fn drip(every: Duration) -> Self {
+        Self {
+            kind: Kind::Drip {
+                every,
+                next: Box::pin(tokio::time::sleep(every)),
+            },
+        }
+    }
+
+    /// Bytes still to send, if known; hyper turns this into `Content-Length`.
+    fn remaining(&self) -> Option<u64> {
         match &self.kind {
             Kind::Bytes(data) | Kind::Delayed { data, .. } => {
-                data.as_ref().map_or(0, |data| data.len() as u64)
+                Some(data.as_ref().map_or(0, |data| data.len() as u64))
             }
-            Kind::Filler { remaining } => *remaining,
+            Kind::Filler { remaining } => Some(*remaining),
+            Kind::Drip { .. } => None,
         }
     }
 }
@@ -123,15 +139,22 @@ impl Body for SiteBody {
                 *remaining -= len as u64;
                 Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&FILLER[..len])))))
             }
+            Kind::Drip { every, next } => {
+                ready!(next.as_mut().poll(cx));
+                let at = next.deadline() + *every;
+                next.as_mut().reset(at);
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b".")))))
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.remaining() == 0
+        self.remaining() == Some(0)
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.remaining())
+        self.remaining()
+            .map_or_else(SizeHint::default, SizeHint::with_exact)
     }
 }
 
@@ -170,6 +193,19 @@ mod tests {
             assert_eq!(body.size_hint().exact(), Some(0));
             assert_eq!(collect(body).await.0, 0);
         }
+    }
+
+    #[tokio::test]
+    async fn a_drip_sends_a_byte_at_a_time_and_never_ends() {
+        let mut body = SiteBody::drip(Duration::from_millis(10));
+        assert_eq!(body.size_hint().exact(), None);
+        let started = tokio::time::Instant::now();
+        for _ in 0..3 {
+            let frame = body.frame().await.unwrap().unwrap();
+            assert_eq!(frame.data_ref().unwrap().len(), 1);
+        }
+        assert!(started.elapsed() >= Duration::from_millis(30));
+        assert!(!body.is_end_stream());
     }
 
     #[tokio::test]

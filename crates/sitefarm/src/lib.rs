@@ -1,6 +1,7 @@
 //! Local websites on loopback with set behaviours (fast, slow, failing, redirecting, huge,
-//! gzip, binary, resetting; plain HTTP, CA-signed TLS and self-signed TLS) for the monitor's
-//! integration tests, the demo and benchmarks.
+//! gzip, binary, resetting, and hostile: a gzip bomb, a body that drips forever, a flood of
+//! headers; plain HTTP, CA-signed TLS and self-signed TLS) for the monitor's integration
+//! tests, the demo and benchmarks.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), sitewatch_sitefarm::FarmError> {

@@ -22,6 +22,13 @@ const WELCOME_HTML: &str = "<!doctype html>\n\
 /// Text that `/gzip` compresses.
 const GZIP_TEXT: &str = "compressed hello from sitefarm\n";
 
+/// What `/gzip-bomb` inflates to: far past any prober's body cap.
+const GZIP_BOMB_BYTES: usize = 64 * 1024 * 1024;
+
+/// Headers `/headers/{n}` sends at most: far past any client's limit (a
+/// hundred, for hyper), and within what one `HeaderMap` can hold.
+const MAX_HEADERS: u64 = 10_000;
+
 /// Body of `/binary`: invalid UTF-8 around an ASCII marker, to test byte-level matching.
 const BINARY: &[u8] = b"\xff\xfe\x00\x80marker-42\xc3\x28\xff";
 
@@ -54,6 +61,14 @@ pub(crate) enum Route {
     Reset,
     /// `/to-metadata`: a redirect to a cloud's metadata address.
     ToMetadata,
+    /// `/redirect-to?{url}`: a redirect to the URL in the query, as written.
+    RedirectTo,
+    /// `/gzip-bomb`: a small gzip body that inflates to [`GZIP_BOMB_BYTES`] of zeros.
+    GzipBomb,
+    /// `/drip/{ms}`: the head at once, then one body byte every `ms`, forever.
+    Drip(Duration),
+    /// `/headers/{n}`: a response with `n` headers (at most [`MAX_HEADERS`]).
+    Headers(u64),
     /// Anything else, including known prefixes with a malformed number.
     NotFound,
 }
@@ -69,6 +84,8 @@ impl Route {
             "/binary" => return Self::Binary,
             "/reset" => return Self::Reset,
             "/to-metadata" => return Self::ToMetadata,
+            "/redirect-to" => return Self::RedirectTo,
+            "/gzip-bomb" => return Self::GzipBomb,
             _ => {}
         }
         let Some((prefix, arg)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
@@ -88,6 +105,8 @@ impl Route {
             "redirect" => Self::Redirect(n),
             "big" => Self::Big(n),
             "site" => Self::Site(n),
+            "drip" if n > 0 => Self::Drip(Duration::from_millis(n)),
+            "headers" => Self::Headers(n.min(MAX_HEADERS)),
             _ => Self::NotFound,
         }
     }
@@ -218,10 +237,46 @@ impl Site {
             Route::Site(n) => text(StatusCode::OK, format!("site {n} ok")),
             Route::Reset => return Err(ResetConnection),
             Route::ToMetadata => redirect(METADATA_URL.to_owned()),
+            Route::RedirectTo => redirect(request.uri().query().unwrap_or("/").to_owned()),
+            Route::GzipBomb => {
+                let mut response = Response::new(SiteBody::bytes(gzip_bomb().clone()));
+                response
+                    .headers_mut()
+                    .insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+                response
+            }
+            Route::Drip(every) => with_text_type(Response::new(SiteBody::drip(every))),
+            Route::Headers(n) => {
+                let mut response = text(StatusCode::OK, format!("{n} headers"));
+                let headers = response.headers_mut();
+                for i in 0..n {
+                    if let Ok(name) = hyper::header::HeaderName::try_from(format!("x-sitefarm-{i}"))
+                    {
+                        headers.insert(name, HeaderValue::from_static("hostile"));
+                    }
+                }
+                response
+            }
             Route::NotFound => text(StatusCode::NOT_FOUND, "not found"),
         };
         Ok(response)
     }
+}
+
+/// The `/gzip-bomb` body, compressed on first use and shared by every farm
+/// in the process (compressing costs a fraction of a second; most farms never
+/// serve it).
+fn gzip_bomb() -> &'static Bytes {
+    static BOMB: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    BOMB.get_or_init(|| {
+        let zeros = vec![0u8; 1024 * 1024];
+        let mut encoder = GzEncoder::new(Vec::new(), Compression::best());
+        for _ in 0..GZIP_BOMB_BYTES / zeros.len() {
+            // Writing into a Vec cannot fail.
+            let _ = encoder.write_all(&zeros);
+        }
+        Bytes::from(encoder.finish().unwrap_or_default())
+    })
 }
 
 fn with_text_type(mut response: Response<SiteBody>) -> Response<SiteBody> {
@@ -283,6 +338,15 @@ mod tests {
         assert_eq!(Route::parse("/binary"), Route::Binary);
         assert_eq!(Route::parse("/reset"), Route::Reset);
         assert_eq!(Route::parse("/to-metadata"), Route::ToMetadata);
+        assert_eq!(Route::parse("/redirect-to"), Route::RedirectTo);
+        assert_eq!(Route::parse("/gzip-bomb"), Route::GzipBomb);
+        assert_eq!(
+            Route::parse("/drip/100"),
+            Route::Drip(Duration::from_millis(100))
+        );
+        assert_eq!(Route::parse("/drip/0"), Route::NotFound);
+        assert_eq!(Route::parse("/headers/7"), Route::Headers(7));
+        assert_eq!(Route::parse("/headers/100000"), Route::Headers(MAX_HEADERS));
         assert_eq!(Route::parse("/ok/"), Route::NotFound);
         assert_eq!(Route::parse("/loop/c"), Route::NotFound);
         assert_eq!(Route::parse(""), Route::NotFound);

@@ -1,0 +1,11 @@
+//! A CSV site list from anywhere: refused with a reason or accepted whole,
+//! never a panic; what is accepted keeps the promises a list makes.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|text: &str| {
+    if let Ok(targets) = sitewatch_monitor::targets::parse_csv("fuzz.csv", text) {
+        sitewatch_fuzz::assert_sound(&targets);
+    }
+});
