@@ -285,11 +285,7 @@ pub async fn run(options: &Options) -> anyhow::Result<ScenarioReport> {
             "s",
         ),
         Figure::new("monitor peak RSS", mb(monitor_rss), "MB"),
-        Figure::new(
-            "consumer peak RSS (any run)",
-            mb(consumers.peak_rss),
-            "MB",
-        ),
+        Figure::new("consumer peak RSS (any run)", mb(consumers.peak_rss), "MB"),
         Figure::new("broker peak RSS", mb(broker_rss), "MB"),
     ];
     report.notes = vec![
