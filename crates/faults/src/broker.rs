@@ -19,18 +19,12 @@ impl BrokerBehind {
     /// Starts the broker with `topic` of `partitions`, behind a fresh proxy.
     pub async fn start(topic: &str, partitions: i32) -> Result<BrokerBehind, BrokerError> {
         let local = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-        let listener = TcpListener::bind(local)
-            .await
-            .map_err(|source| BrokerError::Listen {
-                addr: local,
-                source,
-            })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| BrokerError::Listen {
-                addr: local,
-                source,
-            })?;
+        let listen = |source| BrokerError::Listen {
+            addr: local,
+            source,
+        };
+        let listener = TcpListener::bind(local).await.map_err(listen)?;
+        let addr = listener.local_addr().map_err(listen)?;
         let advertise = addr
             .to_string()
             .parse()

@@ -16,6 +16,46 @@ use tokio_util::sync::CancellationToken;
 
 const TOPIC: &str = "metrics";
 
+/// The monitor run in-process on a task of its own, until stopped.
+struct Monitor {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<RunSummary, sitewatch_monitor::MonitorError>>,
+    _list: tempfile::TempDir,
+}
+
+impl Monitor {
+    /// Probes the CSV list `csv`, publishing to `bootstrap`; `tune` adjusts the settings.
+    fn start(csv: &str, bootstrap: String, tune: impl FnOnce(&mut Settings)) -> Monitor {
+        let (dir, list) = common::site_list("sites.csv", csv);
+        let mut settings = Settings {
+            targets: Some(sitewatch_monitor::source::TargetSpec::new(
+                list.to_string_lossy(),
+            )),
+            output: vec![Output::Kafka],
+            ..Settings::default()
+        };
+        settings.kafka.brokers = bootstrap;
+        settings.kafka.topic = TOPIC.to_owned();
+        tune(&mut settings);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(settings, stop.clone(), tokio::sync::mpsc::channel(1).1));
+        Monitor {
+            stop,
+            task,
+            _list: dir,
+        }
+    }
+
+    /// Cancels it and returns its summary; panics if it failed.
+    async fn stop(self) -> RunSummary {
+        self.stop.cancel();
+        self.task
+            .await
+            .expect("monitor task")
+            .expect("monitor runs")
+    }
+}
+
 /// Probes 20 sites every second through `fault` (for `lasting`, after a
 /// healthy start), stops the monitor a few seconds after the network is
 /// back, and checks the topic against what it says it published.
@@ -25,18 +65,7 @@ async fn publishes_through(fault: Fault, lasting: Duration) -> RunSummary {
     let csv: String = (0..20)
         .map(|i| format!("{},1,\n", farm.url(&format!("/ok?{i}"))))
         .collect();
-    let (_dir, list) = common::site_list("sites.csv", &csv);
-    let mut settings = Settings {
-        targets: Some(sitewatch_monitor::source::TargetSpec::new(
-            list.to_string_lossy(),
-        )),
-        output: vec![Output::Kafka],
-        ..Settings::default()
-    };
-    settings.kafka.brokers = kafka.bootstrap();
-    settings.kafka.topic = TOPIC.to_owned();
-    let stop = CancellationToken::new();
-    let monitor = tokio::spawn(run(settings, stop.clone(), tokio::sync::mpsc::channel(1).1));
+    let monitor = Monitor::start(&csv, kafka.bootstrap(), |_| {});
     let healthy = common::read_topic(&kafka.bootstrap(), TOPIC, 20, Duration::from_secs(30)).await;
     assert!(
         healthy.len() >= 20,
@@ -48,8 +77,7 @@ async fn publishes_through(fault: Fault, lasting: Duration) -> RunSummary {
     tokio::time::sleep(lasting).await;
     kafka.proxy.set(Fault::None);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.cancel();
-    let summary = monitor.await.expect("monitor task").expect("monitor runs");
+    let summary = monitor.stop().await;
     assert_eq!(summary.lost(), 0, "{summary:?}");
     let probes = summary.schedule.started;
     assert!(
@@ -95,23 +123,12 @@ async fn hostile_sites_do_not_hold_up_their_neighbours() {
         .map(|path| format!("{},2,\n", farm.url(path)))
         .chain(neighbours.iter().map(|url| format!("{url},1,Welcome\n")))
         .collect();
-    let (_dir, list) = common::site_list("sites.csv", &csv);
-    let mut settings = Settings {
-        targets: Some(sitewatch_monitor::source::TargetSpec::new(
-            list.to_string_lossy(),
-        )),
-        output: vec![Output::Kafka],
-        ..Settings::default()
-    };
-    settings.kafka.brokers = kafka.bootstrap_servers();
-    settings.kafka.topic = TOPIC.to_owned();
-    settings.probe.timeout = Duration::from_secs(1).into();
-    let stop = CancellationToken::new();
-    let monitor = tokio::spawn(run(settings, stop.clone(), tokio::sync::mpsc::channel(1).1));
+    let monitor = Monitor::start(&csv, kafka.bootstrap_servers(), |settings| {
+        settings.probe.timeout = Duration::from_secs(1).into();
+    });
     // How long the sites are probed is the scenario, not a wait.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    stop.cancel();
-    let summary = monitor.await.expect("monitor task").expect("monitor runs");
+    let summary = monitor.stop().await;
     assert_eq!(summary.lost(), 0, "{summary:?}");
     let want = usize::try_from(summary.delivery.delivered).expect("count");
     let topic = common::read_topic(
