@@ -50,6 +50,14 @@ impl Bench {
         self.probe_url(&self.farm.url(path), regex).await
     }
 
+    /// A probe of `path` with `timeout` times out after the head (a 200) arrived.
+    async fn assert_body_times_out(&self, path: &str, timeout: Duration) {
+        let t = site(&self.farm.url(path), None, Some(timeout));
+        let o = self.prober.probe(&t).await;
+        assert_eq!(kind(&o), Some(ErrorKind::Timeout), "{o:?}");
+        assert_eq!(o.status, Some(200), "the head arrived before the timeout");
+    }
+
     /// A probe of `url`, anywhere.
     async fn probe_url(&self, url: &str, regex: Option<&str>) -> Metric {
         self.prober.probe(&site(url, regex, None)).await
@@ -112,14 +120,8 @@ async fn a_slow_response_past_the_timeout() {
         o.timings
     );
 
-    let slow_body = site(
-        &b.farm.url("/slow-body/3000"),
-        None,
-        Some(Duration::from_millis(300)),
-    );
-    let o = b.prober.probe(&slow_body).await;
-    assert_eq!(kind(&o), Some(ErrorKind::Timeout), "{o:?}");
-    assert_eq!(o.status, Some(200), "the head arrived before the timeout");
+    b.assert_body_times_out("/slow-body/3000", Duration::from_millis(300))
+        .await;
 }
 
 #[tokio::test]
@@ -341,14 +343,8 @@ async fn a_gzip_bomb_is_read_only_up_to_the_cap() {
 #[tokio::test]
 async fn a_body_that_drips_forever_ends_at_the_timeout() {
     let b = bench().await;
-    let drip = site(
-        &b.farm.url("/drip/20"),
-        None,
-        Some(Duration::from_millis(500)),
-    );
-    let o = b.prober.probe(&drip).await;
-    assert_eq!(kind(&o), Some(ErrorKind::Timeout), "{o:?}");
-    assert_eq!(o.status, Some(200), "the head arrived before the timeout");
+    b.assert_body_times_out("/drip/20", Duration::from_millis(500))
+        .await;
 }
 
 #[tokio::test]
