@@ -191,12 +191,12 @@ pub async fn consume_into<S: Sink>(
         shutdown.clone(),
         finished_tx,
     ));
-    let health = settings.health_file.clone().map(|file| {
+    let health = settings.health.health_file.clone().map(|file| {
         let progress = Progress {
             group: Arc::clone(consumer.context()),
             sink: Arc::clone(&sink),
             totals: Arc::clone(&totals),
-            limit: settings.unhealthy_after.get(),
+            limit: settings.health.unhealthy_after.get(),
         };
         tokio::spawn(health::beat_while(
             Heartbeat::new(file),

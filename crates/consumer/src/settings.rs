@@ -3,12 +3,11 @@
 //! default, then a TOML file (`--config`), then the environment, then flags
 //! (see `sitewatch_service::settings`).
 
-use std::path::PathBuf;
-
 use clap::Command;
 use serde::Deserialize;
 use sitewatch_db::PgSettings;
 use sitewatch_kafka::KafkaSettings;
+use sitewatch_service::health::HealthSettings;
 pub use sitewatch_service::settings::Cli;
 use sitewatch_service::settings::{
     self as layers, About, LogSettings, ServiceSettings, SettingsError, TimeSpan,
@@ -134,17 +133,10 @@ pub struct Settings {
         default_value = "5"
     )]
     pub unknown_error_attempts: u32,
-    /// The health check reports not ready once writes have failed, or messages have been held without an offset moving, for this long
-    #[arg(
-        long,
-        env = "CONSUMER_UNHEALTHY_AFTER",
-        value_name = "DURATION",
-        default_value = "60s"
-    )]
-    pub unhealthy_after: TimeSpan,
-    /// Write into this file every 10 s whether the consumer is ready: Kafka and PostgreSQL answer and it makes progress (for container health checks)
-    #[arg(long, env = "CONSUMER_HEALTH_FILE", value_name = "FILE")]
-    pub health_file: Option<PathBuf>,
+    /// Where the service says whether it is ready, and when it is not.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub health: HealthSettings,
     /// The Kafka cluster and topic.
     #[command(flatten)]
     pub kafka: KafkaSettings,

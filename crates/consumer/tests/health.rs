@@ -21,8 +21,8 @@ async fn a_consumer_held_up_reports_not_ready_and_ready_again_after() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("health");
     let mut settings = common::settings(&bootstrap, "metrics", &db, "g");
-    settings.health_file = Some(file.clone());
-    settings.unhealthy_after = Duration::from_secs(1).into();
+    settings.health.health_file = Some(file.clone());
+    settings.health.unhealthy_after = Duration::from_secs(1).into();
     let metrics: Vec<Metric> = (0..20).map(|i| common::metric(i, 5)).collect();
     let _ = common::publish(&bootstrap, "metrics", &metrics[..10]).await;
     let stop = CancellationToken::new();

@@ -138,9 +138,9 @@ pub async fn run(
         ))
     });
     sink.on_fatal(shutdown.clone());
-    let health = settings.health_file.clone().map(|file| {
+    let health = settings.health.health_file.clone().map(|file| {
         let sink = Arc::clone(&sink);
-        let limit = settings.unhealthy_after.get();
+        let limit = settings.health.unhealthy_after.get();
         tokio::spawn(health::beat_while(
             Heartbeat::new(file),
             shutdown.child_token(),

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use clap::{Arg, ArgAction, Command, ValueEnum};
 use serde::Deserialize;
 use sitewatch_kafka::KafkaSettings;
+use sitewatch_service::health::HealthSettings;
 pub use sitewatch_service::settings::Cli;
 use sitewatch_service::settings::{
     self as layers, About, LogSettings, ServiceSettings, SettingsError, TimeSpan,
@@ -120,17 +121,10 @@ pub struct Settings {
         default_value = "100000"
     )]
     pub producer_queue: usize,
-    /// The health check reports not ready once deliveries to Kafka have failed for this long (every produce refused, topic missing, ACL denied)
-    #[arg(
-        long,
-        env = "MONITOR_UNHEALTHY_AFTER",
-        value_name = "DURATION",
-        default_value = "60s"
-    )]
-    pub unhealthy_after: TimeSpan,
-    /// Write into this file every 10 s whether the monitor is ready: Kafka answers and takes the metrics (for container health checks)
-    #[arg(long, env = "MONITOR_HEALTH_FILE", value_name = "FILE")]
-    pub health_file: Option<PathBuf>,
+    /// Where the service says whether it is ready, and when it is not.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub health: HealthSettings,
     /// How probes are made.
     #[command(flatten)]
     pub probe: ProbeSettings,
@@ -317,6 +311,10 @@ mod tests {
         let unknown_key = "targets = \"s.csv\"\nmax_inflight = 3\n";
         let err = check::file_error::<Settings>(command(), unknown_key);
         assert!(err.contains("max_inflight"), "{err}");
+        // The settings every service shares sit at the top of the file too.
+        let bad_shared = "targets = \"s.csv\"\nunhealthy_after = \"soon\"\n";
+        let err = check::file_error::<Settings>(command(), bad_shared);
+        assert!(err.contains("unhealthy_after"), "{err}");
     }
 
     #[test]

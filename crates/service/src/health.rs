@@ -9,7 +9,32 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
+
+use crate::settings::TimeSpan;
+
+/// The health settings every service has, at the top of its config file;
+/// their environment variables take the service's prefix
+/// (`MONITOR_HEALTH_FILE`, `CONSUMER_UNHEALTHY_AFTER`).
+#[derive(Debug, Clone, Deserialize, clap::Args)]
+pub struct HealthSettings {
+    /// Write into this file every 10 s whether the service is ready (for container health checks; `--check-health` reads it)
+    #[arg(long, value_name = "FILE")]
+    pub health_file: Option<PathBuf>,
+    /// The health check reports not ready once the service has made no progress for this long: the monitor when its deliveries to Kafka fail (every produce refused, topic missing, ACL denied); the consumer when its writes fail, or it holds messages and no offset moves
+    #[arg(long, value_name = "DURATION", default_value = "60s")]
+    #[serde(deserialize_with = "unhealthy_after")]
+    pub unhealthy_after: TimeSpan,
+}
+
+/// Reads `unhealthy_after`, naming it in the error: these settings are
+/// flattened into each service's, and serde's flattening drops the key that
+/// the settings loader otherwise puts in front of a bad value.
+fn unhealthy_after<'de, D: serde::Deserializer<'de>>(value: D) -> Result<TimeSpan, D::Error> {
+    TimeSpan::deserialize(value)
+        .map_err(|err| serde::de::Error::custom(format!("unhealthy_after: {err}")))
+}
 
 /// How often a service writes its verdict.
 pub const BEAT_EVERY: Duration = Duration::from_secs(10);

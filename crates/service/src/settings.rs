@@ -37,6 +37,9 @@ pub const CONFIG: &str = "config";
 pub const CHECK_HEALTH: &str = "check_health";
 /// The setting `--check-health` reads.
 pub const HEALTH_FILE: &str = "health_file";
+/// The settings every service has ([`crate::health::HealthSettings`]),
+/// whose environment variables take the service's prefix.
+const SERVICE_SCOPED: [&str; 2] = [HEALTH_FILE, "unhealthy_after"];
 
 /// Logging settings, shared by every binary (and so by one `.env`).
 #[derive(Debug, Clone, Deserialize, clap::Args)]
@@ -207,7 +210,10 @@ impl About {
 /// The command line of a service: `base` (name, about, version), `--config`
 /// read from `config_env`, every setting of `S` with its config-file key
 /// added to its help, and `--check-health` when `S` has a `health_file`.
+/// The settings every service has get their environment variable from
+/// `config_env`'s prefix (`MONITOR_CONFIG`: `MONITOR_HEALTH_FILE`).
 pub fn command<S: Args>(base: Command, config_env: &'static str) -> Command {
+    let prefix = config_env.strip_suffix("CONFIG").unwrap_or(config_env);
     let keys: Vec<String> = declared::<S>()
         .get_arguments()
         .map(|arg| arg.get_id().to_string())
@@ -241,11 +247,17 @@ pub fn command<S: Args>(base: Command, config_env: &'static str) -> Command {
         );
     }
     command.mut_args(|arg| {
-        if keys.iter().any(|key| key == arg.get_id()) {
-            with_key(arg)
+        let id = arg.get_id().as_str();
+        if !keys.iter().any(|key| key == id) {
+            return arg;
+        }
+        let arg = if SERVICE_SCOPED.contains(&id) {
+            let env = format!("{prefix}{}", id.to_ascii_uppercase());
+            arg.env(env)
         } else {
             arg
-        }
+        };
+        with_key(arg)
     })
 }
 

@@ -92,7 +92,7 @@ where
     let mut problems = every_setting(command, expose, &dir);
     let _ = std::fs::remove_dir_all(&dir);
     let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
-    problems.extend(readme_section(&readme, section, &table::<S>()).err());
+    problems.extend(readme_section(&readme, section, &table::<S>(&command())).err());
     if problems.is_empty() {
         Ok(())
     } else {
@@ -158,7 +158,8 @@ where
         if let Some(short) = &sample.short {
             ways.push(("short flag", command(), short.clone()));
         }
-        if let Some(env) = arg.get_env() {
+        let env = env_of(&command(), id);
+        if let Some(env) = &env {
             std::env::set_var(env, &sample.env);
             // clap reads the environment when the command is built.
             ways.push(("environment", command(), Vec::new()));
@@ -387,9 +388,19 @@ impl Sample {
     }
 }
 
+/// The environment variable of setting `id` in the service's `command`
+/// (which names some of them, [`super::command`]).
+fn env_of(command: &Command, id: &str) -> Option<OsString> {
+    command
+        .get_arguments()
+        .find(|arg| arg.get_id() == id)
+        .and_then(Arg::get_env)
+        .map(ToOwned::to_owned)
+}
+
 /// The settings of `S` as a Markdown table: key, flag, environment
-/// variable, default, and the help.
-pub fn table<S: Args>() -> String {
+/// variable (as `command` names it), default, and the help.
+pub fn table<S: Args>(command: &Command) -> String {
     let mut table = String::from(
         "| setting | flag | environment | default | what it does |\n|---|---|---|---|---|\n",
     );
@@ -414,7 +425,7 @@ pub fn table<S: Args>() -> String {
         let cells = [
             code(arg.get_id().as_str()),
             code(&flag),
-            arg.get_env()
+            env_of(command, arg.get_id().as_str())
                 .map(|env| code(&env.to_string_lossy()))
                 .unwrap_or_default(),
             code(&default.join(",")),
@@ -484,7 +495,7 @@ mod tests {
 
     #[test]
     fn a_table_row_per_setting() {
-        let table = table::<LogSettings>();
+        let table = table::<LogSettings>(&declared::<LogSettings>());
         assert!(
             table.contains(
                 "| `log.level` | `--log-level <FILTER>` | `SITEWATCH_LOG_LEVEL` | `info` | Log filter"
