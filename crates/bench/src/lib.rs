@@ -8,6 +8,7 @@ pub mod farm;
 pub mod http;
 pub mod ingest;
 pub mod latency;
+pub mod memory;
 pub mod peer;
 pub mod procs;
 pub mod report;
@@ -35,8 +36,11 @@ pub struct Options {
 }
 
 /// Every scenario, in the order they run.
-pub const SCENARIOS: &[&str] = &["schedule", "ceiling", "peer", "ingest", "latency", "soak"];
+pub const SCENARIOS: &[&str] = &[
+    "schedule", "ceiling", "peer", "ingest", "latency", "memory", "soak",
+];
 
-/// The scenarios a run without `--scenario` runs: all but the soak, which
-/// takes its own ten minutes and more (`make soak`).
+/// The scenarios a run without `--scenario` runs: all but the memory
+/// check with 1 MB messages and the soak, which takes its own ten minutes
+/// and more (`make soak`).
 pub const DEFAULT_SCENARIOS: &[&str] = &["schedule", "ceiling", "peer", "ingest", "latency"];

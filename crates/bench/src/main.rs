@@ -15,7 +15,7 @@ struct Cli {
     /// The full run: the site counts and durations the goals are set at (tens of minutes).
     #[arg(long)]
     full: bool,
-    /// Run only these scenarios (repeat the flag); default all but the soak.
+    /// Run only these scenarios (repeat the flag); default all but memory and soak.
     #[arg(long = "scenario", value_name = "NAME", value_parser = clap::builder::PossibleValuesParser::new(SCENARIOS))]
     scenarios: Vec<String>,
     /// Repetitions whose median is reported [default: 1 quick, 3 full]
@@ -98,6 +98,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             "schedule" => sitewatch_bench::schedule::run(&options).await?,
             "ceiling" => sitewatch_bench::ceiling::run(&options).await?,
             "peer" => sitewatch_bench::peer::run(&options).await?,
+            "memory" => sitewatch_bench::memory::run(&options).await?,
             "soak" => sitewatch_bench::soak::run(&options).await?,
             _ => bail!("scenario {name} is not written yet"),
         };
