@@ -105,7 +105,7 @@ pub async fn run(options: &Options) -> anyhow::Result<ScenarioReport> {
     }
     report.notes = vec![
         format!(
-            "{MESSAGES} messages of {} MB each ({PARTITIONS} partitions), each a metric whose error message is {MESSAGE_BYTES} bytes, past the field limits, so each is a dead letter holding its payload; one consumer with its defaults otherwise, peak RSS (VmHWM) once all are stored; librdkafka's own prefetch (queued.max.messages.kbytes, 64 MB by default) comes on top of the consumer's budgets",
+            "{MESSAGES} messages of {} MB each ({PARTITIONS} partitions), each a metric whose error message is {MESSAGE_BYTES} bytes, past the field limits, so each is a dead letter holding its payload; one consumer with its defaults otherwise, peak RSS (VmHWM) once all are stored; librdkafka's own prefetch (queued.max.messages.kbytes, which the consumer sets to 16 MB) comes on top of the consumer's budgets",
             MESSAGE_BYTES / 1_000_000
         ),
     ];

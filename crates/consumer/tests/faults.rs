@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{assert_all_stored, metrics, wait_rows, Running, Stack, TOPIC};
+use common::{assert_all_stored, metrics, rows, wait_rows, Running, Stack, TOPIC};
 use sitewatch_consumer::Summary;
 use sitewatch_faults::{BrokerBehind, Fault, FaultProxy};
 use sitewatch_metric::Metric;
@@ -20,10 +20,12 @@ use sitewatch_service::SecretString;
 /// short enough for a test to see them end every wait.
 fn through(stack: &Stack, proxy: &FaultProxy) -> Running {
     let mut settings = stack.settings("g");
-    let url = stack.db.url().replace(
-        &format!(":{}/", stack.db.port()),
-        &format!(":{}/", proxy.addr().port()),
-    );
+    let through = format!(":{}/", proxy.addr().port());
+    let url = stack
+        .db
+        .url()
+        .replace(&format!(":{}/", stack.db.port()), &through);
+    assert!(url.contains(&through), "{url} goes through the proxy");
     settings.postgres.url = Some(SecretString::from(url));
     settings.postgres.tcp_user_timeout = Duration::from_secs(2).into();
     settings.postgres.statement_timeout = Duration::from_secs(3).into();
@@ -60,19 +62,34 @@ async fn survives(disruption: Disruption) -> (Duration, Summary) {
             let _ = stack.publish(&all[200..]).await;
             // The fault's duration is the scenario, not a wait for something to happen.
             tokio::time::sleep(lasting).await;
+            if matches!(fault, Fault::Blackhole | Fault::Reset) {
+                assert_eq!(rows(db).await, 200, "{fault:?} held every write back");
+            }
             proxy.set(Fault::None);
         }
         Disruption::Strand => {
-            // Writes in flight when the connections hang: the batch after
-            // them is published first, so the pool is busy with it.
-            let _ = stack.publish(&all[200..]).await;
+            // The pool's idle connections hang: the next writes take them.
             proxy.strand();
+            let _ = stack.publish(&all[200..]).await;
         }
     }
     let restored = Instant::now();
     wait_rows(db, 400, Duration::from_secs(90)).await;
     let recovered = restored.elapsed();
     let summary = consumer.stop().await;
+    assert!(
+        proxy.connections() > 0,
+        "the consumer wrote through the proxy"
+    );
+    if matches!(
+        disruption,
+        Disruption::Strand | Disruption::For(Fault::Reset, _)
+    ) {
+        assert!(
+            summary.retries > 0,
+            "writes failed and were retried: {summary:?}"
+        );
+    }
     stored_once(db, &all, &summary).await;
     eprintln!("{disruption:?}: recovered {recovered:?} after; {summary:?}");
     (recovered, summary)
@@ -112,6 +129,10 @@ async fn survives_the_broker(fault: Fault, lasting: Duration) -> Duration {
     wait_rows(&db, 400, Duration::from_secs(90)).await;
     let recovered = restored.elapsed();
     let summary = consumer.stop().await;
+    assert!(
+        kafka.proxy.connections() > 0,
+        "the consumer read through the proxy"
+    );
     stored_once(&db, &all, &summary).await;
     eprintln!("broker {fault:?} for {lasting:?}: recovered {recovered:?} after; {summary:?}");
     recovered

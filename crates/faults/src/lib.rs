@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -100,9 +101,10 @@ impl FaultProxy {
         self.fault.send_replace(fault);
     }
 
-    /// Connections open now hang for good, as when the upstream fails over
-    /// and its old address stops answering; new connections pass as the
-    /// current fault allows. Only the client's own timeouts end them.
+    /// Connections open now hang for good, as when the upstream fails over:
+    /// the client hears nothing more on them (only its own timeouts end
+    /// them), while the upstream sees them closed. New connections pass as
+    /// the current fault allows.
     pub fn strand(&self) {
         let open = std::mem::take(&mut self.lock().open);
         tracing::info!(
@@ -144,7 +146,11 @@ async fn accept(
             accepted = listener.accept() => accepted,
             () = stop.cancelled() => return,
         };
-        let Ok((client, _)) = accepted else { continue };
+        let Ok((client, _)) = accepted else {
+            // Out of descriptors, say: a pause rather than a spin.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
         let stranded = CancellationToken::new();
         {
             let mut connections = connections.lock().unwrap_or_else(PoisonError::into_inner);
@@ -171,13 +177,6 @@ struct Stranding {
     stop: CancellationToken,
 }
 
-impl Stranding {
-    /// Holds the connection's sockets open, passing nothing, until the proxy stops.
-    async fn hang(&self) {
-        self.stop.cancelled().await;
-    }
-}
-
 /// Which way bytes flow through a pump.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Direction {
@@ -196,7 +195,11 @@ async fn connection(
 ) {
     // However it ends, its token is then pruned from the open list.
     let _ended = stranding.stranded.clone().drop_guard();
-    let Ok(server) = TcpStream::connect(upstream).await else {
+    let server = tokio::select! {
+        server = TcpStream::connect(upstream) => server,
+        () = stranding.stop.cancelled() => return,
+    };
+    let Ok(server) = server else {
         return;
     };
     let _ = client.set_nodelay(true);
@@ -204,11 +207,13 @@ async fn connection(
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
     let cut = CancellationToken::new();
+    let reset = CancellationToken::new();
     let muted = CancellationToken::new();
     let flow = |direction| Flow {
         direction,
         faults: faults.clone(),
         cut: cut.clone(),
+        reset: reset.clone(),
         muted: muted.clone(),
         stranding: stranding.clone(),
     };
@@ -227,89 +232,148 @@ struct Flow {
     faults: watch::Receiver<Fault>,
     /// Ends both directions together, as a real connection's do.
     cut: CancellationToken,
+    /// Set before `cut` when the connection ends in resets, not closes.
+    reset: CancellationToken,
     /// Set once a request matched [`Fault::NoRepliesAfter`].
     muted: CancellationToken,
     stranding: Stranding,
 }
 
+/// What a direction of a connection does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Bytes pass.
+    Pass,
+    /// The connection closes (either side closed, or the proxy stops).
+    Close,
+    /// The connection ends in resets, both ways.
+    Reset,
+    /// The connection is stranded.
+    Strand,
+}
+
 /// Copies `from` to `to` chunk by chunk, each chunk as the fault allows.
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    mut flow: Flow,
-) {
+async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut flow: Flow) {
     let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        if !flow.allow().await {
-            break;
+    let next = loop {
+        match flow.allow().await {
+            Next::Pass => {}
+            other => break other,
         }
         let n = tokio::select! {
             read = from.read(&mut buf) => match read {
-                Ok(0) | Err(_) => break,
+                Ok(0) | Err(_) => break Next::Close,
                 Ok(n) => n,
             },
-            () = flow.cut.cancelled() => break,
-            () = flow.stranding.stranded.cancelled() => {
-                flow.stranding.hang().await;
-                break;
-            }
+            () = flow.cut.cancelled() => break Next::Close,
+            () = flow.stranding.stranded.cancelled() => break Next::Strand,
             // A fault set while waiting for bytes applies before they pass.
             _ = flow.faults.changed() => continue,
         };
-        if !flow.allow().await {
-            break;
+        match flow.allow().await {
+            Next::Pass => {}
+            other => break other,
         }
         let fault = *flow.faults.borrow();
         if let Fault::Latency(delay) = fault {
             tokio::time::sleep(delay).await;
         }
         if to.write_all(&buf[..n]).await.is_err() {
-            break;
+            break Next::Close;
         }
         if let Fault::NoRepliesAfter(pattern) = fault {
             if flow.direction == Direction::Request && contains(&buf[..n], pattern) {
                 flow.muted.cancel();
             }
         }
-    }
-    flow.cut.cancel();
-    let fault = *flow.faults.borrow();
-    if fault == Fault::Reset {
-        // Linger 0 makes the close a RST, not a FIN.
-        let _ = to.as_ref().set_zero_linger();
+    };
+    match next {
+        Next::Strand => flow.strand(from, to).await,
+        Next::Reset => {
+            flow.reset.cancel();
+            flow.end(to);
+        }
+        Next::Pass | Next::Close => flow.end(to),
     }
 }
 
 impl Flow {
-    /// Waits while the fault holds this direction's bytes; false when the
-    /// connection must end (reset, or cut from the other direction).
-    async fn allow(&mut self) -> bool {
+    /// Waits while the fault holds this direction's bytes, then says what
+    /// comes next.
+    async fn allow(&mut self) -> Next {
         loop {
-            if self.stranding.stranded.is_cancelled() && !self.cut.is_cancelled() {
-                self.stranding.hang().await;
-                return false;
+            if self.stranding.stranded.is_cancelled() {
+                return Next::Strand;
+            }
+            if self.cut.is_cancelled() {
+                return Next::Close;
             }
             let fault = *self.faults.borrow_and_update();
             let held = match fault {
                 Fault::None | Fault::Latency(_) => false,
-                Fault::Reset => return false,
+                Fault::Reset => return Next::Reset,
                 Fault::Blackhole => true,
                 Fault::NoRepliesAfter(_) => {
                     self.direction == Direction::Reply && self.muted.is_cancelled()
                 }
             };
             if !held {
-                return true;
+                return Next::Pass;
             }
             tokio::select! {
                 changed = self.faults.changed() => {
                     if changed.is_err() {
-                        return false;
+                        return Next::Close;
                     }
                 }
-                () = self.cut.cancelled() => return false,
+                () = self.cut.cancelled() => {}
                 () = self.stranding.stranded.cancelled() => {}
                 () = self.muted.cancelled(), if !self.muted.is_cancelled() => {}
+            }
+        }
+    }
+
+    /// Ends this direction and tells the other one. A plain drop of the
+    /// write half would send a FIN first, which a client reads as a clean
+    /// close; for a reset, linger 0 and no shutdown make the socket's close
+    /// (once its read half goes too) a RST.
+    fn end(&self, to: OwnedWriteHalf) {
+        if self.reset.is_cancelled() {
+            let _ = to.as_ref().set_zero_linger();
+            to.forget();
+        } else {
+            drop(to);
+        }
+        self.cut.cancel();
+    }
+
+    /// A stranded connection, as after a failover: the upstream is told at
+    /// once (its session ends, its open transaction with it), the client
+    /// hears nothing more until it gives up and closes.
+    async fn strand(&self, mut from: OwnedReadHalf, to: OwnedWriteHalf) {
+        match self.direction {
+            Direction::Request => {
+                drop(to);
+                let mut discard = [0u8; 4096];
+                loop {
+                    tokio::select! {
+                        read = from.read(&mut discard) => {
+                            if matches!(read, Ok(0) | Err(_)) {
+                                break;
+                            }
+                        }
+                        () = self.stranding.stop.cancelled() => break,
+                    }
+                }
+                self.cut.cancel();
+            }
+            Direction::Reply => {
+                drop(from);
+                tokio::select! {
+                    () = self.cut.cancelled() => {}
+                    () = self.stranding.stop.cancelled() => {}
+                }
+                drop(to);
             }
         }
     }
@@ -318,4 +382,139 @@ impl Flow {
 /// Whether `pattern` occurs in `bytes`.
 fn contains(bytes: &[u8], pattern: &[u8]) -> bool {
     !pattern.is_empty() && bytes.windows(pattern.len()).any(|window| window == pattern)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::ErrorKind;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    /// An upstream that echoes what it reads and reports each chunk, then
+    /// `None` when a connection closes.
+    async fn echo() -> (SocketAddr, mpsc::UnboundedReceiver<Option<Vec<u8>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (seen, heard) = mpsc::unbounded_channel();
+        drop(tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let seen = seen.clone();
+                drop(tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    loop {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => {
+                                let _ = seen.send(None);
+                                return;
+                            }
+                            Ok(n) => {
+                                let _ = seen.send(Some(buf[..n].to_vec()));
+                                let _ = socket.write_all(&buf[..n]).await;
+                            }
+                        }
+                    }
+                }));
+            }
+        }));
+        (addr, heard)
+    }
+
+    /// Sends `bytes` and returns what comes back within `within`, if anything.
+    async fn round_trip(client: &mut TcpStream, bytes: &[u8], within: Duration) -> Option<Vec<u8>> {
+        client.write_all(bytes).await.unwrap();
+        let mut buf = vec![0u8; bytes.len()];
+        match tokio::time::timeout(within, client.read_exact(&mut buf)).await {
+            Ok(Ok(_)) => Some(buf),
+            _ => None,
+        }
+    }
+
+    const ANSWER: Duration = Duration::from_secs(5);
+    /// How long silence must last to count as none: the negative checks'
+    /// window, not a wait for something to happen.
+    const SILENCE: Duration = Duration::from_millis(300);
+
+    #[tokio::test]
+    async fn bytes_pass_both_ways_without_a_fault() {
+        let (upstream, _) = echo().await;
+        let proxy = FaultProxy::start(upstream).await.unwrap();
+        let mut client = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert_eq!(
+            round_trip(&mut client, b"ping", ANSWER).await.as_deref(),
+            Some(&b"ping"[..])
+        );
+        assert_eq!(proxy.connections(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_reset_is_a_reset_not_a_clean_close() {
+        let (upstream, _) = echo().await;
+        let proxy = FaultProxy::start(upstream).await.unwrap();
+        let mut client = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert!(round_trip(&mut client, b"ping", ANSWER).await.is_some());
+        proxy.set(Fault::Reset);
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(ANSWER, client.read(&mut buf))
+            .await
+            .unwrap();
+        assert_eq!(
+            read.map_err(|e| e.kind()).err(),
+            Some(ErrorKind::ConnectionReset)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_blackhole_holds_bytes_until_it_lifts() {
+        let (upstream, _) = echo().await;
+        let proxy = FaultProxy::start(upstream).await.unwrap();
+        let mut client = TcpStream::connect(proxy.addr()).await.unwrap();
+        proxy.set(Fault::Blackhole);
+        assert_eq!(round_trip(&mut client, b"ping", SILENCE).await, None);
+        proxy.set(Fault::None);
+        let mut buf = [0u8; 4];
+        tokio::time::timeout(ANSWER, client.read_exact(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&buf, b"ping");
+    }
+
+    #[tokio::test]
+    async fn a_stranded_connection_is_closed_upstream_and_silent_to_the_client() {
+        let (upstream, mut heard) = echo().await;
+        let proxy = FaultProxy::start(upstream).await.unwrap();
+        let mut client = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert!(round_trip(&mut client, b"ping", ANSWER).await.is_some());
+        assert_eq!(heard.recv().await, Some(Some(b"ping".to_vec())));
+        proxy.strand();
+        let closed = tokio::time::timeout(ANSWER, heard.recv()).await.unwrap();
+        assert_eq!(closed, Some(None), "the upstream sees the connection close");
+        assert_eq!(round_trip(&mut client, b"more", SILENCE).await, None);
+        let mut fresh = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert!(
+            round_trip(&mut fresh, b"next", ANSWER).await.is_some(),
+            "new connections pass"
+        );
+    }
+
+    #[tokio::test]
+    async fn replies_stop_after_the_pattern_but_the_request_lands() {
+        let (upstream, mut heard) = echo().await;
+        let proxy = FaultProxy::start(upstream).await.unwrap();
+        proxy.set(Fault::NoRepliesAfter(b"COMMIT"));
+        let mut client = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert!(round_trip(&mut client, b"INSERT", ANSWER).await.is_some());
+        assert_eq!(round_trip(&mut client, b"COMMIT", SILENCE).await, None);
+        let mut upstream_saw = Vec::new();
+        while let Ok(Some(Some(chunk))) = tokio::time::timeout(ANSWER, heard.recv()).await {
+            upstream_saw.extend(chunk);
+            if upstream_saw.ends_with(b"COMMIT") {
+                break;
+            }
+        }
+        assert_eq!(upstream_saw, b"INSERTCOMMIT");
+    }
 }

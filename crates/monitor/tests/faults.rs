@@ -79,6 +79,10 @@ async fn publishes_through(fault: Fault, lasting: Duration) -> RunSummary {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let summary = monitor.stop().await;
     assert_eq!(summary.lost(), 0, "{summary:?}");
+    assert!(
+        kafka.proxy.connections() > 0,
+        "the monitor published through the proxy"
+    );
     let probes = summary.schedule.started;
     assert!(
         probes >= 20 * (lasting.as_secs() + 3),
@@ -127,7 +131,7 @@ async fn hostile_sites_do_not_hold_up_their_neighbours() {
         settings.probe.timeout = Duration::from_secs(1).into();
     });
     // How long the sites are probed is the scenario, not a wait.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
     let summary = monitor.stop().await;
     assert_eq!(summary.lost(), 0, "{summary:?}");
     let want = usize::try_from(summary.delivery.delivered).expect("count");

@@ -22,8 +22,9 @@ const WELCOME_HTML: &str = "<!doctype html>\n\
 /// Text that `/gzip` compresses.
 const GZIP_TEXT: &str = "compressed hello from sitefarm\n";
 
-/// What `/gzip-bomb` inflates to: far past any prober's body cap.
-const GZIP_BOMB_BYTES: usize = 64 * 1024 * 1024;
+/// What `/gzip-bomb` inflates to: far past any prober's body cap (the
+/// monitor's default is 1 MiB), small enough to compress quickly in a debug build.
+const GZIP_BOMB_BYTES: usize = 16 * 1024 * 1024;
 
 /// Headers `/headers/{n}` sends at most: far past any client's limit (a
 /// hundred, for hyper), and within what one `HeaderMap` can hold.
@@ -239,7 +240,11 @@ impl Site {
             Route::ToMetadata => redirect(METADATA_URL.to_owned()),
             Route::RedirectTo => redirect(request.uri().query().unwrap_or("/").to_owned()),
             Route::GzipBomb => {
-                let mut response = Response::new(SiteBody::bytes(gzip_bomb().clone()));
+                // Compressed on first use, off the runtime's workers.
+                let bomb = tokio::task::spawn_blocking(|| gzip_bomb().clone())
+                    .await
+                    .unwrap_or_default();
+                let mut response = Response::new(SiteBody::bytes(bomb));
                 response
                     .headers_mut()
                     .insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
@@ -264,13 +269,12 @@ impl Site {
 }
 
 /// The `/gzip-bomb` body, compressed on first use and shared by every farm
-/// in the process (compressing costs a fraction of a second; most farms never
-/// serve it).
+/// in the process (most farms never serve it).
 fn gzip_bomb() -> &'static Bytes {
     static BOMB: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
     BOMB.get_or_init(|| {
         let zeros = vec![0u8; 1024 * 1024];
-        let mut encoder = GzEncoder::new(Vec::new(), Compression::best());
+        let mut encoder = GzEncoder::new(Vec::new(), Compression::fast());
         for _ in 0..GZIP_BOMB_BYTES / zeros.len() {
             // Writing into a Vec cannot fail.
             let _ = encoder.write_all(&zeros);
