@@ -12,7 +12,9 @@
 # Environment: DEMO_DIR (default build/demo), DEMO_PG_PORT (15432),
 # DEMO_FARM_PORT (18080, and the next two), DEMO_REFRESH (seconds, 3),
 # BIN_DIR (use these binaries instead of building release ones).
-set -euo pipefail
+set -Eeuo pipefail
+# A command that fails stops the demo: say which, rather than stop in silence.
+trap 'echo "demo: line $LINENO: \`$BASH_COMMAND\` failed with status $?" >&2' ERR
 cd "$(dirname "$0")/.."
 root=$PWD
 demo_dir=${DEMO_DIR:-$root/build/demo}
@@ -36,7 +38,11 @@ declare -A pid_of
 start() {
   local name=$1
   shift
-  setsid "$@" >"$logs/$name.out" 2>"$logs/$name.log" </dev/null &
+  # Emptied here, not by the background job's redirections, which may come
+  # later: value_of must never read the previous run's lines.
+  : >"$logs/$name.out"
+  : >"$logs/$name.log"
+  setsid "$@" >>"$logs/$name.out" 2>>"$logs/$name.log" </dev/null &
   pid_of[$name]=$!
   names+=("$name")
 }
@@ -68,8 +74,8 @@ trap 'exit 0' INT TERM
 
 # Prints the value of the first `key=value` line of a file once it appears.
 value_of() {
-  local key=$1 file=$2 name=$3 deadline=$((SECONDS + 60))
-  until grep -q "^$key=" "$file" 2>/dev/null; do
+  local key=$1 file=$2 name=$3 deadline=$((SECONDS + 60)) line
+  until line=$(grep -m1 "^$key=" "$file" 2>/dev/null); do
     if ! kill -0 "${pid_of[$name]}" 2>/dev/null || ((SECONDS > deadline)); then
       echo "demo: $name did not start; its log ($logs/$name.log):" >&2
       tail -n 20 "$logs/$name.log" >&2
@@ -77,7 +83,7 @@ value_of() {
     fi
     sleep 0.1
   done
-  grep -m1 "^$key=" "$file" | cut -d= -f2-
+  echo "${line#*=}"
 }
 
 start pg "$BIN_DIR/localpg" --data-dir "$demo_dir/pg" --port "$pg_port"
