@@ -18,7 +18,6 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Context};
 use chrono::{DateTime, TimeDelta, Utc};
 use rdkafka::config::ClientConfig;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::ClientContext;
@@ -210,19 +209,10 @@ async fn produce(bootstrap: String, rows: u64) -> anyhow::Result<Preload> {
         for i in 0..rows {
             let metric = sample_metric(i, base);
             let payload = serde_json::to_vec(&metric).context("cannot encode a metric")?;
-            let mut record = BaseRecord::with_opaque_to(TOPIC, Box::new(metric.probe_id))
+            let record = BaseRecord::with_opaque_to(TOPIC, Box::new(metric.probe_id))
                 .key(metric.url.as_bytes())
                 .payload(&payload);
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        record = back;
-                        producer.poll(Duration::from_millis(5));
-                    }
-                    Err((err, _)) => return Err(err).context("cannot produce a metric"),
-                }
-            }
+            stack::send(&producer, record)?;
             if i % 1000 == 0 {
                 producer.poll(Duration::ZERO);
             }

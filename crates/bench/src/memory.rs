@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rdkafka::config::ClientConfig;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use sitewatch_metric::{ErrorKind, Metric, ProbeError};
 use uuid::Uuid;
@@ -131,20 +130,11 @@ async fn produce(bootstrap: String) -> anyhow::Result<()> {
             let payload = metric.to_json();
             let key = metric.url.clone();
             let partition = i32::try_from(i)? % PARTITIONS;
-            let mut record = BaseRecord::to(TOPIC)
+            let record = BaseRecord::to(TOPIC)
                 .key(&key)
                 .payload(&payload)
                 .partition(partition);
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        record = back;
-                        producer.poll(Duration::from_millis(10));
-                    }
-                    Err((err, _)) => return Err(err).context("cannot produce a message"),
-                }
-            }
+            stack::send(&producer, record)?;
             producer.poll(Duration::ZERO);
         }
         producer

@@ -376,13 +376,7 @@ struct Counts {
 impl Ledger {
     /// The topic's (low, high) watermark sums: messages dropped by retention, and produced.
     async fn topic(&self) -> anyhow::Result<(i64, i64)> {
-        let bootstrap = self.bootstrap.clone();
-        let marks = tokio::task::spawn_blocking(move || stack::watermarks(&bootstrap, TOPIC))
-            .await
-            .context("the watermark task failed")??;
-        Ok(marks.iter().fold((0, 0), |(lows, highs), &(_, low, high)| {
-            (lows + low, highs + high)
-        }))
+        stack::messages(&self.bootstrap, TOPIC).await
     }
 
     /// Rows, distinct probe ids and dead letters.
@@ -466,16 +460,11 @@ fn monitor_published(log: &Path) -> anyhow::Result<i64> {
     let Some(summary) = text
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .find(|v| v["fields"]["message"] == "monitor stopped" || v["message"] == "monitor stopped")
+        .find(|v| v["message"] == "monitor stopped")
     else {
         bail!("no \"monitor stopped\" line in {}", log.display());
     };
-    let fields = if summary["fields"].is_object() {
-        &summary["fields"]
-    } else {
-        &summary
-    };
-    fields["delivered"]
+    summary["delivered"]
         .as_i64()
         .with_context(|| format!("no delivered count in {summary}"))
 }

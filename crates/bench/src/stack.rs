@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::ToBytes;
+use rdkafka::producer::{BaseProducer, BaseRecord, ProducerContext};
 use sitewatch_pgtest::{PgOptions, Postgres};
 use tokio::time::Instant;
 
@@ -81,13 +84,41 @@ impl Broker {
     /// The sum over the topic's partitions of their low and high watermarks:
     /// `(0, n)` when all `n` messages produced are still there.
     pub(crate) async fn messages(&self) -> anyhow::Result<(i64, i64)> {
-        let (bootstrap, topic) = (self.bootstrap.clone(), self.topic.clone());
-        let marks = tokio::task::spawn_blocking(move || watermarks(&bootstrap, &topic))
-            .await
-            .context("the watermark task failed")??;
-        Ok(marks.iter().fold((0, 0), |(lows, highs), &(_, low, high)| {
-            (lows + low, highs + high)
-        }))
+        messages(&self.bootstrap, &self.topic).await
+    }
+}
+
+/// The sum over `topic`'s partitions of their low and high watermarks:
+/// `(0, n)` when all `n` messages produced are still there.
+pub(crate) async fn messages(bootstrap: &str, topic: &str) -> anyhow::Result<(i64, i64)> {
+    let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
+    let marks = tokio::task::spawn_blocking(move || watermarks(&bootstrap, &topic))
+        .await
+        .context("the watermark task failed")??;
+    Ok(marks.iter().fold((0, 0), |(lows, highs), &(_, low, high)| {
+        (lows + low, highs + high)
+    }))
+}
+
+/// Hands `record` to `producer`, waiting while its queue is full.
+pub(crate) fn send<C, K, P>(
+    producer: &BaseProducer<C>,
+    mut record: BaseRecord<'_, K, P, C::DeliveryOpaque>,
+) -> anyhow::Result<()>
+where
+    C: ProducerContext,
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                producer.poll(Duration::from_millis(5));
+            }
+            Err((err, _)) => return Err(err).context("cannot produce a message"),
+        }
     }
 }
 
