@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sitewatch_consumer::run;
 use sitewatch_metric::Metric;
-use sitewatch_pgtest::sql::{client, count, count_once_created};
+use sitewatch_pgtest::sql::client;
 use sitewatch_pgtest::wait::wait_for;
 use sitewatch_service::health;
 use tokio_util::sync::CancellationToken;
@@ -27,10 +27,7 @@ async fn a_consumer_held_up_reports_not_ready_and_ready_again_after() {
     let _ = common::publish(&bootstrap, "metrics", &metrics[..10]).await;
     let stop = CancellationToken::new();
     let task = tokio::spawn(run(settings, stop.clone()));
-    wait_for(Duration::from_secs(30), "the first rows", || async {
-        count_once_created(&db, "SELECT count(*) FROM metrics").await == 10
-    })
-    .await;
+    common::wait_rows(&db, 10, Duration::from_secs(30)).await;
     wait_for(Duration::from_secs(30), "a ready beat", || async {
         health::check(&file).is_ok()
     })
@@ -54,10 +51,7 @@ async fn a_consumer_held_up_reports_not_ready_and_ready_again_after() {
     .await;
 
     lock.rollback().await.expect("release");
-    wait_for(Duration::from_secs(60), "every row", || async {
-        count(&db, "SELECT count(*) FROM metrics").await == 20
-    })
-    .await;
+    common::wait_rows(&db, 20, Duration::from_secs(60)).await;
     wait_for(Duration::from_secs(30), "ready again", || async {
         health::check(&file).is_ok()
     })

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use sitewatch_consumer::run;
 use sitewatch_metric::Metric;
-use sitewatch_pgtest::sql::{count, count_once_created};
-use sitewatch_pgtest::wait::wait_for;
+use sitewatch_pgtest::sql::count;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,10 +28,7 @@ async fn a_budget_of_a_few_messages_still_lets_every_message_through() {
     let _ = common::publish(&bootstrap, "metrics", &metrics).await;
     let stop = CancellationToken::new();
     let task = tokio::spawn(run(settings, stop.clone()));
-    wait_for(Duration::from_secs(60), "every row", || async {
-        count_once_created(&db, "SELECT count(*) FROM metrics").await == 300
-    })
-    .await;
+    common::wait_rows(&db, 300, Duration::from_secs(60)).await;
     stop.cancel();
     let summary = task.await.expect("task").expect("ran");
     assert_eq!(summary.inserted, 300, "{summary:?}");
