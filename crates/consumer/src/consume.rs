@@ -389,12 +389,15 @@ impl ConsumerContext for GroupContext {
 }
 
 /// How the pump ended.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PumpReport {
     /// The pipeline went away before shutdown (a bug or a panic): the pump stopped early.
     pub pipeline_gone: bool,
     /// The pipeline had not finished when the grace period ended.
     pub pipeline_late: bool,
+    /// librdkafka's fatal error (this member fenced by another with its
+    /// `group.instance.id`, say), which stopped the pump early.
+    pub fatal: Option<String>,
 }
 
 /// Polls until `shutdown`; then hands over what was read within `grace`,
@@ -432,6 +435,15 @@ pub fn run(
         }
         match consumer.poll(POLL_INTERVAL) {
             None => {}
+            Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
+                let reason = consumer
+                    .client()
+                    .fatal_error()
+                    .map_or_else(|| format!("{code:?}"), |(_, reason)| reason);
+                context.errors.raise_fatal(&reason);
+                report.fatal = Some(reason);
+                break;
+            }
             Some(Err(err)) => {
                 tracing::warn!(error = %err, "Kafka consumer error; librdkafka retries by itself")
             }

@@ -232,6 +232,11 @@ pub async fn consume_into<S: Sink>(
     if let Some(stop) = piped.as_ref().and_then(|report| report.stopped.clone()) {
         return Err(ConsumerError::Stopped(stop.to_string()));
     }
+    if let Some(fatal) = pumped.fatal {
+        return Err(ConsumerError::Stopped(format!(
+            "fatal Kafka consumer error: {fatal}; what was written keeps its rows, the rest is read again by the group (check that no two consumers share a group.instance.id)"
+        )));
+    }
     if pumped.pipeline_gone {
         return Err(ConsumerError::Stopped(
             "the writers stopped before the consumer did; unwritten messages keep their offsets"

@@ -12,7 +12,8 @@ use common::{assert_all_stored, metrics, rows, wait_rows, Running, Stack, TOPIC}
 use sitewatch_consumer::Summary;
 use sitewatch_faults::{BrokerBehind, Fault, FaultProxy};
 use sitewatch_metric::Metric;
-use sitewatch_pgtest::sql::count;
+use sitewatch_pgtest::sql::{client, count};
+use sitewatch_pgtest::wait::wait_for;
 use sitewatch_pgtest::Postgres;
 use sitewatch_service::SecretString;
 
@@ -185,4 +186,67 @@ async fn a_slow_network_loses_and_doubles_nothing() {
         Duration::from_secs(4),
     ))
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_lost_with_a_write_in_flight_are_read_again_not_doubled() {
+    let db = common::postgres();
+    let kafka = BrokerBehind::start(TOPIC, 2).await.expect("broker");
+    let bootstrap = kafka.bootstrap();
+    let consumer = Running::start(common::settings(&bootstrap, TOPIC, &db, "g"));
+    let all = metrics(400, 20);
+    let _ = common::publish(&bootstrap, TOPIC, &all[..200]).await;
+    wait_rows(&db, 200, Duration::from_secs(60)).await;
+
+    // An operator's transaction holds the table: the next write hangs.
+    let mut blocker = client(&db).await;
+    let lock = blocker.transaction().await.expect("transaction");
+    lock.batch_execute("LOCK TABLE metrics IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+    let _ = common::publish(&bootstrap, TOPIC, &all[200..]).await;
+    wait_for(
+        Duration::from_secs(30),
+        "a write waiting on the lock",
+        || async {
+            count(
+                &db,
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+            )
+            .await
+                >= 1
+        },
+    )
+    .await;
+    // The broker is cut off for twice the tests' 6 s session timeout: the
+    // member loses its partitions while its write is still held.
+    kafka.proxy.set(Fault::Blackhole);
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    lock.rollback().await.expect("release");
+    // The held write lands, but its offsets belong to a lost assignment.
+    wait_rows(&db, 400, Duration::from_secs(60)).await;
+    kafka.proxy.set(Fault::None);
+    let settled = || {
+        let bootstrap = bootstrap.clone();
+        async move {
+            tokio::task::spawn_blocking(move || common::committed(&bootstrap, TOPIC, "g", 2))
+                .await
+                .expect("committed")
+                .iter()
+                .sum::<i64>()
+                == 400
+        }
+    };
+    wait_for(
+        Duration::from_secs(60),
+        "every offset committed after rejoining",
+        settled,
+    )
+    .await;
+    let summary = consumer.stop().await;
+    stored_once(&db, &all, &summary).await;
+    assert!(
+        summary.duplicates > 0,
+        "the rejoined member read the lost partitions again: {summary:?}"
+    );
 }

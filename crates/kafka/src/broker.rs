@@ -120,6 +120,23 @@ struct ErrorState {
     on_fatal: Option<CancellationToken>,
 }
 
+impl ErrorState {
+    /// The first fatal error wins; later ones follow from it.
+    fn raise_fatal(&mut self, reason: &str) {
+        if self.fatal.is_some() {
+            return;
+        }
+        tracing::error!(
+            reason,
+            "fatal Kafka client error: the client cannot go on; stopping"
+        );
+        self.fatal = Some(reason.to_owned());
+        if let Some(token) = &self.on_fatal {
+            token.cancel();
+        }
+    }
+}
+
 impl BrokerErrors {
     /// Keeps `reason` as the last error and logs it unless an error of the
     /// same kind was logged within the last minute.
@@ -132,12 +149,8 @@ impl BrokerErrors {
         if code != Some(RDKafkaErrorCode::AllBrokersDown) {
             state.last = Some(reason.to_owned());
         }
-        if code == Some(RDKafkaErrorCode::Fatal) && state.fatal.is_none() {
-            tracing::error!(error = %error, reason, "fatal Kafka client error: the client cannot go on; stopping");
-            state.fatal = Some(reason.to_owned());
-            if let Some(token) = &state.on_fatal {
-                token.cancel();
-            }
+        if code == Some(RDKafkaErrorCode::Fatal) {
+            state.raise_fatal(reason);
         }
         let kind = code.map_or_else(|| error.to_string(), |code| format!("{code:?}"));
         let now = Instant::now();
@@ -178,6 +191,17 @@ impl BrokerErrors {
                 token.cancel();
             }
             state.on_fatal = Some(token);
+        }
+    }
+
+    /// Records `reason` as the client's fatal error and cancels the token
+    /// given to [`BrokerErrors::on_fatal`]. rust-rdkafka passes a fatal error
+    /// to the error callback with its underlying code (an out-of-order
+    /// sequence number, say), which does not say it is fatal; a client's
+    /// owner asks `Client::fatal_error` and reports it here.
+    pub fn raise_fatal(&self, reason: &str) {
+        if let Ok(mut state) = self.state.lock() {
+            state.raise_fatal(reason);
         }
     }
 

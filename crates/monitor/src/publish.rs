@@ -85,6 +85,20 @@ impl DeliveryCounts {
     }
 }
 
+/// How often the producer is asked whether it hit a fatal error.
+const FATAL_CHECK_EVERY: Duration = Duration::from_millis(500);
+
+/// Reports `producer`'s fatal error to `errors`, if it has one; true if so.
+fn check_fatal(producer: &ThreadedProducer<DeliveryContext>, errors: &BrokerErrors) -> bool {
+    match producer.client().fatal_error() {
+        Some((code, reason)) => {
+            errors.raise_fatal(&format!("{reason} ({code:?})"));
+            true
+        }
+        None => false,
+    }
+}
+
 /// librdkafka callbacks: delivery reports are counted, failures logged with their site.
 #[derive(Debug, Clone)]
 pub struct DeliveryContext {
@@ -217,6 +231,30 @@ impl KafkaSink {
         Ok(sink)
     }
 
+    /// Reports the producer's fatal error, if it has one; true if so.
+    fn check_fatal(&self) -> bool {
+        check_fatal(&self.producer, &self.errors)
+    }
+
+    /// Watches for a fatal error until `token` is cancelled: a monitor whose
+    /// sites are probed hourly must not wait for its next send to find out.
+    fn watch_fatal(&self, token: CancellationToken) {
+        let producer = self.producer.clone();
+        let errors = Arc::clone(&self.errors);
+        drop(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    () = tokio::time::sleep(FATAL_CHECK_EVERY) => {
+                        if check_fatal(&producer, &errors) {
+                            return;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+
     async fn publish(&self, metric: &Metric) -> Result<(), PublishError> {
         let payload = metric.to_json();
         loop {
@@ -233,6 +271,7 @@ impl KafkaSink {
                     tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
                 }
                 Err((source, _)) => {
+                    let _ = self.check_fatal();
                     let _ = self.counts.enqueued.fetch_add(1, Ordering::Relaxed);
                     let _ = self.counts.failed.fetch_add(1, Ordering::Relaxed);
                     self.failing.stuck();
@@ -333,7 +372,8 @@ impl Sink {
     /// Cancels `token` if the producer hits a fatal error, so that the monitor stops.
     pub fn on_fatal(&self, token: CancellationToken) {
         if let Some(kafka) = &self.kafka {
-            kafka.errors.on_fatal(token);
+            kafka.errors.on_fatal(token.clone());
+            kafka.watch_fatal(token);
         }
     }
 

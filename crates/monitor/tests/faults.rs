@@ -8,6 +8,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use sitewatch_faults::{BrokerBehind, Fault};
 use sitewatch_monitor::settings::{Output, Settings};
 use sitewatch_monitor::{run, RunSummary};
@@ -53,6 +54,21 @@ impl Monitor {
             .await
             .expect("monitor task")
             .expect("monitor runs")
+    }
+}
+
+/// What the monitor's run returned once it ended by itself, within `within`.
+async fn ended(
+    monitor: Monitor,
+    within: Duration,
+) -> Result<RunSummary, sitewatch_monitor::MonitorError> {
+    let mut task = monitor.task;
+    tokio::select! {
+        ended = &mut task => ended.expect("monitor task"),
+        () = tokio::time::sleep(within) => {
+            monitor.stop.cancel();
+            panic!("the monitor still runs after {within:?}");
+        }
     }
 }
 
@@ -174,4 +190,24 @@ async fn hostile_sites_do_not_hold_up_their_neighbours() {
             .unwrap_or_default();
         assert!(!metrics.is_empty(), "{url} was probed too");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_producer_error_stops_the_monitor_and_names_it() {
+    let farm = SiteFarm::start(FarmOptions::default()).await.expect("farm");
+    let kafka = common::kafka(TOPIC, 1);
+    // The broker answers the first produce request with a sequence number it
+    // did not expect: the idempotent producer can no longer promise
+    // exactly-once order, which librdkafka makes fatal.
+    kafka.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER],
+    );
+    let csv = format!("{},1,\n", farm.url("/ok"));
+    let monitor = Monitor::start(&csv, kafka.bootstrap_servers(), |_| {});
+    let summary = ended(monitor, Duration::from_secs(30))
+        .await
+        .expect("a fatal error is a summary, not a failed start");
+    let fatal = summary.fatal.expect("the fatal error is reported");
+    assert!(fatal.contains("sequence"), "{fatal}");
 }
