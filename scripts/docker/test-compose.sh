@@ -7,7 +7,12 @@
 # Checks: rows arrive for every test site; with --scale consumer=3 each
 # consumer holds partitions and the rows are complete; `docker kill` of a
 # consumer mid-stream loses and doubles nothing; PostgreSQL stopped for 30 s
-# and started again, the consumers recover without a restart; stopping gives
+# and started again, the consumers recover without a restart; one consumer
+# cut off from PostgreSQL for 60 s (docker network disconnect) says not ready
+# and recovers by itself; the broker container paused for 30 s (hung, not
+# dead) costs nothing; a consumer OOM-killed under a memory limit while
+# reading large messages is restarted by the restart policy and, given room,
+# stores each one as a dead letter, once; stopping gives
 # exit code 0 for monitor and consumers; after `up` again no probe id is
 # doubled; the managed-Kafka override against a broker that requires a
 # client certificate (made here with openssl) delivers rows and no key
@@ -77,7 +82,11 @@ wait_until() { # seconds, description, command...
 sites_with_rows() { [[ $(psql_q "SELECT count(DISTINCT website_id) FROM metrics" || echo 0) -ge $sites ]]; }
 rows_above() { [[ $(rows) -gt $1 ]]; }
 messages() { "${compose[@]}" exec -T kafka kafka-admin --bootstrap-server localhost:9092 messages --topic website-metrics | tr -d '[:space:]'; }
-all_stored() { local m; m=$(messages) && [[ -n $m && $(rows) -eq $m ]]; }
+dead() { psql_q "SELECT count(*) FROM dead_letters" || echo 0; }
+# Large messages that are not metrics, published by the OOM step: each one
+# must end as a dead letter, and every other message as a row.
+big=36
+all_stored() { local m; m=$(messages) && [[ -n $m && $(($(rows) + $(dead))) -eq $m ]]; }
 
 say "building the images and starting the stack"
 build_start=$SECONDS
@@ -117,11 +126,74 @@ sleep 30
 mark=$(rows)
 wait_until 120 "rows after PostgreSQL came back" rows_above $((mark + 100))
 
+running_consumers() {
+  local c
+  for c in $("${compose[@]}" ps -q consumer); do
+    [[ $(docker inspect -f '{{.State.Running}}' "$c") == true ]] && echo "$c"
+  done
+}
+ready() { docker exec "$1" /usr/local/bin/consumer --check-health >/dev/null 2>&1; }
+not_ready() { ! ready "$1"; }
+
+say "cutting one consumer off from PostgreSQL for 60 s (docker network disconnect)"
+mapfile -t alive < <(running_consumers)
+[[ ${#alive[@]} -gt 1 ]] || fail "fewer than two running consumers: ${alive[*]}"
+cut=${alive[0]}
+docker network disconnect "${COMPOSE_PROJECT_NAME}_db" "$cut"
+cut_start=$SECONDS
+mark=$(rows)
+wait_until 60 "rows from the other consumers during the cut" rows_above $((mark + 100))
+wait_until 60 "the cut consumer reporting not ready" not_ready "$cut"
+not_ready_after=$((SECONDS - cut_start))
+sleep $((60 - (SECONDS - cut_start) > 0 ? 60 - (SECONDS - cut_start) : 0))
+docker network connect "${COMPOSE_PROJECT_NAME}_db" "$cut"
+reconnected=$SECONDS
+wait_until 120 "the cut consumer ready again" ready "$cut"
+[[ $(docker inspect -f '{{.RestartCount}}' "$cut") == 0 ]] || fail "the cut consumer was restarted"
+say "the cut consumer said not ready $not_ready_after s into the cut and ready again $((SECONDS - reconnected)) s after, without a restart"
+
+say "pausing the broker container for 30 s (a hung peer, not a dead one)"
+kafka=$("${compose[@]}" ps -q kafka)
+docker pause "$kafka" >/dev/null
+sleep 30
+docker unpause "$kafka" >/dev/null
+unpaused=$SECONDS
+mark=$(rows)
+wait_until 120 "rows after the broker came back" rows_above $((mark + 100))
+for c in $(running_consumers) $("${compose[@]}" ps -q monitor); do
+  [[ $(docker inspect -f '{{.RestartCount}}' "$c") == 0 ]] || fail "$c restarted after the broker pause"
+done
+say "100 new rows $((SECONDS - unpaused)) s after the broker resumed; nothing restarted"
+
+say "a consumer OOM-killed under a memory limit while reading large messages"
+mapfile -t alive < <(running_consumers)
+oom=${alive[0]}
+others=("${alive[@]:1}")
+# One consumer reads everything, so every large message goes through it.
+[[ ${#others[@]} -eq 0 ]] || docker stop "${others[@]}" >/dev/null
+# Its memory now, without the page cache, plus a little: far less than
+# reading the large messages ahead takes.
+usage=$(docker stats --no-stream --format '{{.MemUsage}}' "$oom" | awk '{print $1}')
+limit_mb=$(awk -v u="$usage" 'BEGIN {
+  n = u + 0; if (u ~ /GiB/) n *= 1024; else if (u ~ /KiB/) n /= 1024; printf "%d", n + 8 }')
+docker update --memory "${limit_mb}m" --memory-swap "${limit_mb}m" "$oom" >/dev/null
+oom_start=$(date +%s)
+"${compose[@]}" exec -T kafka kafka-admin --bootstrap-server localhost:9092 \
+  produce --topic website-metrics --count "$big" --bytes 524288
+oom_killed() { docker events --since "$oom_start" --until "$(date +%s)" --filter "container=$oom" --filter event=oom | grep -q .; }
+wait_until 120 "the consumer OOM-killed (limit ${limit_mb} MB)" oom_killed
+# What an operator does: give it room (or smaller queue_bytes/batch_bytes).
+docker update --memory 1g --memory-swap 1g "$oom" >/dev/null
+[[ ${#others[@]} -eq 0 ]] || docker start "${others[@]}" >/dev/null
+big_stored() { [[ $(dead) -ge $big ]]; }
+wait_until 180 "the $big large messages stored as dead letters" big_stored
+say "OOM-killed at ${limit_mb} MB, restarted by the restart policy ($(docker inspect -f '{{.RestartCount}}' "$oom") restarts); the large messages are dead letters, once"
+
 say "stopping the monitor, then checking every published message is one row"
 "${compose[@]}" stop monitor >/dev/null
 wait_until 120 "every message on the topic stored" all_stored
 [[ $(psql_q "SELECT count(*) - count(DISTINCT probe_id) FROM metrics") == 0 ]] || fail "a probe id is doubled"
-[[ $(psql_q "SELECT count(*) FROM dead_letters") == 0 ]] || fail "dead letters after an outage"
+[[ $(dead) == "$big" ]] || fail "$(dead) dead letters, not the $big large messages"
 
 say "docker compose down"
 before=$(rows)

@@ -3,7 +3,9 @@
 //! there (`kafka-topics.sh --create`; librdkafka's mock broker does not take
 //! CreateTopics, so the stand-in creates the topic at start) and check the
 //! broker answers (`kafka-broker-api-versions.sh`). The stand-in image puts
-//! shims by those names in /opt/kafka/bin that call this.
+//! shims by those names in /opt/kafka/bin that call this. The compose test
+//! also counts the topic's messages and publishes messages that are not
+//! metrics through it.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -14,6 +16,7 @@ use clap::{Parser, Subcommand};
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::Consumer;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 
 /// Topic creation and a liveness check against a Kafka-protocol broker.
@@ -40,11 +43,25 @@ enum Action {
     },
     /// Exit 0 when the broker answers a metadata request
     Ping,
-    /// Print the number of messages in the topic (the sum of its partitions' high watermarks)
+    /// Print the number of messages ever published to the topic (the sum of its partitions' high watermarks)
     Messages {
         /// Topic name
         #[arg(long)]
         topic: String,
+    },
+    /// Publish COUNT messages of BYTES bytes each that are not metrics (each
+    /// one a dead letter to the consumer), to the partitions in turn; exits
+    /// once the broker confirmed every one
+    Produce {
+        /// Topic name
+        #[arg(long)]
+        topic: String,
+        /// How many messages
+        #[arg(long)]
+        count: usize,
+        /// Size of each message
+        #[arg(long)]
+        bytes: usize,
     },
 }
 
@@ -84,19 +101,64 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 .find(|t| t.name() == topic)
                 .map(|t| t.partitions().len())
                 .unwrap_or(0);
+            // High watermarks, not high minus low: librdkafka's mock broker
+            // drops a partition's oldest messages past a few MB, and the
+            // count is of messages ever published.
             let mut total = 0i64;
             for p in 0..partitions {
-                let (low, high) = consumer
+                let (_, high) = consumer
                     .fetch_watermarks(
                         topic,
                         i32::try_from(p).unwrap_or(i32::MAX),
                         Duration::from_secs(5),
                     )
                     .with_context(|| format!("no watermarks for partition {p}"))?;
-                total += high - low;
+                total += high;
             }
             let mut out = std::io::stdout().lock();
             writeln!(out, "{total}").context("cannot write to stdout")?;
+            Ok(())
+        }
+        Action::Produce {
+            topic,
+            count,
+            bytes,
+        } => {
+            let producer: BaseProducer = config
+                .set("message.max.bytes", (bytes + 4096).to_string())
+                .set("acks", "all")
+                .create()
+                .context("cannot create a producer")?;
+            let partitions = producer
+                .client()
+                .fetch_metadata(Some(topic), Duration::from_secs(5))
+                .with_context(|| format!("{} does not answer", cli.bootstrap_server))?
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic)
+                .map_or(0, |t| t.partitions().len());
+            if partitions == 0 {
+                bail!("topic {topic} not found");
+            }
+            let payload = vec![b'x'; *bytes];
+            for i in 0..*count {
+                let key = format!("not-a-metric-{i}");
+                // In turn, so that no partition holds more than its share.
+                let partition = i32::try_from(i % partitions).unwrap_or(0);
+                producer
+                    .send(
+                        BaseRecord::to(topic)
+                            .key(&key)
+                            .payload(&payload)
+                            .partition(partition),
+                    )
+                    .map_err(|(err, _)| err)
+                    .with_context(|| format!("cannot queue message {i}"))?;
+            }
+            producer
+                .flush(Duration::from_secs(30))
+                .context("the broker did not confirm every message within 30 s")?;
+            eprintln!("kafka-admin: {count} messages of {bytes} bytes on {topic}");
             Ok(())
         }
         Action::WaitTopic { topic, partitions } => {
