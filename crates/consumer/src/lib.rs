@@ -28,6 +28,7 @@ use sitewatch_db::schema::MigrateError;
 use sitewatch_db::{Connector, PgSettingsError};
 use sitewatch_kafka::{broker, KafkaSettingsError, Unreachable};
 use sitewatch_service::health::{self, Heartbeat};
+use sitewatch_service::observe::{Collect, Endpoint, EndpointError, Readiness, Status};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -63,6 +64,9 @@ pub enum ConsumerError {
     /// A part of the consumer failed; what it held is read again by the next consumer.
     #[error("{0}")]
     Stopped(String),
+    /// The HTTP endpoint cannot listen where `http_listen` says.
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
     /// The brokers did not answer in time (unreachable, wrong port, TLS rejected).
     #[error(transparent)]
     Unreachable(Box<Unreachable>),
@@ -106,6 +110,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<Summary, ConsumerError> {
     let connector = settings.postgres.connector()?;
+    let (status, _served) = serve_status(&settings).await?;
     if !migrate(&settings, &connector, &shutdown).await? {
         return Ok(Summary::default());
     }
@@ -115,7 +120,7 @@ pub async fn run(
         settings.write_timeout.get(),
     ));
     tracing::info!(postgres = %settings.postgres.describe(), write_path = ?settings.write_path, "database ready");
-    consume_into(&settings, store, shutdown).await
+    consume(&settings, store, shutdown, &status).await
 }
 
 /// Joins the group and consumes into `sink` until `shutdown`: the Kafka side
@@ -124,6 +129,31 @@ pub async fn consume_into<S: Sink>(
     settings: &Settings,
     sink: Arc<S>,
     shutdown: CancellationToken,
+) -> Result<Summary, ConsumerError> {
+    let (status, _served) = serve_status(settings).await?;
+    consume(settings, sink, shutdown, &status).await
+}
+
+/// Starts the HTTP endpoint if `http_listen` is set; it answers until the
+/// guard is dropped, at the end of the run.
+async fn serve_status(
+    settings: &Settings,
+) -> Result<(Status, Option<tokio_util::sync::DropGuard>), ConsumerError> {
+    let status = Status::default();
+    let Some(listen) = &settings.health.http_listen else {
+        return Ok((status, None));
+    };
+    let endpoint = Endpoint::bind(listen).await?;
+    let stop = CancellationToken::new();
+    drop(endpoint.serve(status.clone(), stop.clone()));
+    Ok((status, Some(stop.drop_guard())))
+}
+
+async fn consume<S: Sink>(
+    settings: &Settings,
+    sink: Arc<S>,
+    shutdown: CancellationToken,
+    status: &Status,
 ) -> Result<Summary, ConsumerError> {
     let (events_tx, events) = mpsc::channel(settings.queue_messages);
     let context = GroupContext::new(
@@ -191,17 +221,23 @@ pub async fn consume_into<S: Sink>(
         shutdown.clone(),
         finished_tx,
     ));
+    let progress = Progress {
+        group: Arc::clone(consumer.context()),
+        sink: Arc::clone(&sink),
+        totals: Arc::clone(&totals),
+        limit: settings.health.unhealthy_after.get(),
+    };
+    let readiness: Readiness = Arc::new(move || Box::pin(progress.clone().verdict()));
+    let collect: Collect = {
+        let totals = Arc::clone(&totals);
+        Arc::new(move || totals.publish())
+    };
+    status.set(Arc::clone(&readiness), collect);
     let health = settings.health.health_file.clone().map(|file| {
-        let progress = Progress {
-            group: Arc::clone(consumer.context()),
-            sink: Arc::clone(&sink),
-            totals: Arc::clone(&totals),
-            limit: settings.health.unhealthy_after.get(),
-        };
         tokio::spawn(health::beat_while(
             Heartbeat::new(file),
             shutdown.clone(),
-            move || progress.clone().verdict(),
+            move || readiness(),
         ))
     });
     let grace = settings.shutdown_grace;

@@ -45,6 +45,40 @@ pub struct Totals {
 }
 
 impl Totals {
+    /// Sets the Prometheus counters to these totals, before a scrape.
+    pub fn publish(&self) {
+        for (name, help, value) in [
+            (
+                "sitewatch_consumer_messages_read_total",
+                "Messages taken from Kafka into batches.",
+                &self.read,
+            ),
+            (
+                "sitewatch_consumer_rows_inserted_total",
+                "New rows in the metrics table.",
+                &self.inserted,
+            ),
+            (
+                "sitewatch_consumer_duplicates_total",
+                "Redelivered messages already stored, skipped.",
+                &self.duplicates,
+            ),
+            (
+                "sitewatch_consumer_dead_letters_total",
+                "Messages stored as dead letters.",
+                &self.dead_letters,
+            ),
+            (
+                "sitewatch_consumer_write_retries_total",
+                "Failed writes retried.",
+                &self.retries,
+            ),
+        ] {
+            metrics::describe_counter!(name, help);
+            metrics::counter!(name).absolute(value.load(Ordering::Relaxed));
+        }
+    }
+
     fn add(&self, w: Written) {
         let _ = self.inserted.fetch_add(w.inserted, Ordering::Relaxed);
         let _ = self.duplicates.fetch_add(w.duplicates, Ordering::Relaxed);

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use chrono::TimeDelta;
 use sitewatch_metric::Metric;
 use sitewatch_service::health::{self, Heartbeat};
+use sitewatch_service::observe::{Collect, Endpoint, EndpointError, Readiness, Status};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -47,6 +48,9 @@ pub enum MonitorError {
     /// Kafka could not be reached or configured.
     #[error(transparent)]
     Publish(#[from] PublishSetupError),
+    /// The HTTP endpoint cannot listen where `http_listen` says.
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
 }
 
 /// What a run did, for the exit log and the exit code.
@@ -97,10 +101,26 @@ impl RunJob for ProbeAndPublish {
                 skipped_before: job.skipped_before,
                 ..seen
             };
+            metrics::counter!("sitewatch_monitor_probes_total", "outcome" => outcome(&metric))
+                .increment(1);
             self.sink.publish(&metric).await;
         }
         .instrument(span)
         .await;
+    }
+}
+
+/// A probe's `outcome` label: the class of its status, or its error kind;
+/// a set of a dozen values whatever the sites.
+fn outcome(metric: &Metric) -> &'static str {
+    match (&metric.error, metric.status) {
+        (Some(err), _) => err.kind.as_str(),
+        (None, Some(100..=199)) => "1xx",
+        (None, Some(200..=299)) => "2xx",
+        (None, Some(300..=399)) => "3xx",
+        (None, Some(400..=499)) => "4xx",
+        (None, Some(_)) => "5xx",
+        (None, None) => "other",
     }
 }
 
@@ -116,6 +136,17 @@ pub async fn run(
 ) -> Result<RunSummary, MonitorError> {
     let Some(spec) = &settings.targets else {
         return Err(TargetsError::Rows(Vec::new()).into());
+    };
+    let status = Status::default();
+    let _served = match &settings.health.http_listen {
+        Some(listen) => {
+            let endpoint = Endpoint::bind(listen).await?;
+            // Answers until the run ends, through the final flush.
+            let stop = CancellationToken::new();
+            drop(endpoint.serve(status.clone(), stop.clone()));
+            Some(stop.drop_guard())
+        }
+        None => None,
     };
     let source = TargetSource::from_spec(spec);
     let targets = source.load().await?;
@@ -138,26 +169,32 @@ pub async fn run(
         ))
     });
     sink.on_fatal(shutdown.clone());
-    let health = settings.health.health_file.clone().map(|file| {
+    let readiness: Readiness = {
         let sink = Arc::clone(&sink);
         let limit = settings.health.unhealthy_after.get();
+        Arc::new(move || {
+            let sink = Arc::clone(&sink);
+            Box::pin(async move {
+                if !sink.reachable(KAFKA_ANSWER_WITHIN).await {
+                    return Err("Kafka does not answer".to_owned());
+                }
+                match sink.failing_longer_than(limit) {
+                    Some(stuck) => Err(format!("deliveries to Kafka have failed for {stuck:?}")),
+                    None => Ok(()),
+                }
+            })
+        })
+    };
+    let collect: Collect = {
+        let sink = Arc::clone(&sink);
+        Arc::new(move || sink.report().publish())
+    };
+    status.set(Arc::clone(&readiness), collect);
+    let health = settings.health.health_file.clone().map(|file| {
         tokio::spawn(health::beat_while(
             Heartbeat::new(file),
             shutdown.child_token(),
-            move || {
-                let sink = Arc::clone(&sink);
-                async move {
-                    if !sink.reachable(KAFKA_ANSWER_WITHIN).await {
-                        return Err("Kafka does not answer".to_owned());
-                    }
-                    match sink.failing_longer_than(limit) {
-                        Some(stuck) => {
-                            Err(format!("deliveries to Kafka have failed for {stuck:?}"))
-                        }
-                        None => Ok(()),
-                    }
-                }
-            },
+            move || readiness(),
         ))
     });
     let options = ScheduleOptions {

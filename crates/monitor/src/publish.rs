@@ -75,6 +75,29 @@ impl DeliveryReport {
     }
 }
 
+impl DeliveryReport {
+    /// Sets the Prometheus counters to these counts, before a scrape.
+    pub fn publish(&self) {
+        metrics::describe_counter!(
+            "sitewatch_monitor_metrics_enqueued_total",
+            "Metrics handed to the producer."
+        );
+        metrics::describe_counter!(
+            "sitewatch_monitor_deliveries_total",
+            "Metrics Kafka confirmed (result=delivered) or that were given up on (result=failed)."
+        );
+        metrics::describe_counter!(
+            "sitewatch_monitor_probes_total",
+            "Probes made, by outcome: the status class or the error kind."
+        );
+        metrics::counter!("sitewatch_monitor_metrics_enqueued_total").absolute(self.enqueued);
+        metrics::counter!("sitewatch_monitor_deliveries_total", "result" => "delivered")
+            .absolute(self.delivered);
+        metrics::counter!("sitewatch_monitor_deliveries_total", "result" => "failed")
+            .absolute(self.failed);
+    }
+}
+
 impl DeliveryCounts {
     fn report(&self) -> DeliveryReport {
         DeliveryReport {
@@ -360,6 +383,24 @@ impl Sink {
         })
         .await
         .unwrap_or(false)
+    }
+
+    /// The counts so far over all outputs, without waiting for anything.
+    pub fn report(&self) -> DeliveryReport {
+        let mut report = DeliveryReport::default();
+        for counts in [
+            self.stdout.as_ref().map(|s| &s.counts),
+            self.kafka.as_ref().map(|k| &*k.counts),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let r = counts.report();
+            report.enqueued += r.enqueued;
+            report.delivered += r.delivered;
+            report.failed += r.failed;
+        }
+        report
     }
 
     /// How long deliveries to Kafka have kept failing, if longer than `limit`.

@@ -16,7 +16,7 @@ use crate::settings::TimeSpan;
 
 /// The health settings every service has, at the top of its config file;
 /// their environment variables take the service's prefix
-/// (`MONITOR_HEALTH_FILE`, `CONSUMER_UNHEALTHY_AFTER`).
+/// (`MONITOR_HEALTH_FILE`, `CONSUMER_UNHEALTHY_AFTER`, `MONITOR_HTTP_LISTEN`).
 #[derive(Debug, Clone, Deserialize, clap::Args)]
 pub struct HealthSettings {
     /// Write into this file every 10 s whether the service is ready (for container health checks; `--check-health` reads it)
@@ -26,6 +26,9 @@ pub struct HealthSettings {
     #[arg(long, value_name = "DURATION", default_value = "60s")]
     #[serde(deserialize_with = "unhealthy_after")]
     pub unhealthy_after: TimeSpan,
+    /// Serve /metrics (Prometheus), /healthz and /readyz over HTTP on this address (IP:PORT, e.g. 0.0.0.0:9464); off unless set
+    #[arg(long, value_name = "IP:PORT")]
+    pub http_listen: Option<String>,
 }
 
 /// Reads `unhealthy_after`, naming it in the error: these settings are

@@ -39,7 +39,7 @@ pub const CHECK_HEALTH: &str = "check_health";
 pub const HEALTH_FILE: &str = "health_file";
 /// The settings every service has ([`crate::health::HealthSettings`]),
 /// whose environment variables take the service's prefix.
-const SERVICE_SCOPED: [&str; 2] = [HEALTH_FILE, "unhealthy_after"];
+const SERVICE_SCOPED: [&str; 3] = [HEALTH_FILE, "unhealthy_after", "http_listen"];
 
 /// Logging settings, shared by every binary (and so by one `.env`).
 #[derive(Debug, Clone, Deserialize, clap::Args)]

@@ -370,6 +370,7 @@ impl Sample {
             "DURATION" => "7s".into(),
             "FILE" | "DIR" => "/sample/path".into(),
             "HOST:PORT" => "kafka.example:9093".into(),
+            "IP:PORT" => "127.0.0.1:9464".into(),
             "HOST" => "db.example".into(),
             "NAME" | "USER" | "ID|hostname" => "sample".into(),
             "FILTER" => "debug".into(),
