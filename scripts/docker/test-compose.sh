@@ -143,7 +143,7 @@ docker network disconnect "${COMPOSE_PROJECT_NAME}_db" "$cut"
 cut_start=$SECONDS
 mark=$(rows)
 wait_until 60 "rows from the other consumers during the cut" rows_above $((mark + 100))
-wait_until 60 "the cut consumer reporting not ready" not_ready "$cut"
+wait_until 75 "the cut consumer reporting not ready" not_ready "$cut"
 not_ready_after=$((SECONDS - cut_start))
 sleep $((60 - (SECONDS - cut_start) > 0 ? 60 - (SECONDS - cut_start) : 0))
 docker network connect "${COMPOSE_PROJECT_NAME}_db" "$cut"

@@ -298,6 +298,9 @@ async fn consume<S: Sink>(
     Ok(summary)
 }
 
+/// How long the health check waits for PostgreSQL to answer `SELECT 1`.
+const PING_WITHIN: Duration = Duration::from_secs(5);
+
 /// What the health check looks at: the consumer is ready while the brokers
 /// answer, the sink answers, and it makes progress.
 struct Progress<S> {
@@ -324,8 +327,15 @@ impl<S: Sink> Progress<S> {
         if !self.group.kafka_reachable(health::BEAT_EVERY * 2) {
             return Err("Kafka does not answer".into());
         }
-        if !self.sink.ping().await {
-            return Err("PostgreSQL does not answer".into());
+        // A pooled connection whose peer vanished (a network cut) hangs
+        // until the kernel gives up on it; the verdict must not wait as long.
+        if !matches!(
+            tokio::time::timeout(PING_WITHIN, self.sink.ping()).await,
+            Ok(true)
+        ) {
+            return Err(format!(
+                "PostgreSQL does not answer (within {PING_WITHIN:?})"
+            ));
         }
         if let Some(stuck) = self.totals.failing.longer_than(self.limit) {
             return Err(format!("writes to PostgreSQL have failed for {stuck:?}"));

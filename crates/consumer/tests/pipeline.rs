@@ -210,8 +210,10 @@ async fn consumers_share_partitions_and_a_rebalance_loses_and_doubles_nothing() 
     let _ = stack.publish(&all[..1000]).await;
     wait_rows(&stack.db, 1000, Duration::from_secs(60)).await;
     // A third member joins while messages keep coming: the group rebalances.
+    // The stream lasts several rebalances' time (about 3 s each on the mock),
+    // so the third member gets messages after it has partitions.
     let c = stack.consumer("shared");
-    for chunk in all[1000..].chunks(250) {
+    for chunk in all[1000..].chunks(50) {
         let _ = stack.publish(chunk).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -221,6 +223,7 @@ async fn consumers_share_partitions_and_a_rebalance_loses_and_doubles_nothing() 
         sa.read > 0 && sb.read > 0,
         "both first members took part: {sa:?} {sb:?}"
     );
+    assert!(sc.read > 0, "the third member got partitions: {sc:?}");
     let inserted = sa.inserted + sb.inserted + sc.inserted;
     assert_eq!(
         inserted, 3000,
