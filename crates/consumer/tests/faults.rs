@@ -111,17 +111,46 @@ async fn stored_once(db: &Postgres, all: &[Metric], summary: &Summary) {
     );
 }
 
+/// A consumer whose every connection to the broker passes a fault proxy,
+/// with the first half of 400 metrics stored.
+struct BehindProxy {
+    db: Postgres,
+    kafka: BrokerBehind,
+    bootstrap: String,
+    consumer: Running,
+    all: Vec<Metric>,
+}
+
+impl BehindProxy {
+    async fn half_stored() -> BehindProxy {
+        let db = common::postgres();
+        let kafka = BrokerBehind::start(TOPIC, 2).await.expect("broker");
+        let bootstrap = kafka.bootstrap();
+        let consumer = Running::start(common::settings(&bootstrap, TOPIC, &db, "g"));
+        let all = metrics(400, 20);
+        let _ = common::publish(&bootstrap, TOPIC, &all[..200]).await;
+        wait_rows(&db, 200, Duration::from_secs(60)).await;
+        BehindProxy {
+            db,
+            kafka,
+            bootstrap,
+            consumer,
+            all,
+        }
+    }
+}
+
 /// `fault` between the consumer and the broker for `lasting`, between two
 /// halves of a stream; returns how long the second half took to be stored
 /// once the network was healthy again.
 async fn survives_the_broker(fault: Fault, lasting: Duration) -> Duration {
-    let db = common::postgres();
-    let kafka = BrokerBehind::start(TOPIC, 2).await.expect("broker");
-    let bootstrap = kafka.bootstrap();
-    let consumer = Running::start(common::settings(&bootstrap, TOPIC, &db, "g"));
-    let all = metrics(400, 20);
-    let _ = common::publish(&bootstrap, TOPIC, &all[..200]).await;
-    wait_rows(&db, 200, Duration::from_secs(60)).await;
+    let BehindProxy {
+        db,
+        kafka,
+        bootstrap,
+        consumer,
+        all,
+    } = BehindProxy::half_stored().await;
     kafka.proxy.set(fault);
     tokio::time::sleep(lasting).await;
     kafka.proxy.set(Fault::None);
@@ -190,13 +219,13 @@ async fn a_slow_network_loses_and_doubles_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitions_lost_with_a_write_in_flight_are_read_again_not_doubled() {
-    let db = common::postgres();
-    let kafka = BrokerBehind::start(TOPIC, 2).await.expect("broker");
-    let bootstrap = kafka.bootstrap();
-    let consumer = Running::start(common::settings(&bootstrap, TOPIC, &db, "g"));
-    let all = metrics(400, 20);
-    let _ = common::publish(&bootstrap, TOPIC, &all[..200]).await;
-    wait_rows(&db, 200, Duration::from_secs(60)).await;
+    let BehindProxy {
+        db,
+        kafka,
+        bootstrap,
+        consumer,
+        all,
+    } = BehindProxy::half_stored().await;
 
     // An operator's transaction holds the table: the next write hangs.
     let mut blocker = client(&db).await;
