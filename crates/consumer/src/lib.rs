@@ -28,7 +28,7 @@ use sitewatch_db::schema::MigrateError;
 use sitewatch_db::{Connector, PgSettingsError};
 use sitewatch_kafka::{broker, KafkaSettingsError, Unreachable};
 use sitewatch_service::health::{self, Heartbeat};
-use sitewatch_service::observe::{Collect, Endpoint, EndpointError, Readiness, Status};
+use sitewatch_service::observe::{self, Collect, EndpointError, Readiness, Status};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -110,7 +110,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<Summary, ConsumerError> {
     let connector = settings.postgres.connector()?;
-    let (status, _served) = serve_status(&settings).await?;
+    // Answers from the start, through migrations, until the run ends.
+    let serving = observe::start(settings.health.http_listen.as_deref()).await?;
     if !migrate(&settings, &connector, &shutdown).await? {
         return Ok(Summary::default());
     }
@@ -120,7 +121,7 @@ pub async fn run(
         settings.write_timeout.get(),
     ));
     tracing::info!(postgres = %settings.postgres.describe(), write_path = ?settings.write_path, "database ready");
-    consume(&settings, store, shutdown, &status).await
+    consume(&settings, store, shutdown, &serving.status).await
 }
 
 /// Joins the group and consumes into `sink` until `shutdown`: the Kafka side
@@ -130,23 +131,8 @@ pub async fn consume_into<S: Sink>(
     sink: Arc<S>,
     shutdown: CancellationToken,
 ) -> Result<Summary, ConsumerError> {
-    let (status, _served) = serve_status(settings).await?;
-    consume(settings, sink, shutdown, &status).await
-}
-
-/// Starts the HTTP endpoint if `http_listen` is set; it answers until the
-/// guard is dropped, at the end of the run.
-async fn serve_status(
-    settings: &Settings,
-) -> Result<(Status, Option<tokio_util::sync::DropGuard>), ConsumerError> {
-    let status = Status::default();
-    let Some(listen) = &settings.health.http_listen else {
-        return Ok((status, None));
-    };
-    let endpoint = Endpoint::bind(listen).await?;
-    let stop = CancellationToken::new();
-    drop(endpoint.serve(status.clone(), stop.clone()));
-    Ok((status, Some(stop.drop_guard())))
+    let serving = observe::start(settings.health.http_listen.as_deref()).await?;
+    consume(settings, sink, shutdown, &serving.status).await
 }
 
 async fn consume<S: Sink>(

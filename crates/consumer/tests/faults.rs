@@ -8,11 +8,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{assert_all_stored, metrics, rows, wait_rows, Running, Stack, TOPIC};
+use common::{metrics, rows, wait_rows, Running, Stack, TOPIC};
 use sitewatch_consumer::Summary;
 use sitewatch_faults::{BrokerBehind, Fault, FaultProxy};
 use sitewatch_metric::Metric;
-use sitewatch_pgtest::sql::{client, count};
+use sitewatch_pgtest::sql::client;
 use sitewatch_pgtest::wait::wait_for;
 use sitewatch_pgtest::Postgres;
 use sitewatch_service::SecretString;
@@ -91,24 +91,9 @@ async fn survives(disruption: Disruption) -> (Duration, Summary) {
             "writes failed and were retried: {summary:?}"
         );
     }
-    stored_once(db, &all, &summary).await;
+    common::assert_stored_once(db, &all, &summary).await;
     eprintln!("{disruption:?}: recovered {recovered:?} after; {summary:?}");
     (recovered, summary)
-}
-
-/// Every one of `all` is a row, once, and nothing is a dead letter.
-async fn stored_once(db: &Postgres, all: &[Metric], summary: &Summary) {
-    let _ = assert_all_stored(db, all).await;
-    assert_eq!(
-        count(db, "SELECT count(DISTINCT probe_id) FROM metrics").await,
-        count(db, "SELECT count(*) FROM metrics").await,
-        "nothing doubled"
-    );
-    assert_eq!(
-        count(db, "SELECT count(*) FROM dead_letters").await,
-        0,
-        "{summary:?}"
-    );
 }
 
 /// A consumer whose every connection to the broker passes a fault proxy,
@@ -163,7 +148,7 @@ async fn survives_the_broker(fault: Fault, lasting: Duration) -> Duration {
         kafka.proxy.connections() > 0,
         "the consumer read through the proxy"
     );
-    stored_once(&db, &all, &summary).await;
+    common::assert_stored_once(&db, &all, &summary).await;
     eprintln!("broker {fault:?} for {lasting:?}: recovered {recovered:?} after; {summary:?}");
     recovered
 }
@@ -229,24 +214,9 @@ async fn partitions_lost_with_a_write_in_flight_are_read_again_not_doubled() {
 
     // An operator's transaction holds the table: the next write hangs.
     let mut blocker = client(&db).await;
-    let lock = blocker.transaction().await.expect("transaction");
-    lock.batch_execute("LOCK TABLE metrics IN ACCESS EXCLUSIVE MODE")
-        .await
-        .expect("lock");
+    let lock = common::lock_metrics(&mut blocker).await;
     let _ = common::publish(&bootstrap, TOPIC, &all[200..]).await;
-    wait_for(
-        Duration::from_secs(30),
-        "a write waiting on the lock",
-        || async {
-            count(
-                &db,
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
-            )
-            .await
-                >= 1
-        },
-    )
-    .await;
+    common::wait_for_a_held_write(&db).await;
     // The broker is cut off for twice the tests' 6 s session timeout: the
     // member loses its partitions while its write is still held.
     kafka.proxy.set(Fault::Blackhole);
@@ -273,7 +243,7 @@ async fn partitions_lost_with_a_write_in_flight_are_read_again_not_doubled() {
     )
     .await;
     let summary = consumer.stop().await;
-    stored_once(&db, &all, &summary).await;
+    common::assert_stored_once(&db, &all, &summary).await;
     assert!(
         summary.duplicates > 0,
         "the rejoined member read the lost partitions again: {summary:?}"

@@ -238,24 +238,9 @@ async fn a_write_held_past_the_revoke_drain_is_neither_lost_nor_doubled() {
     // An operator's transaction holds the table, so the first member's next
     // write hangs mid-flight.
     let mut blocker = client(db).await;
-    let lock = blocker.transaction().await.expect("transaction");
-    lock.batch_execute("LOCK TABLE metrics IN ACCESS EXCLUSIVE MODE")
-        .await
-        .expect("lock");
+    let lock = common::lock_metrics(&mut blocker).await;
     let _ = stack.publish(&all[200..]).await;
-    wait_for(
-        Duration::from_secs(30),
-        "a write waiting on the lock",
-        || async {
-            count(
-                db,
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
-            )
-            .await
-                >= 1
-        },
-    )
-    .await;
+    common::wait_for_a_held_write(db).await;
     // A second member joins: the group rebalances, and the first member's
     // drain of a revoked partition runs out (3 s) with its write still held.
     let b = stack.consumer("g");
@@ -265,13 +250,7 @@ async fn a_write_held_past_the_revoke_drain_is_neither_lost_nor_doubled() {
 
     wait_rows(db, 400, Duration::from_secs(90)).await;
     let (sa, sb) = (a.stop().await, b.stop().await);
-    let _ = common::assert_all_stored(db, &all).await;
-    assert_eq!(
-        count(db, "SELECT count(DISTINCT probe_id) FROM metrics").await,
-        count(db, "SELECT count(*) FROM metrics").await,
-        "nothing doubled: {sa:?} {sb:?}"
-    );
-    assert_eq!(dead(db).await, 0, "{sa:?} {sb:?}");
+    common::assert_stored_once(db, &all, &(&sa, &sb)).await;
     assert_eq!(sa.inserted + sb.inserted, 400, "{sa:?} {sb:?}");
     // Which member reads the held messages again depends on how the group
     // settles (the new owner, or the old one given its partition back); that
@@ -310,11 +289,5 @@ async fn a_fenced_member_stops_with_the_reason_and_the_group_reads_the_rest() {
     let next = stack.consumer("g");
     wait_rows(db, 400, Duration::from_secs(60)).await;
     let summary = next.stop().await;
-    let _ = common::assert_all_stored(db, &all).await;
-    assert_eq!(
-        count(db, "SELECT count(DISTINCT probe_id) FROM metrics").await,
-        count(db, "SELECT count(*) FROM metrics").await,
-        "nothing doubled: {summary:?}"
-    );
-    assert_eq!(dead(db).await, 0, "{summary:?}");
+    common::assert_stored_once(db, &all, &summary).await;
 }

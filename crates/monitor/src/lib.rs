@@ -20,7 +20,7 @@ use std::sync::Arc;
 use chrono::TimeDelta;
 use sitewatch_metric::Metric;
 use sitewatch_service::health::{self, Heartbeat};
-use sitewatch_service::observe::{Collect, Endpoint, EndpointError, Readiness, Status};
+use sitewatch_service::observe::{self, Collect, EndpointError, Readiness};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -137,17 +137,8 @@ pub async fn run(
     let Some(spec) = &settings.targets else {
         return Err(TargetsError::Rows(Vec::new()).into());
     };
-    let status = Status::default();
-    let _served = match &settings.health.http_listen {
-        Some(listen) => {
-            let endpoint = Endpoint::bind(listen).await?;
-            // Answers until the run ends, through the final flush.
-            let stop = CancellationToken::new();
-            drop(endpoint.serve(status.clone(), stop.clone()));
-            Some(stop.drop_guard())
-        }
-        None => None,
-    };
+    // Answers until the run ends, through the final flush.
+    let serving = observe::start(settings.health.http_listen.as_deref()).await?;
     let source = TargetSource::from_spec(spec);
     let targets = source.load().await?;
     tracing::info!(source = %source.describe(), sites = targets.len(), "site list loaded");
@@ -189,7 +180,7 @@ pub async fn run(
         let sink = Arc::clone(&sink);
         Arc::new(move || sink.report().publish())
     };
-    status.set(Arc::clone(&readiness), collect);
+    serving.status.set(Arc::clone(&readiness), collect);
     let health = settings.health.health_file.clone().map(|file| {
         tokio::spawn(health::beat_while(
             Heartbeat::new(file),

@@ -73,9 +73,7 @@ impl DeliveryReport {
     pub fn pending(&self) -> u64 {
         self.enqueued.saturating_sub(self.delivered + self.failed)
     }
-}
 
-impl DeliveryReport {
     /// Sets the Prometheus counters to these counts, before a scrape.
     pub fn publish(&self) {
         metrics::describe_counter!(
@@ -95,6 +93,19 @@ impl DeliveryReport {
             .absolute(self.delivered);
         metrics::counter!("sitewatch_monitor_deliveries_total", "result" => "failed")
             .absolute(self.failed);
+    }
+}
+
+/// The counts of two outputs together.
+impl std::ops::Add for DeliveryReport {
+    type Output = DeliveryReport;
+
+    fn add(self, other: DeliveryReport) -> DeliveryReport {
+        DeliveryReport {
+            enqueued: self.enqueued + other.enqueued,
+            delivered: self.delivered + other.delivered,
+            failed: self.failed + other.failed,
+        }
     }
 }
 
@@ -254,11 +265,6 @@ impl KafkaSink {
         Ok(sink)
     }
 
-    /// Reports the producer's fatal error, if it has one; true if so.
-    fn check_fatal(&self) -> bool {
-        check_fatal(&self.producer, &self.errors)
-    }
-
     /// Watches for a fatal error until `token` is cancelled: a monitor whose
     /// sites are probed hourly must not wait for its next send to find out.
     fn watch_fatal(&self, token: CancellationToken) {
@@ -294,7 +300,7 @@ impl KafkaSink {
                     tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
                 }
                 Err((source, _)) => {
-                    let _ = self.check_fatal();
+                    let _ = check_fatal(&self.producer, &self.errors);
                     let _ = self.counts.enqueued.fetch_add(1, Ordering::Relaxed);
                     let _ = self.counts.failed.fetch_add(1, Ordering::Relaxed);
                     self.failing.stuck();
@@ -387,20 +393,15 @@ impl Sink {
 
     /// The counts so far over all outputs, without waiting for anything.
     pub fn report(&self) -> DeliveryReport {
-        let mut report = DeliveryReport::default();
-        for counts in [
-            self.stdout.as_ref().map(|s| &s.counts),
-            self.kafka.as_ref().map(|k| &*k.counts),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let r = counts.report();
-            report.enqueued += r.enqueued;
-            report.delivered += r.delivered;
-            report.failed += r.failed;
-        }
-        report
+        let kafka = self.kafka.as_ref().map(|k| k.counts.report());
+        self.stdout_report() + kafka.unwrap_or_default()
+    }
+
+    fn stdout_report(&self) -> DeliveryReport {
+        self.stdout
+            .as_ref()
+            .map(|s| s.counts.report())
+            .unwrap_or_default()
     }
 
     /// How long deliveries to Kafka have kept failing, if longer than `limit`.
@@ -425,17 +426,10 @@ impl Sink {
 
     /// Waits until every published metric is confirmed or `timeout` passes; counts over all outputs.
     pub async fn finish(&self, timeout: Duration) -> DeliveryReport {
-        let mut report = self
-            .stdout
-            .as_ref()
-            .map(|s| s.counts.report())
-            .unwrap_or_default();
-        if let Some(kafka) = &self.kafka {
-            let k = kafka.flush(timeout).await;
-            report.enqueued += k.enqueued;
-            report.delivered += k.delivered;
-            report.failed += k.failed;
-        }
-        report
+        let kafka = match &self.kafka {
+            Some(kafka) => kafka.flush(timeout).await,
+            None => DeliveryReport::default(),
+        };
+        self.stdout_report() + kafka
     }
 }

@@ -106,6 +106,34 @@ pub fn recorder() -> PrometheusHandle {
         .clone()
 }
 
+/// The endpoint of a run, while it lasts: what it reports, and a guard that
+/// stops it when the run ends (dropped).
+#[derive(Debug)]
+pub struct Serving {
+    /// What the endpoint reports; [`Status::set`] once the service can judge itself.
+    pub status: Status,
+    _stop: Option<tokio_util::sync::DropGuard>,
+}
+
+/// Binds and serves the endpoint when `listen` is set (the `http_listen`
+/// setting); without it, a [`Serving`] whose status nobody reads.
+pub async fn start(listen: Option<&str>) -> Result<Serving, EndpointError> {
+    let status = Status::default();
+    let Some(listen) = listen else {
+        return Ok(Serving {
+            status,
+            _stop: None,
+        });
+    };
+    let endpoint = Endpoint::bind(listen).await?;
+    let stop = CancellationToken::new();
+    drop(endpoint.serve(status.clone(), stop.clone()));
+    Ok(Serving {
+        status,
+        _stop: Some(stop.drop_guard()),
+    })
+}
+
 /// The endpoint's socket, bound at start so that a bad address stops the
 /// service before it does anything else.
 #[derive(Debug)]

@@ -322,6 +322,45 @@ pub async fn assert_all_stored(
     stored
 }
 
+/// Every one of `all` is a row, once, and nothing is a dead letter;
+/// `context` (the consumers' summaries, say) goes into the failure messages.
+pub async fn assert_stored_once(db: &Postgres, all: &[Metric], context: &dyn std::fmt::Debug) {
+    let _ = assert_all_stored(db, all).await;
+    assert_eq!(
+        count(db, "SELECT count(DISTINCT probe_id) FROM metrics").await,
+        count(db, ROWS).await,
+        "nothing doubled: {context:?}"
+    );
+    assert_eq!(count(db, DEAD).await, 0, "no dead letter: {context:?}");
+}
+
+/// Locks `metrics` in a transaction on `blocker`, as an operator's
+/// migration would: writes wait until the transaction ends.
+pub async fn lock_metrics(blocker: &mut tokio_postgres::Client) -> tokio_postgres::Transaction<'_> {
+    let lock = blocker.transaction().await.expect("transaction");
+    lock.batch_execute("LOCK TABLE metrics IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+    lock
+}
+
+/// Waits until a write waits on a lock.
+pub async fn wait_for_a_held_write(db: &Postgres) {
+    wait_for(
+        Duration::from_secs(30),
+        "a write waiting on the lock",
+        || async {
+            count(
+                db,
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+            )
+            .await
+                >= 1
+        },
+    )
+    .await;
+}
+
 /// The group's committed offset for each partition (-1001 = none).
 pub fn committed(bootstrap: &str, topic: &str, group: &str, partitions: i32) -> Vec<i64> {
     let consumer: BaseConsumer = ClientConfig::new()
