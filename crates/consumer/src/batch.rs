@@ -137,6 +137,7 @@ mod tests {
             key: None,
             payload: None,
             reason: "test".into(),
+            cause: "test",
         };
         let ack = Ack {
             partition: 0,

@@ -9,7 +9,7 @@
 //! only after their rows are committed.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -188,6 +188,8 @@ pub struct GroupContext {
     kafka_ok_at: AtomicU64,
     /// librdkafka's errors about the brokers, so a failed start can say why.
     errors: BrokerErrors,
+    /// Partitions owned now, for the metrics.
+    assigned: AtomicUsize,
 }
 
 impl std::fmt::Debug for GroupContext {
@@ -222,6 +224,7 @@ impl GroupContext {
             revoke_drain,
             kafka_ok_at: AtomicU64::new(0),
             errors: BrokerErrors::default(),
+            assigned: AtomicUsize::new(0),
         }
     }
 
@@ -236,6 +239,19 @@ impl GroupContext {
         unix_now().saturating_sub(last) <= within.as_secs()
     }
 
+    /// Sets the partition gauges, before a scrape.
+    pub fn collect(&self) {
+        let paused = self.outbox().paused;
+        crate::measure::partitions(self.assigned.load(Ordering::Relaxed), paused);
+    }
+
+    /// `count` partitions left this member.
+    fn released(&self, count: usize) {
+        // Only the pump's thread changes the count; no update can race this one.
+        let left = self.assigned.load(Ordering::Relaxed).saturating_sub(count);
+        self.assigned.store(left, Ordering::Relaxed);
+    }
+
     fn outbox(&self) -> MutexGuard<'_, Outbox> {
         // Only the pump's thread takes the lock; a poisoned lock means a panic already unwound there.
         self.outbox.lock().unwrap_or_else(PoisonError::into_inner)
@@ -244,7 +260,9 @@ impl GroupContext {
     fn on_revoke(&self, consumer: &BaseConsumer<GroupContext>, revoked: &TopicPartitionList) {
         let partitions = partitions_of(revoked, &self.topic);
         let (done, written) = std_mpsc::channel();
+        self.released(partitions.len());
         if consumer.assignment_lost() {
+            crate::measure::rebalanced("lost");
             tracing::warn!(?partitions, "partitions lost (the group moved on without us); not committing, their next owner re-reads what was not committed");
             let _ = self.outbox().offer(Event::Revoked {
                 partitions,
@@ -253,6 +271,7 @@ impl GroupContext {
             });
             return;
         }
+        crate::measure::rebalanced("revoke");
         let deadline = Instant::now() + self.revoke_drain;
         let mut offered = self.outbox().offer(Event::Revoked {
             partitions: partitions.clone(),
@@ -359,6 +378,8 @@ impl ConsumerContext for GroupContext {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(list) = rebalance {
             let partitions = partitions_of(list, &self.topic);
+            crate::measure::rebalanced("assign");
+            let _ = self.assigned.fetch_add(partitions.len(), Ordering::Relaxed);
             tracing::info!(?partitions, "partitions assigned");
             let mut outbox = self.outbox();
             // librdkafka keeps a partition paused across unassign and assign,

@@ -27,8 +27,11 @@ pub fn decode(record: Record) -> Decoded {
         bytes: _,
     } = record;
     let decoded = match &payload {
-        None => Err("empty payload (a tombstone or a null message)".to_owned()),
-        Some(bytes) => Metric::from_json(bytes).map_err(|e| e.to_string()),
+        None => Err((
+            "empty",
+            "empty payload (a tombstone or a null message)".to_owned(),
+        )),
+        Some(bytes) => Metric::from_json(bytes).map_err(|e| (e.kind(), e.to_string())),
     };
     match decoded {
         Ok(metric) => Decoded::Row(Row {
@@ -37,11 +40,12 @@ pub fn decode(record: Record) -> Decoded {
             key,
             payload,
         }),
-        Err(reason) => Decoded::Dead(DeadLetter {
+        Err((cause, reason)) => Decoded::Dead(DeadLetter {
             origin,
             key,
             payload,
             reason,
+            cause,
         }),
     }
 }

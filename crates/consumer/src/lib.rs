@@ -6,11 +6,13 @@
 //! one bounded channel to the [`pipeline`], which [`decode`]s each message,
 //! gathers [`batch`]es, [`write`]s them through a [`sink::Sink`] (PostgreSQL
 //! is [`store`]) and, through [`offsets`], stores an offset only once every
-//! message before it in its partition is written.
+//! message before it in its partition is written. [`measure`] holds what
+//! `/metrics` shows.
 
 pub mod batch;
 pub mod consume;
 pub mod decode;
+pub mod measure;
 pub mod offsets;
 pub mod pipeline;
 pub mod settings;
@@ -214,9 +216,18 @@ async fn consume<S: Sink>(
         limit: settings.health.unhealthy_after.get(),
     };
     let readiness: Readiness = Arc::new(move || Box::pin(progress.clone().verdict()));
+    measure::describe();
     let collect: Collect = {
-        let totals = Arc::clone(&totals);
-        Arc::new(move || totals.publish())
+        let (totals, group, sink) = (
+            Arc::clone(&totals),
+            Arc::clone(consumer.context()),
+            Arc::clone(&sink),
+        );
+        Arc::new(move || {
+            measure::totals(&totals);
+            group.collect();
+            sink.collect();
+        })
     };
     status.set(Arc::clone(&readiness), collect);
     let health = settings.health.health_file.clone().map(|file| {
@@ -385,6 +396,11 @@ fn group_member(
         ("auto.offset.reset", "earliest"),
         ("queued.max.messages.kbytes", "16384"),
         ("fetch.queue.backoff.ms", "10"),
+        // The broker metrics and each partition's lag come from librdkafka's statistics.
+        (
+            "statistics.interval.ms",
+            sitewatch_kafka::stats::STATISTICS_INTERVAL_MS,
+        ),
     ] {
         if !settings.kafka.properties.contains(name) {
             let _ = config.set(name, value);

@@ -33,19 +33,27 @@ pub struct DeadLetter {
     pub payload: Option<Vec<u8>>,
     /// Why it cannot be stored.
     pub reason: String,
+    /// The kind of reason, a short fixed name (`not_json`, `refused`, ...)
+    /// for the dead-letter counter's `reason` label.
+    pub cause: &'static str,
 }
 
 impl Row {
-    /// This row as a dead letter, for `reason`.
-    pub fn into_dead_letter(self, reason: String) -> DeadLetter {
+    /// This row as a dead letter of kind `cause`, for `reason`.
+    pub fn into_dead_letter(self, cause: &'static str, reason: String) -> DeadLetter {
         DeadLetter {
             origin: self.origin,
             key: self.key,
             payload: self.payload,
             reason,
+            cause,
         }
     }
 }
+
+/// The `cause` of a dead letter whose probe id is stored already with
+/// other content.
+pub const CONFLICT: &str = "conflict";
 
 /// What a write did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -96,4 +104,7 @@ pub trait Sink: Send + Sync + 'static {
     fn ping(&self) -> impl Future<Output = bool> + Send {
         async { true }
     }
+
+    /// Sets the gauges that describe the sink (its connections), before a scrape.
+    fn collect(&self) {}
 }

@@ -45,40 +45,6 @@ pub struct Totals {
 }
 
 impl Totals {
-    /// Sets the Prometheus counters to these totals, before a scrape.
-    pub fn publish(&self) {
-        for (name, help, value) in [
-            (
-                "sitewatch_consumer_messages_read_total",
-                "Messages taken from Kafka into batches.",
-                &self.read,
-            ),
-            (
-                "sitewatch_consumer_rows_inserted_total",
-                "New rows in the metrics table.",
-                &self.inserted,
-            ),
-            (
-                "sitewatch_consumer_duplicates_total",
-                "Redelivered messages already stored, skipped.",
-                &self.duplicates,
-            ),
-            (
-                "sitewatch_consumer_dead_letters_total",
-                "Messages stored as dead letters.",
-                &self.dead_letters,
-            ),
-            (
-                "sitewatch_consumer_write_retries_total",
-                "Failed writes retried.",
-                &self.retries,
-            ),
-        ] {
-            metrics::describe_counter!(name, help);
-            metrics::counter!(name).absolute(value.load(Ordering::Relaxed));
-        }
-    }
-
     fn add(&self, w: Written) {
         let _ = self.inserted.fetch_add(w.inserted, Ordering::Relaxed);
         let _ = self.duplicates.fetch_add(w.duplicates, Ordering::Relaxed);
@@ -87,6 +53,9 @@ impl Totals {
             .fetch_add(w.dead_letters, Ordering::Relaxed);
     }
 }
+
+/// The `cause` of a dead letter PostgreSQL refused.
+const REFUSED: &str = "refused";
 
 /// How failed writes are retried.
 #[derive(Debug, Clone, Copy)]
@@ -126,7 +95,7 @@ pub async fn write_batch<S: Sink>(
             Err(Refused::Message(err)) => match rows.into_iter().next() {
                 Some(row) => {
                     tracing::warn!(error = %err, probe_id = %row.metric.probe_id, "a metric the database refuses goes to dead_letters");
-                    let letter = row.into_dead_letter(format!("refused by PostgreSQL: {err}"));
+                    let letter = row.into_dead_letter(REFUSED, format!("refused by PostgreSQL: {err}"));
                     pending.push((Vec::new(), vec![letter]));
                 }
                 None => return Err(dead_letter_lost(&dead, &err)),
@@ -191,9 +160,16 @@ async fn write_retrying<S: Sink>(
     let mut backoff = FIRST_BACKOFF;
     let mut unknown = 0;
     loop {
+        let started = std::time::Instant::now();
         let err = match sink.write(rows, dead).await {
             Ok(written) => {
                 totals.failing.moving();
+                crate::measure::written(
+                    rows.len() + dead.len(),
+                    started.elapsed(),
+                    dead,
+                    written.dead_letters,
+                );
                 return Ok(written);
             }
             Err(err) => err,

@@ -94,6 +94,8 @@ async fn the_same_messages_delivered_twice_add_no_rows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_messages_go_to_dead_letters_and_the_good_ones_land() {
+    // This test's process records its metrics, as a consumer with an HTTP endpoint does.
+    let recorded = sitewatch_service::observe::recorder();
     let stack = Stack::start(1);
     let good = metrics(40, 5);
     let mut v2: serde_json::Value = serde_json::from_slice(&good[0].to_json()).expect("json");
@@ -168,6 +170,20 @@ async fn poison_messages_go_to_dead_letters_and_the_good_ones_land() {
         vec![i64::try_from(messages.len()).expect("small")],
         "offsets moved past the poison"
     );
+    let shown = recorded.render();
+    for reason in [
+        "not_json",
+        "unknown_version",
+        "out_of_range",
+        "refused",
+        "empty",
+    ] {
+        let line = format!("sitewatch_consumer_dead_letters_total{{reason=\"{reason}\"}} 1\n");
+        assert!(
+            shown.contains(&line),
+            "/metrics should show {line:?}:\n{shown}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,6 +219,7 @@ async fn postgres_down_mid_stream_loses_nothing_and_recovers_without_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn consumers_share_partitions_and_a_rebalance_loses_and_doubles_nothing() {
+    let recorded = sitewatch_service::observe::recorder();
     let stack = Stack::start(4);
     let a = stack.consumer("shared");
     let b = stack.consumer("shared");
@@ -244,4 +261,19 @@ async fn consumers_share_partitions_and_a_rebalance_loses_and_doubles_nothing() 
         let expected: Vec<i64> = (0..i64::try_from(offsets.len()).expect("small")).collect();
         assert_eq!(offsets, expected, "partition {p} has every offset once");
     }
+    // The three members share this process's metrics: each was assigned
+    // partitions, and the third one's arrival took some from the others.
+    let shown = recorded.render();
+    let rebalances = |kind: &str| {
+        let prefix = format!("sitewatch_consumer_rebalances_total{{kind=\"{kind}\"}} ");
+        shown
+            .lines()
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+            .and_then(|value| value.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        rebalances("assign") >= 3 && rebalances("revoke") >= 1,
+        "rebalances shown on /metrics:\n{shown}"
+    );
 }

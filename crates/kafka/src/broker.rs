@@ -58,7 +58,8 @@ where
 
 /// Implements rdkafka's `ClientContext` for a context type that keeps its
 /// [`BrokerErrors`] in the named field: broker errors are recorded (so a
-/// failed start can say why) and librdkafka's log lines go to `tracing`.
+/// failed start can say why), librdkafka's log lines go to `tracing` and its
+/// statistics to the metrics ([`crate::stats`]).
 #[macro_export]
 macro_rules! forward_client_context {
     ($context:ty, $errors:ident) => {
@@ -74,6 +75,10 @@ macro_rules! forward_client_context {
                 log_message: &str,
             ) {
                 self.$errors.log(level, fac, log_message);
+            }
+
+            fn stats(&self, statistics: $crate::rdkafka::statistics::Statistics) {
+                $crate::stats::publish(&statistics);
             }
         }
     };

@@ -207,6 +207,19 @@ pub enum DecodeError {
     },
 }
 
+impl DecodeError {
+    /// A short fixed name for this kind of error (`not_json`, `unknown_version`,
+    /// `invalid`, `out_of_range`), for a metric's label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DecodeError::NotJson(_) => "not_json",
+            DecodeError::UnknownVersion { .. } => "unknown_version",
+            DecodeError::Invalid(_) => "invalid",
+            DecodeError::OutOfRange { .. } => "out_of_range",
+        }
+    }
+}
+
 /// The successful probe of this crate's documentation, as JSON: every field
 /// but `error` holds a value, so tests that must see every field start here.
 pub const EXAMPLE_JSON: &str = r#"{

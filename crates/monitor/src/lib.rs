@@ -4,8 +4,10 @@
 //! The parts, in the order a probe meets them: [`targets`] (the site list),
 //! [`schedule`] (deadlines, spread, the in-flight bound), [`probe`] (one GET,
 //! timed by phase with [`timing`]), [`publish`] (Kafka or stdout). [`reload`]
-//! re-reads the list; [`settings`] holds the configuration.
+//! re-reads the list; [`measure`] holds what `/metrics` shows; [`settings`]
+//! holds the configuration.
 
+pub mod measure;
 pub mod probe;
 pub mod publish;
 pub mod reload;
@@ -26,6 +28,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::measure::Measures;
 use crate::probe::{ProbeSetupError, Prober};
 use crate::publish::{DeliveryReport, PublishSetupError, Sink};
 use crate::schedule::{Job, RunJob, ScheduleOptions, ScheduleReport};
@@ -77,6 +80,7 @@ impl RunSummary {
 struct ProbeAndPublish {
     prober: Prober,
     sink: Arc<Sink>,
+    measures: Arc<Measures>,
 }
 
 impl RunJob for ProbeAndPublish {
@@ -86,6 +90,7 @@ impl RunJob for ProbeAndPublish {
         // names its site itself.
         let span = tracing::debug_span!("probe", url = %job.target.id);
         async {
+            let _busy = self.measures.in_flight();
             let seen = self.prober.probe(&job.target).await;
             if let Some(err) = &seen.error {
                 tracing::debug!(kind = %err.kind, message = %err.message, "probe failed");
@@ -101,26 +106,11 @@ impl RunJob for ProbeAndPublish {
                 skipped_before: job.skipped_before,
                 ..seen
             };
-            metrics::counter!("sitewatch_monitor_probes_total", "outcome" => outcome(&metric))
-                .increment(1);
+            self.measures.probed(&metric);
             self.sink.publish(&metric).await;
         }
         .instrument(span)
         .await;
-    }
-}
-
-/// A probe's `outcome` label: the class of its status, or its error kind;
-/// a set of a dozen values whatever the sites.
-fn outcome(metric: &Metric) -> &'static str {
-    match (&metric.error, metric.status) {
-        (Some(err), _) => err.kind.as_str(),
-        (None, Some(100..=199)) => "1xx",
-        (None, Some(200..=299)) => "2xx",
-        (None, Some(300..=399)) => "3xx",
-        (None, Some(400..=499)) => "4xx",
-        (None, Some(_)) => "5xx",
-        (None, None) => "other",
     }
 }
 
@@ -142,11 +132,14 @@ pub async fn run(
     let source = TargetSource::from_spec(spec);
     let targets = source.load().await?;
     tracing::info!(source = %source.describe(), sites = targets.len(), "site list loaded");
+    let measures = Arc::new(Measures::new(settings.metrics_per_site));
+    measures.sites(targets.len());
     let prober = Prober::new(settings.probe.clone())?;
     let sink = Arc::new(Sink::open(&settings.output, &settings).await?);
     let runner = Arc::new(ProbeAndPublish {
         prober,
         sink: Arc::clone(&sink),
+        measures: Arc::clone(&measures),
     });
     let (updates_tx, updates) = mpsc::channel(1);
     let reloader = (!settings.once).then(|| {
@@ -156,6 +149,7 @@ pub async fn run(
             settings.targets_refresh.get(),
             sighup,
             updates_tx,
+            Arc::clone(&measures),
             shutdown.child_token(),
         ))
     });
@@ -178,7 +172,10 @@ pub async fn run(
     };
     let collect: Collect = {
         let sink = Arc::clone(&sink);
-        Arc::new(move || sink.report().publish())
+        Arc::new(move || {
+            sink.report().publish();
+            measures.collect(sink.queued());
+        })
     };
     serving.status.set(Arc::clone(&readiness), collect);
     let health = settings.health.health_file.clone().map(|file| {

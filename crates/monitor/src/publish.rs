@@ -76,23 +76,7 @@ impl DeliveryReport {
 
     /// Sets the Prometheus counters to these counts, before a scrape.
     pub fn publish(&self) {
-        metrics::describe_counter!(
-            "sitewatch_monitor_metrics_enqueued_total",
-            "Metrics handed to the producer."
-        );
-        metrics::describe_counter!(
-            "sitewatch_monitor_deliveries_total",
-            "Metrics Kafka confirmed (result=delivered) or that were given up on (result=failed)."
-        );
-        metrics::describe_counter!(
-            "sitewatch_monitor_probes_total",
-            "Probes made, by outcome: the status class or the error kind."
-        );
-        metrics::counter!("sitewatch_monitor_metrics_enqueued_total").absolute(self.enqueued);
-        metrics::counter!("sitewatch_monitor_deliveries_total", "result" => "delivered")
-            .absolute(self.delivered);
-        metrics::counter!("sitewatch_monitor_deliveries_total", "result" => "failed")
-            .absolute(self.failed);
+        crate::measure::deliveries(self.enqueued, self.delivered, self.failed);
     }
 }
 
@@ -219,6 +203,11 @@ impl KafkaSink {
             // batches, so fewer context switches and less CPU per probe (see
             // BENCHMARKS.md), for at most this much more on the way to Kafka.
             ("linger.ms", "50"),
+            // The broker metrics and the consumer's lag come from librdkafka's statistics.
+            (
+                "statistics.interval.ms",
+                sitewatch_kafka::stats::STATISTICS_INTERVAL_MS,
+            ),
         ] {
             if !settings.properties.contains(name) {
                 let _ = config.set(name, value);
@@ -395,6 +384,12 @@ impl Sink {
     pub fn report(&self) -> DeliveryReport {
         let kafka = self.kafka.as_ref().map(|k| k.counts.report());
         self.stdout_report() + kafka.unwrap_or_default()
+    }
+
+    /// Metrics in the producer's queue that Kafka has not confirmed yet.
+    pub fn queued(&self) -> Option<usize> {
+        let kafka = self.kafka.as_ref()?;
+        usize::try_from(kafka.producer.in_flight_count()).ok()
     }
 
     fn stdout_report(&self) -> DeliveryReport {

@@ -3,6 +3,7 @@
 //! list with errors is refused and logged, and the running list stays.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode};
@@ -10,6 +11,7 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::measure::Measures;
 use crate::source::TargetSource;
 use crate::targets::{Target, TargetsError};
 
@@ -24,6 +26,7 @@ pub async fn run(
     refresh: Duration,
     mut sighup: mpsc::Receiver<()>,
     updates: mpsc::Sender<Vec<Target>>,
+    measures: Arc<Measures>,
     shutdown: CancellationToken,
 ) {
     let (changed_tx, mut changed) = mpsc::channel::<()>(1);
@@ -55,11 +58,16 @@ pub async fn run(
         }
         match source.load().await {
             Ok(list) => {
+                measures.reloaded(true);
+                measures.sites(list.len());
                 if updates.send(list).await.is_err() {
                     return;
                 }
             }
-            Err(err) => log_refused(&err),
+            Err(err) => {
+                measures.reloaded(false);
+                log_refused(&err);
+            }
         }
     }
 }

@@ -121,6 +121,9 @@ pub struct Settings {
         default_value = "100000"
     )]
     pub producer_queue: usize,
+    /// Label the probe counter and duration histogram on /metrics with each site's URL; off by default, since every site adds series (with thousands of sites, far more than Prometheus is sized for)
+    #[arg(long, env = "MONITOR_METRICS_PER_SITE")]
+    pub metrics_per_site: bool,
     /// Where the service says whether it is ready, and when it is not.
     #[command(flatten)]
     #[serde(flatten)]

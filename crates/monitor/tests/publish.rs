@@ -122,6 +122,33 @@ async fn every_probe_is_published_keyed_by_its_site_with_every_field() {
 }
 
 #[tokio::test]
+async fn per_site_metrics_name_each_site_when_asked() {
+    // The process's recorder, as a monitor with an HTTP endpoint installs it.
+    let recorded = sitewatch_service::observe::recorder();
+    let farm = SiteFarm::start(FarmOptions::default()).await.expect("farm");
+    let kafka = common::kafka("per-site", 1);
+    let (ok, failing) = (farm.url("/ok"), farm.url("/status/500"));
+    let (_dir, list) = common::site_list("sites.csv", &format!("{ok},60\n{failing},60\n"));
+    let mut s = settings(&kafka.bootstrap_servers(), "per-site", &list);
+    s.metrics_per_site = true;
+    let summary = run_to_end(s).await.expect("monitor runs");
+    assert_eq!(summary.delivery.delivered, 2, "{summary:?}");
+    let shown = recorded.render();
+    for line in [
+        format!("sitewatch_monitor_probes_total{{outcome=\"2xx\",site=\"{ok}\"}} 1"),
+        format!("sitewatch_monitor_probes_total{{outcome=\"5xx\",site=\"{failing}\"}} 1"),
+        format!("sitewatch_monitor_probe_duration_seconds_count{{site=\"{ok}\"}} 1"),
+        // The label set without `site` counts nothing: no probe is counted twice.
+        "sitewatch_monitor_probes_total{outcome=\"2xx\"} 0".to_owned(),
+    ] {
+        assert!(
+            shown.lines().any(|l| l == line),
+            "/metrics should show {line:?}:\n{shown}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn one_site_stays_in_one_partition() {
     let farm = SiteFarm::start(FarmOptions::default()).await.expect("farm");
     let kafka = common::kafka("ordered", 4);

@@ -1,7 +1,8 @@
 //! Health as progress, for container health checks: the service writes its
 //! verdict (ready, or why not) to a file every [`BEAT_EVERY`], and
 //! `--check-health` (run by the container runtime) reads it: healthy means a
-//! recent beat that says ready. [`Stall`] tracks since when something that
+//! recent beat that says ready. With an HTTP endpoint, `--check-health` asks
+//! its `/readyz` instead ([`ask_ready`]), the same verdict judged afresh. [`Stall`] tracks since when something that
 //! should move (writes, deliveries, offsets) has not.
 
 use std::future::Future;
@@ -19,7 +20,7 @@ use crate::settings::TimeSpan;
 /// (`MONITOR_HEALTH_FILE`, `CONSUMER_UNHEALTHY_AFTER`, `MONITOR_HTTP_LISTEN`).
 #[derive(Debug, Clone, Deserialize, clap::Args)]
 pub struct HealthSettings {
-    /// Write into this file every 10 s whether the service is ready (for container health checks; `--check-health` reads it)
+    /// Write into this file every 10 s whether the service is ready (for container health checks: `--check-health` reads it when http_listen is not set)
     #[arg(long, value_name = "FILE")]
     pub health_file: Option<PathBuf>,
     /// The health check reports not ready once the service has made no progress for this long: the monitor when its deliveries to Kafka fail (every produce refused, topic missing, ACL denied); the consumer when its writes fail, or it holds messages and no offset moves
@@ -127,6 +128,44 @@ pub fn check(path: &Path) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Asks the service's own `/readyz` at `listen` (the `http_listen` setting;
+/// an unspecified address such as 0.0.0.0 is asked on loopback): ready, or
+/// why not, in the endpoint's words.
+pub fn ask_ready(listen: &str) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let mut addr: std::net::SocketAddr = listen
+        .trim()
+        .parse()
+        .map_err(|_| format!("http_listen: {listen:?} is not an address (IP:PORT)"))?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, ASK_WITHIN).map_err(|e| {
+        format!("nothing answers on {addr} ({e}): the service is not running or not listening yet")
+    })?;
+    let exchanged = stream
+        .set_read_timeout(Some(ASK_WITHIN))
+        .and_then(|()| stream.set_write_timeout(Some(ASK_WITHIN)))
+        .and_then(|()| stream.write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n"));
+    let mut reply = String::new();
+    exchanged
+        .and_then(|()| stream.take(64 * 1024).read_to_string(&mut reply))
+        .map_err(|e| format!("no answer from {addr}/readyz ({e})"))?;
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
+    match head.split(' ').nth(1) {
+        Some("200") => Ok(()),
+        Some(_) => Err(body.trim().to_owned()),
+        None => Err(format!("{addr}/readyz answered without a status")),
+    }
+}
+
+/// How long `--check-health` waits for `/readyz`: the endpoint's own bound
+/// on the verdict, and a second for the exchange.
+const ASK_WITHIN: Duration = Duration::from_secs(6);
 
 /// Since when something that should move has not: a write that keeps
 /// failing, deliveries that keep failing, messages held while no offset moves.

@@ -15,7 +15,8 @@ use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -88,13 +89,49 @@ pub enum EndpointError {
     },
 }
 
+/// Bucket bounds of every histogram in seconds: from a fast local answer
+/// (lateness, a DNS lookup) to a probe's longest timeout.
+const SECONDS_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// Bucket bounds of histograms that count things (rows in a batch).
+const COUNT_BUCKETS: [f64; 10] = [
+    1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 50000.0,
+];
+
+/// A gauge not set for this long leaves `/metrics`: gauges are set at each
+/// scrape or from librdkafka's statistics, so only a gauge about something
+/// gone (a partition revoked, a broker removed) ages out.
+const GAUGE_IDLE: Duration = Duration::from_secs(60);
+
+/// How often recorded histogram samples are folded into their buckets, so
+/// that a service nobody scrapes does not hold every sample.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
 /// The process's Prometheus recorder, installed on first use: the `metrics`
 /// macros anywhere in the process record into it.
 pub fn recorder() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            // Histograms, not summaries: buckets add up across replicas, so
+            // a p99 over every consumer is one PromQL expression.
+            let builder = PrometheusBuilder::new()
+                .idle_timeout(MetricKindMask::GAUGE, Some(GAUGE_IDLE))
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_rows".into()), &COUNT_BUCKETS)
+                });
+            let recorder = match builder {
+                Ok(builder) => builder.build_recorder(),
+                // Only empty bucket lists are refused, and these are constants.
+                Err(err) => {
+                    tracing::error!(error = %err, "histogram buckets refused; histograms become summaries");
+                    PrometheusBuilder::new().build_recorder()
+                }
+            };
             let handle = recorder.handle();
             // Another recorder already installed (a test harness's) keeps
             // its place; this handle then renders what this one records.
@@ -164,6 +201,17 @@ impl Endpoint {
         if let Some(addr) = self.local_addr() {
             tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
         }
+        let upkeep = handle.clone();
+        let upkeep_stop = stop.clone();
+        drop(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(UPKEEP_EVERY);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => upkeep.run_upkeep(),
+                    () = upkeep_stop.cancelled() => return,
+                }
+            }
+        }));
         tokio::spawn(async move {
             loop {
                 let stream = tokio::select! {
@@ -207,9 +255,20 @@ async fn answer(
     }
     match request.uri().path() {
         "/metrics" => {
-            if let Some((_, collect)) = &judged {
-                collect();
-            }
+            // Prometheus cannot ask /readyz itself; the verdict as a gauge
+            // lets an alert say which replica is not ready and for how long.
+            let ready = match &judged {
+                Some((readiness, collect)) => {
+                    collect();
+                    verdict(Arc::clone(readiness)).await.is_ok()
+                }
+                None => false,
+            };
+            metrics::describe_gauge!(
+                "sitewatch_ready",
+                "1 when the service is ready (the verdict /readyz gives), 0 when not."
+            );
+            metrics::gauge!("sitewatch_ready").set(if ready { 1.0 } else { 0.0 });
             let mut response = text(StatusCode::OK, handle.render());
             let _ = response
                 .headers_mut()
@@ -233,17 +292,23 @@ async fn answer(
     }
 }
 
-/// `/readyz`: the verdict, within [`VERDICT_WITHIN`].
-async fn ready(readiness: Readiness) -> Response<Full<Bytes>> {
+/// The verdict, within [`VERDICT_WITHIN`].
+async fn verdict(readiness: Readiness) -> Result<(), String> {
     match tokio::time::timeout(VERDICT_WITHIN, readiness()).await {
-        Ok(Ok(())) => text(StatusCode::OK, "ready\n".to_owned()),
-        Ok(Err(why)) => text(
+        Ok(verdict) => verdict,
+        Err(_) => Err(format!(
+            "the readiness check took longer than {VERDICT_WITHIN:?}"
+        )),
+    }
+}
+
+/// `/readyz`: the verdict, as a status and a line of text.
+async fn ready(readiness: Readiness) -> Response<Full<Bytes>> {
+    match verdict(readiness).await {
+        Ok(()) => text(StatusCode::OK, "ready\n".to_owned()),
+        Err(why) => text(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {why}\n"),
-        ),
-        Err(_) => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: the readiness check took longer than {VERDICT_WITHIN:?}\n"),
         ),
     }
 }

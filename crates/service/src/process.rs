@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Command;
 
-use crate::settings::{Cli, LogSettings, ServiceSettings, CHECK_HEALTH, HEALTH_FILE};
+use crate::settings::{Cli, LogSettings, ServiceSettings, CHECK_HEALTH, HEALTH_FILE, HTTP_LISTEN};
 use crate::shutdown::{self, SignalError, SignalHandles};
 use crate::{health, telemetry};
 
@@ -38,7 +38,11 @@ pub enum ProcessError {
 pub fn start<S: ServiceSettings>(name: &str, command: Command) -> Result<(Cli, S), ExitCode> {
     let cli = Cli::parse(command);
     if cli.flag(CHECK_HEALTH) {
-        return Err(check_health(name, cli.path(HEALTH_FILE)));
+        return Err(check_health(
+            name,
+            cli.text(HTTP_LISTEN),
+            cli.path(HEALTH_FILE),
+        ));
     }
     let settings = S::load(&cli).map_err(|err| fail(name, 2, &err))?;
     // Every service has the `log` group; read on its own, it needs no accessor.
@@ -78,17 +82,22 @@ where
 }
 
 /// The answer of `--check-health` (a container health check): 0 when the
-/// service beating into `file` is healthy, 1 with the reason when it is not,
-/// 2 without a health file to read.
-pub fn check_health(name: &str, file: Option<&Path>) -> ExitCode {
-    match file.map(health::check) {
+/// service is ready, 1 with the reason when it is not, 2 with neither an
+/// endpoint to ask nor a health file to read. The service's `/readyz` at
+/// `listen` answers when it is set, else the verdict it beats into `file`.
+pub fn check_health(name: &str, listen: Option<&str>, file: Option<&Path>) -> ExitCode {
+    let verdict = match (listen, file) {
+        (Some(listen), _) => Some(health::ask_ready(listen)),
+        (None, file) => file.map(health::check),
+    };
+    match verdict {
         Some(Ok(())) => ExitCode::SUCCESS,
         Some(Err(why)) => {
             eprintln!("{name}: unhealthy: {why}");
             ExitCode::from(1)
         }
         None => {
-            eprintln!("{name}: --check-health needs the health file (--health-file)");
+            eprintln!("{name}: --check-health needs the HTTP endpoint (--http-listen) or the health file (--health-file)");
             ExitCode::from(2)
         }
     }

@@ -35,11 +35,13 @@ use crate::telemetry::LogFormat;
 pub const CONFIG: &str = "config";
 /// Id of `--check-health`, which a service with a `health_file` setting gets.
 pub const CHECK_HEALTH: &str = "check_health";
-/// The setting `--check-health` reads.
+/// The setting `--check-health` reads without an HTTP endpoint.
 pub const HEALTH_FILE: &str = "health_file";
+/// The setting whose `/readyz` `--check-health` asks, when it is set.
+pub const HTTP_LISTEN: &str = "http_listen";
 /// The settings every service has ([`crate::health::HealthSettings`]),
 /// whose environment variables take the service's prefix.
-const SERVICE_SCOPED: [&str; 3] = [HEALTH_FILE, "unhealthy_after", "http_listen"];
+const SERVICE_SCOPED: [&str; 3] = [HEALTH_FILE, "unhealthy_after", HTTP_LISTEN];
 
 /// Logging settings, shared by every binary (and so by one `.env`).
 #[derive(Debug, Clone, Deserialize, clap::Args)]
@@ -226,7 +228,7 @@ pub fn command<S: Args>(base: Command, config_env: &'static str) -> Command {
         .value_parser(clap::value_parser!(PathBuf))
         .help("TOML file with settings; its keys are the names in `setting` below");
     let health = format!(
-        "Exit 0 if the {} beating into --health-file is healthy, 1 if not (a container health check)",
+        "Exit 0 if the {} is ready, 1 if not (a container health check): asks its /readyz at --http-listen when set, else reads --health-file",
         base.get_name()
     );
     // `augment_args` makes the settings struct's doc comment the command's
@@ -242,7 +244,6 @@ pub fn command<S: Args>(base: Command, config_env: &'static str) -> Command {
             Arg::new(CHECK_HEALTH)
                 .long("check-health")
                 .action(ArgAction::SetTrue)
-                .requires(HEALTH_FILE)
                 .help(health),
         );
     }
@@ -345,6 +346,15 @@ impl Cli {
     pub fn path(&self, id: &str) -> Option<&Path> {
         match self.matches.try_get_one::<PathBuf>(id) {
             Ok(path) => path.map(PathBuf::as_path),
+            Err(_) => None,
+        }
+    }
+
+    /// The text `id` given as flag or environment variable; the config file
+    /// is not read for it.
+    pub fn text(&self, id: &str) -> Option<&str> {
+        match self.matches.try_get_one::<String>(id) {
+            Ok(text) => text.map(String::as_str),
             Err(_) => None,
         }
     }

@@ -16,7 +16,7 @@ use sitewatch_db::columns::{self, Columns, RowRef};
 
 pub use self::error::StoreError;
 use self::sites::SiteIds;
-use crate::sink::{DeadLetter, Row, Sink, Written};
+use crate::sink::{DeadLetter, Row, Sink, Written, CONFLICT};
 
 const CREATE_STAGING: &str = include_str!("../../sql/create_staging.sql");
 const INSERT_DEAD_LETTERS: &str = include_str!("../../sql/insert_dead_letters.sql");
@@ -130,6 +130,11 @@ impl Sink for Store {
             Err(_) => false,
         }
     }
+
+    fn collect(&self) {
+        let status = self.pool.status();
+        crate::measure::pool(status.size, status.available, status.waiting);
+    }
 }
 
 /// How one transaction puts rows into `metrics`.
@@ -232,9 +237,10 @@ fn conflicted_letters(
         if let Some(row) = found {
             let probe_id = row.metric.probe_id;
             tracing::warn!(%probe_id, partition = at.0, offset = at.1, "a probe id already stored with other content goes to dead_letters");
-            letters.push(row.clone().into_dead_letter(format!(
-                "conflict: probe_id {probe_id} is already stored with different content"
-            )));
+            letters.push(row.clone().into_dead_letter(
+                CONFLICT,
+                format!("conflict: probe_id {probe_id} is already stored with different content"),
+            ));
         }
     }
     Ok(letters)

@@ -1,0 +1,104 @@
+//! What the consumer tells Prometheus: every metric it records, named and
+//! described here. Counters of the data path are plain atomics in
+//! [`Totals`], set at each scrape; the rest is recorded per batch or per
+//! rebalance, far rarer than per message.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::sink::{DeadLetter, CONFLICT};
+use crate::write::Totals;
+
+const READ: &str = "sitewatch_consumer_messages_read_total";
+const INSERTED: &str = "sitewatch_consumer_rows_inserted_total";
+const DUPLICATES: &str = "sitewatch_consumer_duplicates_total";
+const RETRIES: &str = "sitewatch_consumer_write_retries_total";
+const DEAD_LETTERS: &str = "sitewatch_consumer_dead_letters_total";
+const BATCH_ROWS: &str = "sitewatch_consumer_batch_rows";
+const WRITE_DURATION: &str = "sitewatch_consumer_write_duration_seconds";
+const REBALANCES: &str = "sitewatch_consumer_rebalances_total";
+const ASSIGNED: &str = "sitewatch_consumer_partitions_assigned";
+const PAUSED: &str = "sitewatch_consumer_partitions_paused";
+const POOL: &str = "sitewatch_consumer_pool_connections";
+const POOL_WAITING: &str = "sitewatch_consumer_pool_waiting";
+
+/// Describes every metric, once at start.
+pub fn describe() {
+    for (name, help) in [
+        (READ, "Messages taken from Kafka into batches."),
+        (INSERTED, "New rows in the metrics table."),
+        (DUPLICATES, "Redelivered messages already stored, skipped."),
+        (RETRIES, "Failed writes retried."),
+        (DEAD_LETTERS, "Messages stored as dead letters, by reason: empty, not_json, unknown_version, invalid, out_of_range (the decoder's), refused (by PostgreSQL), conflict (a probe id stored with other content)."),
+        (REBALANCES, "Group rebalances this member took part in: partitions assigned, revoked, or lost (taken without a revoke)."),
+    ] {
+        metrics::describe_counter!(name, help);
+    }
+    metrics::describe_histogram!(
+        BATCH_ROWS,
+        metrics::Unit::Count,
+        "Messages in each batch written (rows and dead letters)."
+    );
+    metrics::describe_histogram!(
+        WRITE_DURATION,
+        metrics::Unit::Seconds,
+        "How long each successful batch write took, its transaction included."
+    );
+    for (name, help) in [
+        (ASSIGNED, "Partitions this member owns."),
+        (PAUSED, "Partitions paused because the writers are behind."),
+        (
+            POOL,
+            "PostgreSQL connections in the pool, by state: in_use or idle.",
+        ),
+        (POOL_WAITING, "Writes waiting for a PostgreSQL connection."),
+    ] {
+        metrics::describe_gauge!(name, help);
+    }
+}
+
+/// Sets the data path's counters to `totals`, before a scrape.
+pub fn totals(totals: &Totals) {
+    for (name, value) in [
+        (READ, &totals.read),
+        (INSERTED, &totals.inserted),
+        (DUPLICATES, &totals.duplicates),
+        (RETRIES, &totals.retries),
+    ] {
+        metrics::counter!(name).absolute(value.load(Ordering::Relaxed));
+    }
+}
+
+/// Records a batch written: `messages` in it, `took` for the write, `dead`
+/// the dead letters it held, and `stored` dead letters in all (the sink
+/// adds those it found in conflict).
+pub fn written(messages: usize, took: Duration, dead: &[DeadLetter], stored: u64) {
+    metrics::histogram!(BATCH_ROWS).record(messages as f64);
+    metrics::histogram!(WRITE_DURATION).record(took.as_secs_f64());
+    for letter in dead {
+        metrics::counter!(DEAD_LETTERS, "reason" => letter.cause).increment(1);
+    }
+    let conflicts = stored.saturating_sub(dead.len() as u64);
+    if conflicts > 0 {
+        metrics::counter!(DEAD_LETTERS, "reason" => CONFLICT).increment(conflicts);
+    }
+}
+
+/// Counts a rebalance: `kind` is assign, revoke or lost.
+pub fn rebalanced(kind: &'static str) {
+    metrics::counter!(REBALANCES, "kind" => kind).increment(1);
+}
+
+/// Sets the partition gauges, before a scrape.
+pub fn partitions(assigned: usize, paused: bool) {
+    metrics::gauge!(ASSIGNED).set(assigned as f64);
+    metrics::gauge!(PAUSED).set(if paused { assigned as f64 } else { 0.0 });
+}
+
+/// Sets the pool gauges, before a scrape: connections open, of which idle,
+/// and writes waiting for one.
+pub fn pool(open: usize, idle: usize, waiting: usize) {
+    metrics::gauge!(POOL, "state" => "in_use").set(open.saturating_sub(idle) as f64);
+    metrics::gauge!(POOL, "state" => "idle").set(idle as f64);
+    metrics::gauge!(POOL_WAITING).set(waiting as f64);
+}
