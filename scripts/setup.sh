@@ -5,9 +5,12 @@ set -euo pipefail
 
 # What rdkafka's bundled librdkafka needs to build with TLS and compression,
 # the PostgreSQL server binaries the consumer's tests start in a temp dir,
-# openssl to make the mutual-TLS tests' certificates, and docker-compose to
-# check the compose files.
-packages=(build-essential pkg-config libssl-dev zlib1g-dev ca-certificates openssl postgresql docker-compose)
+# openssl to make the mutual-TLS tests' certificates, docker-compose to
+# check the compose files, and prometheus for its promtool, which checks
+# observability/, and for the server crates/e2e/tests/prometheus.rs runs
+# (where systemd runs, the package also starts a Prometheus on port 9090:
+# `systemctl disable --now prometheus` if it is in the way).
+packages=(build-essential pkg-config libssl-dev zlib1g-dev ca-certificates openssl postgresql docker-compose prometheus)
 
 missing=()
 for pkg in "${packages[@]}"; do

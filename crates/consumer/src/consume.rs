@@ -253,7 +253,7 @@ impl GroupContext {
     }
 
     fn outbox(&self) -> MutexGuard<'_, Outbox> {
-        // Only the pump's thread takes the lock; a poisoned lock means a panic already unwound there.
+        // The pump's thread and a scrape take the lock, each briefly; a poisoned lock means a panic already unwound there.
         self.outbox.lock().unwrap_or_else(PoisonError::into_inner)
     }
 

@@ -9,20 +9,9 @@ use std::time::Duration;
 use sitewatch_pgtest::sql::{count, count_once_created};
 use sitewatch_pgtest::wait::wait_for;
 use sitewatch_pgtest::Postgres;
-use sitewatch_sitefarm::{FarmOptions, SiteFarm};
-use support::{broker, consumer_args, free_port, http_get, log_event, sample, Proc};
+use support::{broker, consumer_serving, free_port, http_get, log_event, sample, Proc, Watched};
 
 const ROWS: &str = "SELECT count(*) FROM metrics";
-
-/// A consumer with its HTTP endpoint on `port`.
-fn consumer(bootstrap: &str, db: &Postgres, port: u16) -> Proc {
-    let url = db.url();
-    let listen = format!("127.0.0.1:{port}");
-    let mut args = consumer_args(bootstrap, "metrics", &url, "g");
-    args.extend(["--http-listen".to_owned(), listen]);
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    Proc::start("consumer", &refs, &[])
-}
 
 /// The `/metrics` page of the service on `port`.
 async fn scrape(port: u16) -> String {
@@ -44,34 +33,12 @@ async fn wait_ready(port: u16, status: u16, within: Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_what_was_probed_delivered_and_stored() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let farm = SiteFarm::start(FarmOptions::default()).await.expect("farm");
-    let db = Postgres::start_temp().expect("postgres");
-    let (_broker, bootstrap) = broker("metrics", 2);
-    let list = dir.path().join("sites.csv");
-    let sites = format!("{},1\n{},1\n", farm.url("/ok"), farm.url("/status/500"));
-    std::fs::write(&list, sites).expect("site list");
-    let (monitor_port, consumer_port) = (free_port(), free_port());
-    let monitor_listen = format!("127.0.0.1:{monitor_port}");
-    let monitor = Proc::start(
-        "monitor",
-        &[
-            "--targets",
-            &list.to_string_lossy(),
-            "--kafka-brokers",
-            &bootstrap,
-            "--kafka-topic",
-            "metrics",
-            "--http-listen",
-            &monitor_listen,
-            "--log-format",
-            "json",
-        ],
-        &[],
-    );
-    let consumer = consumer(&bootstrap, &db, consumer_port);
+    let watched = Watched::start(&["/ok", "/status/500"], 2, &[], &[]).await;
+    let (db, monitor_port, consumer_port) =
+        (&watched.db, watched.monitor_port, watched.consumer_port);
+    let (monitor, consumer) = (watched.monitor, watched.consumer);
     wait_for(Duration::from_secs(60), "rows from both sites", || async {
-        count_once_created(&db, ROWS).await >= 6
+        count_once_created(db, ROWS).await >= 6
     })
     .await;
     wait_ready(monitor_port, 200, Duration::from_secs(30)).await;
@@ -105,7 +72,7 @@ async fn metrics_count_what_was_probed_delivered_and_stored() {
     wait_for(
         Duration::from_secs(60),
         "every delivered metric stored",
-        || async { count(&db, ROWS).await as f64 == delivered },
+        || async { count(db, ROWS).await as f64 == delivered },
     )
     .await;
     let page = scrape(consumer_port).await;
@@ -114,10 +81,13 @@ async fn metrics_count_what_was_probed_delivered_and_stored() {
         Some(delivered),
         "{page}"
     );
-    assert_eq!(
-        sample(&page, "sitewatch_consumer_dead_letters_total"),
-        Some(0.0)
-    );
+    // Dead letters are counted by reason, a series once there is one.
+    let dead_letters = page
+        .lines()
+        .filter(|l| l.starts_with("sitewatch_consumer_dead_letters_total"))
+        .filter(|l| !l.ends_with(" 0"))
+        .collect::<Vec<_>>();
+    assert!(dead_letters.is_empty(), "{page}");
     let _ = consumer.stop(Duration::from_secs(30));
 }
 
@@ -126,15 +96,34 @@ async fn readyz_turns_503_while_postgres_is_down_and_200_after_without_a_restart
     let db = Postgres::start_temp().expect("postgres");
     let (_broker, bootstrap) = broker("metrics", 1);
     let port = free_port();
-    let consumer = consumer(&bootstrap, &db, port);
+    let consumer = consumer_serving(&bootstrap, &db, port, &[]);
     wait_ready(port, 200, Duration::from_secs(30)).await;
     db.stop().expect("stop postgres");
     wait_ready(port, 503, Duration::from_secs(30)).await;
     let (_, body) = http_get(port, "/readyz").await.expect("an answer");
     assert!(body.contains("PostgreSQL"), "{body}");
+    // The container health check asks the same endpoint, and says why.
+    let (code, says) = check_health(port);
+    assert_eq!(code, Some(1), "{says}");
+    assert!(says.contains("unhealthy: PostgreSQL"), "{says}");
     db.start_again().expect("start postgres");
     wait_ready(port, 200, Duration::from_secs(60)).await;
+    assert_eq!(check_health(port).0, Some(0));
     let _ = consumer.stop(Duration::from_secs(30));
+}
+
+/// `consumer --check-health` with the endpoint of the consumer on `port`
+/// (as compose sets it, in the environment): its exit code and stderr.
+fn check_health(port: u16) -> (Option<i32>, String) {
+    let out = std::process::Command::new(support::bin("consumer"))
+        .arg("--check-health")
+        .env("CONSUMER_HTTP_LISTEN", format!("127.0.0.1:{port}"))
+        .output()
+        .expect("consumer --check-health runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]

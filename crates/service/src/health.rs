@@ -158,7 +158,8 @@ pub fn ask_ready(listen: &str) -> Result<(), String> {
     let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
     match head.split(' ').nth(1) {
         Some("200") => Ok(()),
-        Some(_) => Err(body.trim().to_owned()),
+        // The reason as the health file gives it, without the endpoint's prefix.
+        Some(_) => Err(body.trim().trim_start_matches("not ready: ").to_owned()),
         None => Err(format!("{addr}/readyz answered without a status")),
     }
 }

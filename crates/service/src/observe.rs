@@ -7,6 +7,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -41,6 +42,10 @@ pub type Collect = Arc<dyn Fn() + Send + Sync>;
 #[derive(Clone, Default)]
 pub struct Status {
     judged: Arc<RwLock<Option<(Readiness, Collect)>>>,
+    /// The last verdict of the judge that runs beside the endpoint, for
+    /// `sitewatch_ready`: a scrape reads it rather than wait on PostgreSQL
+    /// or Kafka, which would fail the scrape just when the gauge matters.
+    ready: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Status {
@@ -212,6 +217,7 @@ impl Endpoint {
                 }
             }
         }));
+        drop(tokio::spawn(judge(status.clone(), stop.clone())));
         tokio::spawn(async move {
             loop {
                 let stream = tokio::select! {
@@ -228,7 +234,8 @@ impl Endpoint {
                 let (status, handle) = (status.clone(), handle.clone());
                 let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                     let (judged, handle) = (status.judged(), handle.clone());
-                    async move { Ok::<_, Infallible>(answer(&request, judged, &handle).await) }
+                    let ready = Arc::clone(&status.ready);
+                    async move { Ok::<_, Infallible>(answer(&request, judged, &ready, &handle).await) }
                 });
                 let stop = stop.clone();
                 drop(tokio::spawn(async move {
@@ -248,6 +255,7 @@ impl Endpoint {
 async fn answer(
     request: &Request<Incoming>,
     judged: Option<(Readiness, Collect)>,
+    last_ready: &AtomicBool,
     handle: &PrometheusHandle,
 ) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
@@ -255,19 +263,16 @@ async fn answer(
     }
     match request.uri().path() {
         "/metrics" => {
+            if let Some((_, collect)) = &judged {
+                collect();
+            }
             // Prometheus cannot ask /readyz itself; the verdict as a gauge
             // lets an alert say which replica is not ready and for how long.
-            let ready = match &judged {
-                Some((readiness, collect)) => {
-                    collect();
-                    verdict(Arc::clone(readiness)).await.is_ok()
-                }
-                None => false,
-            };
             metrics::describe_gauge!(
                 "sitewatch_ready",
-                "1 when the service is ready (the verdict /readyz gives), 0 when not."
+                "1 when the service is ready (the verdict /readyz gives, judged every 10 s), 0 when not."
             );
+            let ready = judged.is_some() && last_ready.load(Ordering::Relaxed);
             metrics::gauge!("sitewatch_ready").set(if ready { 1.0 } else { 0.0 });
             let mut response = text(StatusCode::OK, handle.render());
             let _ = response
@@ -289,6 +294,34 @@ async fn answer(
             StatusCode::NOT_FOUND,
             "not found; try /metrics, /healthz or /readyz\n".to_owned(),
         ),
+    }
+}
+
+/// How often the verdict behind `sitewatch_ready` is judged: the health
+/// file's beat.
+const JUDGE_EVERY: Duration = crate::health::BEAT_EVERY;
+
+/// Judges readiness every [`JUDGE_EVERY`] once `status` can, until `stop`,
+/// keeping the last verdict for `/metrics`.
+async fn judge(status: Status, stop: CancellationToken) {
+    loop {
+        // Until the service can judge itself, look again soon, so that the
+        // first verdict does not wait a whole beat.
+        let next = match status.judged() {
+            Some((readiness, _)) => {
+                let ready = tokio::select! {
+                    verdict = verdict(readiness) => verdict.is_ok(),
+                    () = stop.cancelled() => return,
+                };
+                status.ready.store(ready, Ordering::Relaxed);
+                JUDGE_EVERY
+            }
+            None => Duration::from_millis(200),
+        };
+        tokio::select! {
+            () = tokio::time::sleep(next) => {}
+            () = stop.cancelled() => return,
+        }
     }
 }
 
@@ -372,6 +405,42 @@ mod tests {
         assert_eq!(status, 200);
         assert!(body.contains("sitewatch_test_collected_total 7"), "{body}");
         assert_eq!(get(addr, "/nope").await.0, 404);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn metrics_show_the_last_verdict_without_waiting_for_a_slow_one() {
+        let stop = CancellationToken::new();
+        let endpoint = Endpoint::bind("127.0.0.1:0").await.expect("bind");
+        let addr = endpoint.local_addr().expect("addr");
+        let status = Status::default();
+        let _served = endpoint.serve(status.clone(), stop.clone());
+        let nothing: Collect = Arc::new(|| {});
+        status.set(ready_if(true), Arc::clone(&nothing));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, body) = get(addr, "/metrics").await;
+            if body.contains("sitewatch_ready 1") {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never ready:\n{body}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // A dependency that hangs: /readyz waits its bound, /metrics does not.
+        let hangs: Readiness = Arc::new(|| {
+            Box::pin(async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok(())
+            })
+        });
+        status.set(hangs, nothing);
+        let scraped = tokio::time::timeout(Duration::from_secs(2), get(addr, "/metrics")).await;
+        let (code, body) = scraped.expect("a scrape does not wait for the verdict");
+        assert_eq!(code, 200);
+        assert!(body.contains("sitewatch_ready"), "{body}");
         stop.cancel();
     }
 

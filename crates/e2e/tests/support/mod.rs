@@ -4,7 +4,8 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -14,6 +15,7 @@ use sitewatch_pgtest::child::{piped, signal};
 use sitewatch_pgtest::sql::client;
 use sitewatch_pgtest::wait::{lines, rest};
 use sitewatch_pgtest::Postgres;
+use sitewatch_sitefarm::{FarmOptions, SiteFarm};
 
 /// The folder the workspace's binaries were built into (next to this test's executable).
 pub fn bin_dir() -> PathBuf {
@@ -47,7 +49,17 @@ pub struct Proc {
 impl Proc {
     /// Starts a workspace binary with `args` and extra environment.
     pub fn start(name: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
-        let mut cmd = Command::new(bin(name));
+        Proc::spawn(name, bin(name), args, env)
+    }
+
+    /// Starts `program` (any, not only the workspace's), called `name` in messages.
+    pub fn spawn(
+        name: &str,
+        program: impl AsRef<OsStr>,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Proc {
+        let mut cmd = Command::new(program);
         let _ = piped(cmd.args(args).envs(env.iter().copied()));
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{name} starts: {e}"));
         let stdout = lines(child.stdout.take().expect("stdout"));
@@ -102,6 +114,27 @@ impl Proc {
             stderr.join("\n")
         );
         (stdout, stderr)
+    }
+
+    /// Waits for the JSON log line (stderr) with this message and returns
+    /// it; the lines before it are gone from [`Proc::stderr`].
+    pub fn log_until(&self, message: &str, within: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + within;
+        let mut before = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let Ok(line) = self.stderr.recv_timeout(left) else {
+                break;
+            };
+            match serde_json::from_str::<serde_json::Value>(&line) {
+                Ok(event) if event["message"] == message => return event,
+                _ => before.push(line),
+            }
+        }
+        panic!(
+            "{} logged no {message:?} within {within:?}:\n{}",
+            self.name,
+            before.join("\n")
+        );
     }
 
     /// Waits for a stdout line `key=value` and returns the value.
@@ -185,6 +218,96 @@ pub fn consumer(bootstrap: &str, topic: &str, db: &Postgres, group: &str) -> Pro
     Proc::start("consumer", &refs, &[])
 }
 
+/// A consumer of topic `metrics` (group `g`) serving its HTTP endpoint on
+/// 127.0.0.1:`port`, with extra librdkafka `properties` (`NAME=VALUE`,
+/// passed with `-X`, later ones winning over [`consumer_args`]' own).
+pub fn consumer_serving(bootstrap: &str, db: &Postgres, port: u16, properties: &[&str]) -> Proc {
+    let url = db.url();
+    let mut args = consumer_args(bootstrap, "metrics", &url, "g");
+    args.extend(["--http-listen".to_owned(), format!("127.0.0.1:{port}")]);
+    for property in properties {
+        args.extend(["-X".to_owned(), (*property).to_owned()]);
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    Proc::start("consumer", &refs, &[])
+}
+
+/// A monitor probing the site list `targets`, publishing to topic `metrics`,
+/// logging JSON and serving its HTTP endpoint on 127.0.0.1:`port`; `flags` are added.
+pub fn monitor_serving(targets: &Path, bootstrap: &str, port: u16, flags: &[&str]) -> Proc {
+    let targets = targets.to_string_lossy();
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec![
+        "--targets",
+        &targets,
+        "--kafka-brokers",
+        bootstrap,
+        "--kafka-topic",
+        "metrics",
+        "--http-listen",
+        &listen,
+        "--log-format",
+        "json",
+    ];
+    args.extend(flags);
+    Proc::start("monitor", &args, &[])
+}
+
+/// The pipeline watched as an operator watches it: local sites, PostgreSQL,
+/// a broker with topic `metrics`, a monitor probing some of the farm's
+/// paths every second, and a consumer, each service serving `/metrics`,
+/// `/healthz` and `/readyz` on a port of its own.
+pub struct Watched {
+    pub monitor: Proc,
+    pub monitor_port: u16,
+    pub consumer: Proc,
+    pub consumer_port: u16,
+    pub broker: Proc,
+    pub db: Postgres,
+    pub farm: SiteFarm,
+    /// The monitor's site list (`url,interval` lines).
+    pub list: PathBuf,
+    /// Holds the site list.
+    pub dir: tempfile::TempDir,
+}
+
+impl Watched {
+    /// Starts it all: the monitor probes each of the farm's `paths` every
+    /// second, with extra `monitor_flags`; the consumer gets the extra
+    /// librdkafka `consumer_properties` (see [`consumer_serving`]).
+    pub async fn start(
+        paths: &[&str],
+        partitions: u32,
+        monitor_flags: &[&str],
+        consumer_properties: &[&str],
+    ) -> Watched {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let farm = SiteFarm::start(FarmOptions::default()).await.expect("farm");
+        let db = Postgres::start_temp().expect("postgres");
+        let (broker, bootstrap) = broker("metrics", partitions);
+        let list = dir.path().join("sites.csv");
+        let sites: String = paths
+            .iter()
+            .map(|p| format!("{},1\n", farm.url(p)))
+            .collect();
+        std::fs::write(&list, sites).expect("site list");
+        let (monitor_port, consumer_port) = (free_port(), free_port());
+        let monitor = monitor_serving(&list, &bootstrap, monitor_port, monitor_flags);
+        let consumer = consumer_serving(&bootstrap, &db, consumer_port, consumer_properties);
+        Watched {
+            monitor,
+            monitor_port,
+            consumer,
+            consumer_port,
+            broker,
+            db,
+            farm,
+            list,
+            dir,
+        }
+    }
+}
+
 /// Metrics printed by a monitor running with `--output kafka,stdout`.
 pub fn printed_metrics(lines: &[String]) -> Vec<Metric> {
     lines
@@ -228,19 +351,24 @@ pub fn free_port() -> u16 {
 }
 
 /// `GET path` on 127.0.0.1:`port`: the status and the body; None while
-/// nothing answers there.
+/// nothing answers there. HTTP/1.0, so that no server answers in chunks.
 pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
     stream.write_all(request.as_bytes()).await.ok()?;
     let mut reply = String::new();
     let _ = stream.read_to_string(&mut reply).await.ok()?;
     let status = reply.split(' ').nth(1)?.parse().ok()?;
     let body = reply.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
     Some((status, body))
+}
+
+/// `text` as it may stand in a URL's query.
+pub fn query_escape(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
 /// The value of the sample `series` (name and labels as printed) in a
