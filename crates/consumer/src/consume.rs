@@ -9,7 +9,7 @@
 //! only after their rows are committed.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -190,6 +190,10 @@ pub struct GroupContext {
     errors: BrokerErrors,
     /// Partitions owned now, for the metrics.
     assigned: AtomicUsize,
+    /// Whether the assignment is paused, for the metrics: a copy of the
+    /// outbox's flag that a scrape reads without the outbox's lock, which
+    /// the pump may hold across a call into librdkafka.
+    paused: AtomicBool,
 }
 
 impl std::fmt::Debug for GroupContext {
@@ -225,6 +229,7 @@ impl GroupContext {
             kafka_ok_at: AtomicU64::new(0),
             errors: BrokerErrors::default(),
             assigned: AtomicUsize::new(0),
+            paused: AtomicBool::new(false),
         }
     }
 
@@ -241,8 +246,10 @@ impl GroupContext {
 
     /// Sets the partition gauges, before a scrape.
     pub fn collect(&self) {
-        let paused = self.outbox().paused;
-        crate::measure::partitions(self.assigned.load(Ordering::Relaxed), paused);
+        crate::measure::partitions(
+            self.assigned.load(Ordering::Relaxed),
+            self.paused.load(Ordering::Relaxed),
+        );
     }
 
     /// `count` partitions left this member.
@@ -253,7 +260,7 @@ impl GroupContext {
     }
 
     fn outbox(&self) -> MutexGuard<'_, Outbox> {
-        // The pump's thread and a scrape take the lock, each briefly; a poisoned lock means a panic already unwound there.
+        // Only the pump's thread takes the lock; a poisoned lock means a panic already unwound there.
         self.outbox.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -261,6 +268,7 @@ impl GroupContext {
         let partitions = partitions_of(revoked, &self.topic);
         let (done, written) = std_mpsc::channel();
         self.released(partitions.len());
+        sitewatch_kafka::stats::disowned(&partitions);
         if consumer.assignment_lost() {
             crate::measure::rebalanced("lost");
             tracing::warn!(?partitions, "partitions lost (the group moved on without us); not committing, their next owner re-reads what was not committed");
@@ -526,7 +534,10 @@ fn wait_for_room(
                     consumer.resume(&assignment)
                 };
                 match result {
-                    Ok(()) => outbox.paused = behind,
+                    Ok(()) => {
+                        outbox.paused = behind;
+                        context.paused.store(behind, Ordering::Relaxed);
+                    }
                     Err(err) => tracing::warn!(error = %err, "cannot pause or resume partitions"),
                 }
             }
@@ -555,6 +566,7 @@ fn finish(
         }
     }
     context.outbox().paused = true;
+    context.paused.store(true, Ordering::Relaxed);
     loop {
         let offered = context.outbox().flush();
         if offered != Offered::Full || Instant::now() >= deadline {

@@ -109,6 +109,22 @@ async fn readyz_turns_503_while_postgres_is_down_and_200_after_without_a_restart
     db.start_again().expect("start postgres");
     wait_ready(port, 200, Duration::from_secs(60)).await;
     assert_eq!(check_health(port).0, Some(0));
+    // The endpoint named only in the config file is the one asked, too.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("consumer.toml");
+    std::fs::write(&config, format!("http_listen = \"127.0.0.1:{port}\"\n")).expect("config");
+    let out = std::process::Command::new(support::bin("consumer"))
+        .arg("--check-health")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("consumer --check-health runs");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _ = consumer.stop(Duration::from_secs(30));
 }
 

@@ -9,23 +9,31 @@ use rdkafka::statistics::{Partition, Statistics};
 /// rarely enough that building the report (JSON) costs nothing noticeable.
 pub const STATISTICS_INTERVAL_MS: &str = "10000";
 
+const RTT_P50: &str = "sitewatch_kafka_broker_rtt_p50_seconds";
+const RTT_P99: &str = "sitewatch_kafka_broker_rtt_p99_seconds";
+const TRANSMIT_ERRORS: &str = "sitewatch_kafka_broker_transmit_errors_total";
+const REQUEST_TIMEOUTS: &str = "sitewatch_kafka_broker_request_timeouts_total";
+const LAG: &str = "sitewatch_consumer_lag_messages";
+
 /// Publishes `statistics` as metrics; called from a client context's `stats`
 /// callback (see [`crate::forward_client_context!`]).
 pub fn publish(statistics: &Statistics) {
-    // Bootstrap entries (node id -1) are the same brokers under their
-    // configured names; counting them twice would double every error.
-    for broker in statistics.brokers.values().filter(|b| b.nodeid >= 0) {
+    describe();
+    // Bootstrap entries have connections and errors of their own (all of
+    // them while the cluster cannot be reached at start); librdkafka's
+    // internal pseudo-broker has none.
+    for broker in statistics
+        .brokers
+        .values()
+        .filter(|b| b.source != "internal")
+    {
         let name = broker.name.clone();
         if let Some(rtt) = broker.rtt.as_ref().filter(|w| w.cnt > 0) {
-            for (quantile, micros) in [("0.5", rtt.p50), ("0.99", rtt.p99)] {
-                metrics::gauge!("sitewatch_kafka_broker_rtt_seconds", "broker" => name.clone(), "quantile" => quantile)
-                    .set(seconds(micros));
-            }
+            metrics::gauge!(RTT_P50, "broker" => name.clone()).set(seconds(rtt.p50));
+            metrics::gauge!(RTT_P99, "broker" => name.clone()).set(seconds(rtt.p99));
         }
-        metrics::counter!("sitewatch_kafka_broker_transmit_errors_total", "broker" => name.clone())
-            .absolute(broker.txerrs);
-        metrics::counter!("sitewatch_kafka_broker_request_timeouts_total", "broker" => name)
-            .absolute(broker.req_timeouts);
+        metrics::counter!(TRANSMIT_ERRORS, "broker" => name.clone()).absolute(broker.txerrs);
+        metrics::counter!(REQUEST_TIMEOUTS, "broker" => name).absolute(broker.req_timeouts);
     }
     if statistics.client_type != "consumer" {
         return;
@@ -33,11 +41,39 @@ pub fn publish(statistics: &Statistics) {
     for topic in statistics.topics.values() {
         for partition in topic.partitions.values() {
             if let Some(lag) = owned_lag(partition) {
-                metrics::gauge!("sitewatch_consumer_lag_messages", "partition" => partition.partition.to_string())
+                metrics::gauge!(LAG, "partition" => partition.partition.to_string())
                     .set(lag as f64);
             }
         }
     }
+}
+
+/// The member no longer owns `partitions`: their lag here is 0 from now on
+/// (until the gauge ages out), so that summed over the group each
+/// partition's lag is its new owner's alone.
+pub fn disowned(partitions: &[i32]) {
+    for partition in partitions {
+        metrics::gauge!(LAG, "partition" => partition.to_string()).set(0.0);
+    }
+}
+
+fn describe() {
+    metrics::describe_gauge!(
+        RTT_P50,
+        metrics::Unit::Seconds,
+        "Median round trip to the broker over the last statistics interval."
+    );
+    metrics::describe_gauge!(
+        RTT_P99,
+        metrics::Unit::Seconds,
+        "99th percentile round trip to the broker over the last statistics interval."
+    );
+    metrics::describe_counter!(
+        TRANSMIT_ERRORS,
+        "Requests to the broker that failed to send."
+    );
+    metrics::describe_counter!(REQUEST_TIMEOUTS, "Requests to the broker that timed out.");
+    metrics::describe_gauge!(LAG, "Messages on the partition not yet committed by this member (high watermark less committed offset), for the partitions it owns.");
 }
 
 /// The lag of a partition this member fetches: its high watermark less its

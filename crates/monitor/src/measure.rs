@@ -70,10 +70,14 @@ impl Measures {
             metrics::histogram!(DURATION, "site" => site).record(total);
         } else {
             let counter = match &metric.error {
-                Some(err) => &self.by_error[err.kind as usize],
-                None => &self.by_status[status_class(metric.status)],
+                Some(err) => self.by_error.get(err.kind as usize),
+                None => self.by_status.get(status_class(metric.status)),
             };
-            counter.increment(1);
+            match counter {
+                Some(counter) => counter.increment(1),
+                // A kind missing from `ErrorKind::ALL`: counted, by name.
+                None => metrics::counter!(PROBES, "outcome" => outcome(metric)).increment(1),
+            }
             self.duration.record(total);
         }
         let t = &metric.timings;

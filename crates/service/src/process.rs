@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use clap::Command;
 
-use crate::settings::{Cli, LogSettings, ServiceSettings, CHECK_HEALTH, HEALTH_FILE, HTTP_LISTEN};
+use crate::health::HealthSettings;
+use crate::settings::{Cli, LogSettings, ServiceSettings, CHECK_HEALTH};
 use crate::shutdown::{self, SignalError, SignalHandles};
 use crate::{health, telemetry};
 
@@ -38,10 +39,13 @@ pub enum ProcessError {
 pub fn start<S: ServiceSettings>(name: &str, command: Command) -> Result<(Cli, S), ExitCode> {
     let cli = Cli::parse(command);
     if cli.flag(CHECK_HEALTH) {
+        // Read in layers like every setting, so that an endpoint or a file
+        // named only in the config file is the one asked.
+        let health: HealthSettings = cli.read().map_err(|err| fail(name, 2, &err))?;
         return Err(check_health(
             name,
-            cli.text(HTTP_LISTEN),
-            cli.path(HEALTH_FILE),
+            health.http_listen.as_deref(),
+            health.health_file.as_deref(),
         ));
     }
     let settings = S::load(&cli).map_err(|err| fail(name, 2, &err))?;

@@ -350,15 +350,6 @@ impl Cli {
         }
     }
 
-    /// The text `id` given as flag or environment variable; the config file
-    /// is not read for it.
-    pub fn text(&self, id: &str) -> Option<&str> {
-        match self.matches.try_get_one::<String>(id) {
-            Ok(text) => text.map(String::as_str),
-            Err(_) => None,
-        }
-    }
-
     /// The settings `S` from every layer, not validated.
     pub fn read<S: Args + DeserializeOwned>(&self) -> Result<S, SettingsError> {
         read_layers(Some(&self.matches), self.path(CONFIG))
