@@ -2,17 +2,22 @@
 # Runs the users' docker-compose.yml on this machine's Docker engine and checks
 # it by querying PostgreSQL. No image can be pulled here, so the base images
 # are made locally (local-images.sh) and scripts/docker/compose.test.yml swaps
-# only the two third-party images (Kafka, PostgreSQL) for local stand-ins.
+# only the third-party images (Kafka, PostgreSQL, Prometheus) for local
+# stand-ins. The stack runs with the observability profile, as an operator
+# who wants Prometheus would run it.
 #
 # Checks: rows arrive for every test site; with --scale consumer=3 each
-# consumer holds partitions and the rows are complete; `docker kill` of a
+# consumer holds partitions and the rows are complete; Prometheus finds the
+# monitor and the three consumers by DNS, scrapes them all and has the
+# example alert rules loaded; `docker kill` of a
 # consumer mid-stream loses and doubles nothing; PostgreSQL stopped for 30 s
 # and started again, the consumers recover without a restart; one consumer
 # cut off from PostgreSQL for 60 s (docker network disconnect) says not ready
 # and recovers by itself; the broker container paused for 30 s (hung, not
 # dead) costs nothing; a consumer OOM-killed under a memory limit while
 # reading large messages is restarted by the restart policy and, given room,
-# stores each one as a dead letter, once; stopping gives
+# stores each one as a dead letter, once, which Prometheus raises as an alert
+# (and by then has stored every metric the alerts read); stopping gives
 # exit code 0 for monitor and consumers; after `up` again no probe id is
 # doubled; the managed-Kafka override against a broker that requires a
 # client certificate (made here with openssl) delivers rows and no key
@@ -25,6 +30,8 @@ mkdir -p "$work"
 export COMPOSE_PROJECT_NAME=sitewatchtest
 export BUILDER_IMAGE=sitewatch-local/builder:bookworm RUNTIME_IMAGE=sitewatch-local/runtime:bookworm
 export SITEWATCH_LOG_FORMAT=json TOPIC_PARTITIONS=6 POSTGRES_PASSWORD=compose-test
+# Prometheus too, on a free port of the loopback interface (found with `port`).
+export COMPOSE_PROFILES=observability PROMETHEUS_PORT=127.0.0.1:
 
 say() { echo "test-compose: $*"; }
 fail() {
@@ -57,6 +64,9 @@ rm -rf "$ctx" && mkdir -p "$ctx"
 cp scripts/docker/standins/* target/release/broker target/release/kafka-admin target/release/sitefarm "$ctx/"
 docker build -q --build-arg BASE="$RUNTIME_IMAGE" -t sitewatch-test/kafka -f "$ctx/kafka.Dockerfile" "$ctx" >/dev/null
 docker build -q --build-arg BASE="$RUNTIME_IMAGE" -t sitewatch-test/sites -f "$ctx/sites.Dockerfile" "$ctx" >/dev/null
+# Debian's prometheus package, from the mirror this machine reaches.
+docker build -q --network host --build-arg BASE="$RUNTIME_IMAGE" -t sitewatch-test/prometheus \
+  -f "$ctx/prometheus.Dockerfile" "$ctx" >/dev/null
 
 # Test sites: one of each kind, and twenty fast ones for volume.
 {
@@ -100,6 +110,7 @@ wait_until 120 "rows for all $sites test sites" sites_with_rows
 say "rows arrive for every test site (first row $first_row s after up)"
 
 say "scaling to three consumers"
+scaled=$SECONDS
 "${compose[@]}" up -d --scale consumer=3 --no-recreate
 holding() {
   local n=0 c
@@ -112,6 +123,36 @@ holding() {
 wait_until 120 "three consumers holding partitions" holding
 mark=$(rows)
 wait_until 60 "rows after the rebalance" rows_above "$mark"
+
+say "Prometheus: targets found by DNS, alert rules loaded"
+prom=http://$("${compose[@]}" port prometheus 9090)
+occurrences() { { grep -oF -- "$1" <<<"$2" || true; } | wc -l; }
+# What Prometheus said last, for the failure message.
+prom_seen=
+targets_up() { # monitors consumers
+  local body
+  body=$(curl -sS --max-time 5 "$prom/api/v1/targets?state=active" 2>&1) || { prom_seen=$body; return 1; }
+  local monitors consumers up
+  monitors=$(occurrences '"scrapePool":"monitor"' "$body")
+  consumers=$(occurrences '"scrapePool":"consumer"' "$body")
+  up=$(occurrences '"health":"up"' "$body")
+  prom_seen="$monitors monitor and $consumers consumer targets, $up up;"
+  prom_seen+=" $(grep -oE '"(scrapeUrl|health|lastError)":"[^"]*"' <<<"$body" | paste -sd ' ' || true)"
+  [[ $monitors -eq $1 && $consumers -eq $2 && $up -eq $(($1 + $2)) ]]
+}
+deadline=$((SECONDS + 120))
+until targets_up 1 3; do
+  ((SECONDS < deadline)) || fail "Prometheus ($prom) did not see 1 monitor and 3 consumers up; it saw $prom_seen"
+  sleep 1
+done
+targets_after=$((SECONDS - scaled))
+rules=$(curl -sS --max-time 5 "$prom/api/v1/rules") || fail "Prometheus' rules API does not answer: $rules"
+for name in $(sed -n 's/^ *- name: *//p; s/^ *- alert: *//p' observability/alerts.yml); do
+  grep -qF "\"name\":\"$name\"" <<<"$rules" || fail "Prometheus did not load $name from observability/alerts.yml: $rules"
+done
+! grep -qF '"health":"err"' <<<"$rules" ||
+  fail "an alert rule fails to evaluate: $(grep -oE '"(name|lastError)":"[^"]*"' <<<"$rules" | paste -sd ' ')"
+say "Prometheus at $prom: 1 monitor and 3 consumers up $targets_after s after the scale; $(grep -c '^ *- alert:' observability/alerts.yml) alert rules loaded"
 
 say "killing one consumer mid-stream"
 victim=$("${compose[@]}" ps -q consumer | head -1)
@@ -188,6 +229,29 @@ docker update --memory 1g --memory-swap 1g "$oom" >/dev/null
 big_stored() { [[ $(dead) -ge $big ]]; }
 wait_until 180 "the $big large messages stored as dead letters" big_stored
 say "OOM-killed at ${limit_mb} MB, restarted by the restart policy ($(docker inspect -f '{{.RestartCount}}' "$oom") restarts); the large messages are dead letters, once"
+
+say "Prometheus: the dead letters raise their alert; every metric the alerts read is stored"
+# A consumer's dead-letter counter can first appear with these very dead
+# letters, which is the case the alert's expression must not miss.
+dead_letter_alert() {
+  prom_seen=$(curl -sS --max-time 5 "$prom/api/v1/alerts" 2>&1) &&
+    grep -qF '"alertname":"SitewatchDeadLetters"' <<<"$prom_seen"
+}
+deadline=$((SECONDS + 90))
+until dead_letter_alert; do
+  ((SECONDS < deadline)) || fail "no SitewatchDeadLetters alert, pending or firing, after the dead letters; Prometheus' alerts: $prom_seen"
+  sleep 1
+done
+# Only now has every one had a reason to exist: names that drifted from the
+# code would leave an alert that can never fire. Every name stored since the
+# start, since the consumers restarted above may not have reported all yet.
+alert_metrics=$(grep -oE 'sitewatch_[a-z_]+' observability/alerts.yml | sort -u)
+names=$(curl -sS --max-time 5 "$prom/api/v1/label/__name__/values" 2>&1) ||
+  fail "Prometheus' label API does not answer: $names"
+for name in $alert_metrics; do
+  grep -qF "\"$name\"" <<<"$names" || fail "Prometheus never stored $name, which observability/alerts.yml reads; it has: $names"
+done
+say "SitewatchDeadLetters is active; Prometheus has stored all $(wc -w <<<"$alert_metrics") metrics the alerts read"
 
 say "stopping the monitor, then checking every published message is one row"
 "${compose[@]}" stop monitor >/dev/null
