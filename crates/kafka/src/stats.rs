@@ -18,7 +18,8 @@ const LAG: &str = "sitewatch_consumer_lag_messages";
 /// Publishes `statistics` as metrics; called from a client context's `stats`
 /// callback (see [`crate::forward_client_context!`]).
 pub fn publish(statistics: &Statistics) {
-    describe();
+    static DESCRIBED: std::sync::Once = std::sync::Once::new();
+    DESCRIBED.call_once(describe);
     // Bootstrap entries have connections and errors of their own (all of
     // them while the cluster cannot be reached at start); librdkafka's
     // internal pseudo-broker has none.

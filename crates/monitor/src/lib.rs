@@ -173,8 +173,7 @@ pub async fn run(
     let collect: Collect = {
         let sink = Arc::clone(&sink);
         Arc::new(move || {
-            sink.report().publish();
-            measures.collect(sink.queued());
+            measures.collect(&sink.report(), sink.queued());
         })
     };
     serving.status.set(Arc::clone(&readiness), collect);

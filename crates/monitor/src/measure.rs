@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use metrics::{Counter, Histogram};
 use sitewatch_metric::{ErrorKind, Metric};
 
+use crate::publish::DeliveryReport;
+
 const PROBES: &str = "sitewatch_monitor_probes_total";
 const DURATION: &str = "sitewatch_monitor_probe_duration_seconds";
 const PHASE: &str = "sitewatch_monitor_probe_phase_duration_seconds";
@@ -113,8 +115,12 @@ impl Measures {
         metrics::counter!(RELOADS, "result" => result).increment(1);
     }
 
-    /// Sets the gauges, before a scrape: `queued` is the producer's queue.
-    pub fn collect(&self, queued: Option<usize>) {
+    /// Sets the gauges and the delivery counters, before a scrape:
+    /// `delivery` is what became of the metrics, `queued` the producer's queue.
+    pub fn collect(&self, delivery: &DeliveryReport, queued: Option<usize>) {
+        metrics::counter!(ENQUEUED).absolute(delivery.enqueued);
+        metrics::counter!(DELIVERIES, "result" => "delivered").absolute(delivery.delivered);
+        metrics::counter!(DELIVERIES, "result" => "failed").absolute(delivery.failed);
         metrics::gauge!(IN_FLIGHT).set(self.in_flight.load(Ordering::Relaxed) as f64);
         metrics::gauge!(SITES).set(self.sites.load(Ordering::Relaxed) as f64);
         if let Some(queued) = queued {
@@ -131,13 +137,6 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         let _ = self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-/// Sets the delivery counters to `enqueued`, `delivered` and `failed`, before a scrape.
-pub fn deliveries(enqueued: u64, delivered: u64, failed: u64) {
-    metrics::counter!(ENQUEUED).absolute(enqueued);
-    metrics::counter!(DELIVERIES, "result" => "delivered").absolute(delivered);
-    metrics::counter!(DELIVERIES, "result" => "failed").absolute(failed);
 }
 
 fn describe() {

@@ -73,11 +73,6 @@ impl DeliveryReport {
     pub fn pending(&self) -> u64 {
         self.enqueued.saturating_sub(self.delivered + self.failed)
     }
-
-    /// Sets the Prometheus counters to these counts, before a scrape.
-    pub fn publish(&self) {
-        crate::measure::deliveries(self.enqueued, self.delivered, self.failed);
-    }
 }
 
 /// The counts of two outputs together.

@@ -35,13 +35,11 @@ use crate::telemetry::LogFormat;
 pub const CONFIG: &str = "config";
 /// Id of `--check-health`, which a service with a `health_file` setting gets.
 pub const CHECK_HEALTH: &str = "check_health";
-/// The setting `--check-health` reads without an HTTP endpoint.
+/// The setting whose presence brings `--check-health`.
 pub const HEALTH_FILE: &str = "health_file";
-/// The setting whose `/readyz` `--check-health` asks, when it is set.
-pub const HTTP_LISTEN: &str = "http_listen";
 /// The settings every service has ([`crate::health::HealthSettings`]),
 /// whose environment variables take the service's prefix.
-const SERVICE_SCOPED: [&str; 3] = [HEALTH_FILE, "unhealthy_after", HTTP_LISTEN];
+const SERVICE_SCOPED: [&str; 3] = [HEALTH_FILE, "unhealthy_after", "http_listen"];
 
 /// Logging settings, shared by every binary (and so by one `.env`).
 #[derive(Debug, Clone, Deserialize, clap::Args)]
