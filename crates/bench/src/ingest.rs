@@ -1,8 +1,11 @@
 //! Scenario 4, ingest: a topic preloaded with metrics (1,000,000 full,
 //! 200,000 quick) is drained by one `consumer` release binary into a durable
-//! PostgreSQL; then the same rows, exported by psql, are loaded by psql's
-//! `\copy` into an identical table (same columns, defaults, checks, indexes
-//! and foreign key) as the raw limit, in the same run.
+//! PostgreSQL, twice per run, each time into a fresh database: with the
+//! consumer's state tracking (`site_state`, `incidents`; its default) and
+//! with `--track-state false`, alternating which goes first. Then the rows
+//! the drain with state tracking stored, exported by psql, are loaded by
+//! psql's `\copy` into an identical table (same columns, defaults, checks,
+//! indexes and foreign key) as the raw limit, in the same run.
 //!
 //! Rates come from PostgreSQL's own commit timestamps
 //! (`track_commit_timestamp`), so polling for completion adds nothing to them.
@@ -21,12 +24,12 @@ use rdkafka::config::ClientConfig;
 use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::ClientContext;
-use sitewatch_metric::{ErrorKind, Metric, ProbeError, Timings};
+use sitewatch_metric::{ErrorKind, Metric, ProbeError, Timings, Verdict};
 use uuid::Uuid;
 
 use crate::procs::CpuClock;
 use crate::report::{median, Figure, Goal, ScenarioReport};
-use crate::stack::{self, poll_until, Broker, ConsumerShape, Progress, Store};
+use crate::stack::{self, poll_until, Broker, ConsumerShape, Database, Progress, Store};
 use crate::Options;
 
 /// The topic the scenario preloads.
@@ -73,6 +76,16 @@ pub async fn run(options: &Options) -> anyhow::Result<ScenarioReport> {
             measured.raw_rate,
             measured.consumer_rate / measured.raw_rate
         );
+        eprintln!(
+            "bench: ingest run {}: consumer without state tracking {:.0} rows/s, with state / without {:.2} (drain with state {}); {} incidents ({} open), {} site_state rows",
+            run + 1,
+            measured.stateless_rate,
+            measured.consumer_rate / measured.stateless_rate,
+            if measured.state_first { "first" } else { "second" },
+            measured.state.incidents,
+            measured.state.open,
+            measured.state.sites
+        );
         runs.push(measured);
     }
     let mut report = ScenarioReport::new("ingest");
@@ -89,6 +102,17 @@ pub async fn run(options: &Options) -> anyhow::Result<ScenarioReport> {
             med(|m| m.start_rate),
             "rows/s",
         ),
+        Figure::new(
+            "consumer rows/s without state tracking",
+            med(|m| m.stateless_rate),
+            "rows/s",
+        ),
+        Figure::new(
+            "consumer with state / without",
+            med(|m| m.consumer_rate / m.stateless_rate),
+            "x",
+        )
+        .goal(Goal::AtLeast(0.9)),
         Figure::new("raw psql \\copy rows/s", med(|m| m.raw_rate), "rows/s"),
         Figure::new(
             "raw psql \\copy rows/s, table without the foreign key",
@@ -136,16 +160,29 @@ pub async fn run(options: &Options) -> anyhow::Result<ScenarioReport> {
     report.notes.push(
         "raw limit: the same rows (exported with psql \\copy TO, text format) loaded by one psql \\copy FROM into CREATE TABLE metrics_raw (LIKE metrics INCLUDING ALL) plus the same foreign key: one transaction, no conflict check".to_owned(),
     );
+    report.notes.push(format!(
+        "state tracking: each run drains the topic twice, each time into a fresh database by a consumer in a new group, with state tracking (the default: site_state and incidents moved in each batch's transaction) and with --track-state false, alternating which goes first (run 1 with state first); every consumer figure but the two 'without state' ones is the drain with state tracking; 'with state / without' is the median of the per-run ratios. CPU per 100k rows without state tracking (median): consumer {:.2} s, PostgreSQL {:.2} s",
+        med(|m| m.stateless_cpu.consumer * 100_000.0 / m.rows),
+        med(|m| m.stateless_cpu.postgres * 100_000.0 / m.rows),
+    ));
     if let Some(last) = runs.last() {
+        let same = runs.iter().all(|m| m.state == last.state);
         report.notes.push(format!(
-            "CPU while draining (last run, {:.1} s at the measured rate): consumer {:.2} cores, PostgreSQL {:.2}, broker {:.2} (2 cores on this machine)",
+            "state tracking's work: the metrics carry the default rule's verdict (a response below 400 whose body matched the regex, if any; failure threshold 3, success threshold 2); the drain with state tracking left {} site_state rows and {} incidents ({} still open) {}; the drain without it left both tables empty",
+            last.state.sites,
+            last.state.incidents,
+            last.state.open,
+            if same { "in every run" } else { "in the last run (other runs differ: see the per-run lines)" },
+        ));
+        report.notes.push(format!(
+            "CPU while draining (last run, with state tracking, {:.1} s at the measured rate): consumer {:.2} cores, PostgreSQL {:.2}, broker {:.2} (2 cores on this machine)",
             last.drain_secs,
             last.cpu.consumer / last.drain_secs,
             last.cpu.postgres / last.drain_secs,
             last.cpu.broker / last.drain_secs,
         ));
         report.notes.push(format!(
-            "database time by statement (pg_stat_statements, last run): {}",
+            "database time by statement (pg_stat_statements, last run, with state tracking): {}",
             last.statements
         ));
     }
@@ -344,6 +381,8 @@ pub(crate) fn sample_metric(i: u64, base: DateTime<Utc>) -> Metric {
             dns,
         ),
     }
+    // The verdict the monitor gives a site that sets no checks.
+    metric.verdict = Verdict::default_rule(&metric);
     metric
 }
 
@@ -353,6 +392,14 @@ struct CpuSplit {
     consumer: f64,
     postgres: f64,
     broker: f64,
+}
+
+/// What the drain with state tracking left in `incidents` and `site_state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StateRows {
+    incidents: i64,
+    open: i64,
+    sites: i64,
 }
 
 /// One run's figures.
@@ -367,8 +414,17 @@ struct Measured {
     cpu: CpuSplit,
     raw_pg_cpu: f64,
     statements: String,
+    /// The drain with `--track-state false`.
+    stateless_rate: f64,
+    stateless_cpu: CpuSplit,
+    /// Whether the drain with state tracking went first in this run.
+    state_first: bool,
+    state: StateRows,
 }
 
+/// One run: the topic drained with state tracking and without, each into a
+/// fresh database (alternating which goes first), then the raw COPY of the
+/// rows the drain with state tracking stored.
 async fn measure(
     options: &Options,
     store: &Store,
@@ -378,7 +434,126 @@ async fn measure(
     run: usize,
 ) -> anyhow::Result<Measured> {
     let pg = &store.pg;
-    let db = store.database(run)?;
+    let state_first = run % 2 == 0;
+    let (with, without) = if state_first {
+        let with = drain(options, store, broker, preload, rows, run, true).await?;
+        let without = drain(options, store, broker, preload, rows, run, false).await?;
+        (with, without)
+    } else {
+        let without = drain(options, store, broker, preload, rows, run, false).await?;
+        let with = drain(options, store, broker, preload, rows, run, true).await?;
+        (with, without)
+    };
+    let state = state_rows(&with.client).await?;
+    if state.sites == 0 {
+        bail!("the drain with state tracking left site_state empty");
+    }
+    let left = state_rows(&without.client).await?;
+    if left.sites != 0 || left.incidents != 0 {
+        bail!(
+            "the drain with --track-state false left {} site_state rows and {} incidents",
+            left.sites,
+            left.incidents
+        );
+    }
+    let (client, db) = (with.client, with.db);
+
+    // The raw limit: the same rows, as stored, loaded by psql into an identical table.
+    let file = store.dir.join("rows.tsv");
+    let postmaster = store.postmaster_pid()?;
+    let (raw_secs, raw_pg_cpu, no_fk_secs) =
+        tokio::task::block_in_place(|| -> anyhow::Result<(f64, f64, f64)> {
+            let _ = pg.psql(
+                &db.name,
+                &format!(
+                    "CREATE TABLE metrics_raw (LIKE metrics INCLUDING ALL);\n\
+                     ALTER TABLE metrics_raw ADD FOREIGN KEY (website_id) REFERENCES websites (id);\n\
+                     CREATE TABLE metrics_no_fk (LIKE metrics INCLUDING ALL);\n\
+                     \\copy metrics TO {}\n",
+                    quote(&file)
+                ),
+            )?;
+            let timed = |table: &str| -> anyhow::Result<(f64, f64)> {
+                let _ = pg.psql(&db.name, "CHECKPOINT")?;
+                let clock = CpuClock::tree(postmaster)?;
+                let start = Instant::now();
+                let _ = pg.psql(&db.name, &format!("\\copy {table} FROM {}\n", quote(&file)))?;
+                Ok((start.elapsed().as_secs_f64(), clock.elapsed()?))
+            };
+            let (raw_secs, raw_pg_cpu) = timed("metrics_raw")?;
+            // The same without the foreign key, to show what its per-row check costs.
+            let (no_fk_secs, _) = timed("metrics_no_fk")?;
+            Ok((raw_secs, raw_pg_cpu, no_fk_secs))
+        })
+        .context("the raw COPY failed")?;
+    let _ = std::fs::remove_file(&file);
+    let raw_rows: i64 = client
+        .query_one("SELECT count(*) FROM metrics_raw", &[])
+        .await?
+        .get(0);
+    if raw_rows != i64::try_from(rows)? {
+        bail!("the raw COPY loaded {raw_rows} rows, not {rows}");
+    }
+    drop(client);
+    drop(without.client);
+    tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        pg.drop_database(&db.name)?;
+        pg.drop_database(&without.db.name)?;
+        Ok(())
+    })
+    .context("cannot drop the databases")?;
+    Ok(Measured {
+        rows: rows as f64,
+        consumer_rate: with.consumer_rate,
+        start_rate: with.start_rate,
+        raw_rate: rows as f64 / raw_secs,
+        no_fk_rate: rows as f64 / no_fk_secs,
+        drain_secs: with.drain_secs,
+        cpu: with.cpu,
+        raw_pg_cpu,
+        statements: with.statements,
+        stateless_rate: without.consumer_rate,
+        stateless_cpu: without.cpu,
+        state_first,
+        state,
+    })
+}
+
+/// One drain of the topic by one consumer, in a group of its own, into a
+/// fresh database (still there, with a client on it).
+#[derive(Debug)]
+struct Drain {
+    db: Database,
+    client: tokio_postgres::Client,
+    consumer_rate: f64,
+    start_rate: f64,
+    drain_secs: f64,
+    cpu: CpuSplit,
+    statements: String,
+}
+
+/// Drains the preloaded topic into a fresh database, with the consumer's
+/// state tracking (its default) or with `--track-state false`.
+async fn drain(
+    options: &Options,
+    store: &Store,
+    broker: &Broker,
+    preload: &Preload,
+    rows: u64,
+    run: usize,
+    track_state: bool,
+) -> anyhow::Result<Drain> {
+    let pg = &store.pg;
+    let (db, suffix, extra, label): (_, _, &[&str], _) = if track_state {
+        (store.database(run)?, "", &[], "with state tracking")
+    } else {
+        (
+            store.named_database(format!("sitewatch_{run}_no_state"))?,
+            "-no-state",
+            &["--track-state", "false"],
+            "without state tracking",
+        )
+    };
     tokio::task::block_in_place(|| -> anyhow::Result<()> {
         let _ = pg.psql(
             &db.name,
@@ -398,14 +573,14 @@ async fn measure(
     let pg_clock = CpuClock::tree(postmaster)?;
     let broker_clock = CpuClock::process(broker.proc.pid())?;
     let started = SystemTime::now();
-    let group = format!("bench-ingest-{}-{run}", std::process::id());
+    let group = format!("bench-ingest-{}-{run}{suffix}", std::process::id());
     let mut consumer = stack::start_consumer(
         options,
         broker,
         &group,
         &db.url,
-        &[],
-        &store.dir.join(format!("run-{run}")),
+        extra,
+        &store.dir.join(format!("run-{run}{suffix}")),
     )?;
     let consumer_clock = CpuClock::process(consumer.pid())?;
 
@@ -481,56 +656,33 @@ async fn measure(
     // The drain at the measured rate, without the group join before it.
     let drain_secs = rows as f64 / consumer_rate;
     let statements = top_statements(&client).await?;
-    eprintln!("bench: ingest: {transactions} transactions, first holds {first_tx} rows");
-
-    // The raw limit: the same rows, as stored, loaded by psql into an identical table.
-    let file = store.dir.join("rows.tsv");
-    let (raw_secs, raw_pg_cpu, no_fk_secs) =
-        tokio::task::block_in_place(|| -> anyhow::Result<(f64, f64, f64)> {
-            let _ = pg.psql(
-                &db.name,
-                &format!(
-                    "CREATE TABLE metrics_raw (LIKE metrics INCLUDING ALL);\n\
-                     ALTER TABLE metrics_raw ADD FOREIGN KEY (website_id) REFERENCES websites (id);\n\
-                     CREATE TABLE metrics_no_fk (LIKE metrics INCLUDING ALL);\n\
-                     \\copy metrics TO {}\n",
-                    quote(&file)
-                ),
-            )?;
-            let timed = |table: &str| -> anyhow::Result<(f64, f64)> {
-                let _ = pg.psql(&db.name, "CHECKPOINT")?;
-                let clock = CpuClock::tree(postmaster)?;
-                let start = Instant::now();
-                let _ = pg.psql(&db.name, &format!("\\copy {table} FROM {}\n", quote(&file)))?;
-                Ok((start.elapsed().as_secs_f64(), clock.elapsed()?))
-            };
-            let (raw_secs, raw_pg_cpu) = timed("metrics_raw")?;
-            // The same without the foreign key, to show what its per-row check costs.
-            let (no_fk_secs, _) = timed("metrics_no_fk")?;
-            Ok((raw_secs, raw_pg_cpu, no_fk_secs))
-        })
-        .context("the raw COPY failed")?;
-    let _ = std::fs::remove_file(&file);
-    let raw_rows: i64 = client
-        .query_one("SELECT count(*) FROM metrics_raw", &[])
-        .await?
-        .get(0);
-    if raw_rows != i64::try_from(rows)? {
-        bail!("the raw COPY loaded {raw_rows} rows, not {rows}");
-    }
-    drop(client);
-    tokio::task::block_in_place(|| pg.drop_database(&db.name))
-        .context("cannot drop the database")?;
-    Ok(Measured {
-        rows: rows as f64,
+    eprintln!("bench: ingest: {label}: {transactions} transactions, first holds {first_tx} rows");
+    Ok(Drain {
+        db,
+        client,
         consumer_rate,
         start_rate,
-        raw_rate: rows as f64 / raw_secs,
-        no_fk_rate: rows as f64 / no_fk_secs,
         drain_secs,
         cpu,
-        raw_pg_cpu,
         statements,
+    })
+}
+
+/// Counts what state tracking made: incidents (and how many are open) and site_state rows.
+async fn state_rows(client: &tokio_postgres::Client) -> anyhow::Result<StateRows> {
+    let row = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM incidents),
+                    (SELECT count(*) FROM incidents WHERE resolved_at IS NULL),
+                    (SELECT count(*) FROM site_state)",
+            &[],
+        )
+        .await
+        .context("cannot count incidents and site_state rows")?;
+    Ok(StateRows {
+        incidents: row.get(0),
+        open: row.get(1),
+        sites: row.get(2),
     })
 }
 
@@ -588,6 +740,12 @@ mod tests {
         }
         let errors = metrics.iter().filter(|m| m.error.is_some()).count();
         assert!((40..200).contains(&errors), "{errors} errors in 2000");
+        // Errors, 5xx and regex misses fail the default rule; redirects do not.
+        let down = metrics.iter().filter(|m| !m.verdict.up).count();
+        assert!((120..300).contains(&down), "{down} probes down in 2000");
+        assert!(metrics
+            .iter()
+            .all(|m| m.verdict == Verdict::default_rule(m)));
         let ids: std::collections::HashSet<Uuid> = metrics.iter().map(|m| m.probe_id).collect();
         assert_eq!(ids.len(), metrics.len());
         assert!(metrics

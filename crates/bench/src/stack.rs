@@ -214,7 +214,12 @@ impl Store {
 
     /// The database of run `run`, made afresh (dropped first if a previous run left it).
     pub(crate) fn database(&self, run: usize) -> anyhow::Result<Database> {
-        let name = format!("sitewatch_{run}");
+        self.named_database(format!("sitewatch_{run}"))
+    }
+
+    /// The database `name` (lowercase letters, digits and `_`), made afresh
+    /// (dropped first if a previous run left it).
+    pub(crate) fn named_database(&self, name: String) -> anyhow::Result<Database> {
         let url = tokio::task::block_in_place(|| -> anyhow::Result<String> {
             self.pg.drop_database(&name)?;
             Ok(self.pg.create_database(&name)?)

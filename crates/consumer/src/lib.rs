@@ -9,6 +9,7 @@
 //! message before it in its partition is written. [`measure`] holds what
 //! `/metrics` shows.
 
+pub mod alert;
 pub mod batch;
 pub mod consume;
 pub mod decode;
@@ -66,6 +67,10 @@ pub enum ConsumerError {
     /// A part of the consumer failed; what it held is read again by the next consumer.
     #[error("{0}")]
     Stopped(String),
+    /// The webhooks cannot be used: a bad one in `alert.webhooks`, or an
+    /// HTTP client that cannot be built.
+    #[error(transparent)]
+    Alerts(#[from] alert::send::SenderError),
     /// The HTTP endpoint cannot listen where `http_listen` says.
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
@@ -117,13 +122,41 @@ pub async fn run(
     if !migrate(&settings, &connector, &shutdown).await? {
         return Ok(Summary::default());
     }
-    let store = Arc::new(Store::new(
+    let mut store = Store::new(
         settings.postgres.pool()?,
         settings.write_path,
         settings.write_timeout.get(),
-    ));
-    tracing::info!(postgres = %settings.postgres.describe(), write_path = ?settings.write_path, "database ready");
-    consume(&settings, store, shutdown, &serving.status).await
+        settings.track_state,
+    );
+    let webhooks = settings
+        .alert
+        .webhooks()
+        .map_err(alert::send::SenderError::Settings)?;
+    let sender = if webhooks.is_empty() {
+        None
+    } else {
+        let sender = alert::send::Sender::new(connector.clone(), &settings.alert)?;
+        let ids: Vec<&str> = webhooks.as_slice().iter().map(alert::Webhook::id).collect();
+        tracing::info!(webhooks = ?ids, "alerts: notifying webhooks of sites going down and up");
+        let status_page = settings
+            .alert
+            .status_page()
+            .map_err(alert::send::SenderError::Settings)?;
+        store = store.alerting(alert::outbox::Outbox::new(webhooks.clone(), status_page));
+        // Stops when the consumer does, whatever the reason, after the send under way.
+        let stop = shutdown.child_token();
+        Some((stop.clone(), tokio::spawn(sender.run(stop))))
+    };
+    tracing::info!(postgres = %settings.postgres.describe(), write_path = ?settings.write_path, track_state = settings.track_state, "database ready");
+    let consumed = consume(&settings, Arc::new(store), shutdown, &serving.status).await;
+    if let Some((stop, task)) = sender {
+        stop.cancel();
+        let bound = settings.alert.timeout.get() + PIPELINE_EXIT_MARGIN;
+        if tokio::time::timeout(bound, task).await.is_err() {
+            tracing::warn!("alerts: the sender did not finish its last send in time; the notification is sent again by the next consumer");
+        }
+    }
+    consumed
 }
 
 /// Joins the group and consumes into `sink` until `shutdown`: the Kafka side

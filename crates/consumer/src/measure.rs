@@ -21,6 +21,8 @@ const ASSIGNED: &str = "sitewatch_consumer_partitions_assigned";
 const PAUSED: &str = "sitewatch_consumer_partitions_paused";
 const POOL: &str = "sitewatch_consumer_pool_connections";
 const POOL_WAITING: &str = "sitewatch_consumer_pool_waiting";
+const TRANSITIONS: &str = "sitewatch_consumer_site_transitions_total";
+const NOTIFICATIONS: &str = "sitewatch_consumer_notifications_total";
 
 /// Describes every metric, once at start.
 pub fn describe() {
@@ -31,6 +33,8 @@ pub fn describe() {
         (RETRIES, "Failed writes retried."),
         (DEAD_LETTERS, "Messages stored as dead letters, by reason: empty, not_json, unknown_version, invalid, out_of_range (the decoder's), refused (by PostgreSQL), conflict (a probe id stored with other content)."),
         (REBALANCES, "Group rebalances this member took part in: partitions assigned, revoked, or lost (taken without a revoke)."),
+        (TRANSITIONS, "Sites that went down or came back up, in batches this member wrote, by state: down or up."),
+        (NOTIFICATIONS, "Attempts at delivering notifications, by webhook kind and outcome: sent, retried (no answer, 5xx, 408, 429), refused (4xx, to be tried again), failed (given up)."),
     ] {
         metrics::describe_counter!(name, help);
     }
@@ -101,4 +105,15 @@ pub fn pool(open: usize, idle: usize, waiting: usize) {
     metrics::gauge!(POOL, "state" => "in_use").set(open.saturating_sub(idle) as f64);
     metrics::gauge!(POOL, "state" => "idle").set(idle as f64);
     metrics::gauge!(POOL_WAITING).set(waiting as f64);
+}
+
+/// Counts the sites a batch moved.
+pub fn transitions(down: u64, up: u64) {
+    metrics::counter!(TRANSITIONS, "state" => "down").increment(down);
+    metrics::counter!(TRANSITIONS, "state" => "up").increment(up);
+}
+
+/// Counts one attempt at a notification.
+pub fn notification(kind: &'static str, outcome: &'static str) {
+    metrics::counter!(NOTIFICATIONS, "kind" => kind, "outcome" => outcome).increment(1);
 }

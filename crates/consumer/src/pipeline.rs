@@ -20,7 +20,7 @@ use crate::batch::{BatchPolicy, Batcher};
 use crate::consume::Event;
 use crate::decode::decode;
 use crate::offsets::{Ack, OffsetStore, OffsetTracker};
-use crate::sink::Sink;
+use crate::sink::{Sink, Turns};
 use crate::write::{write_batch, MustStop, RetryPolicy, Totals};
 
 /// How the pipeline batches, writes and waits.
@@ -72,6 +72,7 @@ pub async fn run<S: Sink, O: OffsetStore>(
 ) -> PipelineReport {
     let mut tracker = OffsetTracker::default();
     let mut batcher = Batcher::new(options.batch);
+    let mut turns = Turns::default();
     let mut writing: JoinSet<Result<Vec<Ack>, MustStop>> = JoinSet::new();
     let mut revoking: Option<Revoking> = None;
     let mut closed = false;
@@ -112,7 +113,10 @@ pub async fn run<S: Sink, O: OffsetStore>(
                 stop_at = Some(Instant::now() + options.shutdown_grace);
             }
             event = events.recv(), if receiving => match event {
-                Some(Event::Assigned(partitions)) => tracker.assign(partitions),
+                Some(Event::Assigned(partitions)) => {
+                    sink.partitions_changed();
+                    tracker.assign(partitions);
+                }
                 Some(Event::Message(mut record)) => {
                     let _ = totals.read.fetch_add(1, Ordering::Relaxed);
                     let origin = &record.origin;
@@ -123,8 +127,12 @@ pub async fn run<S: Sink, O: OffsetStore>(
                         batcher.push(decode(record), ack, bytes, budget);
                     }
                 }
-                Some(Event::Revoked { partitions, lost: true, .. }) => tracker.revoke(partitions),
+                Some(Event::Revoked { partitions, lost: true, .. }) => {
+                    sink.partitions_changed();
+                    tracker.revoke(partitions);
+                }
                 Some(Event::Revoked { partitions, lost: false, done }) => {
+                    sink.partitions_changed();
                     urgent = true;
                     revoking = Some(Revoking { partitions, done, deadline: Instant::now() + options.revoke_drain });
                 }
@@ -141,9 +149,19 @@ pub async fn run<S: Sink, O: OffsetStore>(
         let ready = batcher.is_full() || due || urgent || closed;
         if ready && !batcher.is_empty() && (writing.len() < writers || urgent || closed) {
             let batch = batcher.take();
+            let mut partitions: Vec<i32> = batch.acks.iter().map(|a| a.partition).collect();
+            partitions.sort_unstable();
+            partitions.dedup();
+            let (turn, finished) = turns.next(partitions);
             let (sink, totals) = (Arc::clone(&sink), Arc::clone(&totals));
             let retry = options.retry;
-            let _ = writing.spawn(async move { write_batch(&*sink, batch, retry, &totals).await });
+            let _ = writing.spawn(async move {
+                let written = write_batch(&*sink, batch, turn, retry, &totals).await;
+                if written.is_ok() {
+                    finished.written();
+                }
+                written
+            });
         }
         if let Some(r) = &revoking {
             let left = tracker.outstanding(Some(&r.partitions));

@@ -13,6 +13,7 @@ use sitewatch_service::settings::{
     self as layers, About, LogSettings, ServiceSettings, SettingsError, TimeSpan,
 };
 
+use crate::alert::AlertSettings;
 use crate::store::WritePath;
 
 /// Every setting of the consumer.
@@ -85,6 +86,15 @@ pub struct Settings {
         default_value = "copy"
     )]
     pub write_path: WritePath,
+    /// Keep each site's up/down state and its incidents (tables `site_state`, `incidents`) in the transaction that stores its metrics
+    #[arg(
+        long,
+        env = "CONSUMER_TRACK_STATE",
+        value_name = "BOOL",
+        default_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    pub track_state: bool,
     /// After SIGTERM, time to write what was read before exiting
     #[arg(
         long,
@@ -137,6 +147,9 @@ pub struct Settings {
     #[command(flatten)]
     #[serde(flatten)]
     pub health: HealthSettings,
+    /// Notifications of sites going down and up.
+    #[command(flatten)]
+    pub alert: AlertSettings,
     /// The Kafka cluster and topic.
     #[command(flatten)]
     pub kafka: KafkaSettings,
@@ -206,10 +219,35 @@ impl ServiceSettings for Settings {
         if self.queue_messages == 0 {
             return invalid("queue_messages", "must be at least 1");
         }
-        if self.postgres.pool_size < self.writers {
+        let webhooks = match self.alert.webhooks() {
+            Ok(webhooks) => webhooks,
+            Err(why) => return invalid("alert.webhooks", &why),
+        };
+        if let Err(why) = self.alert.status_page() {
+            return invalid("alert.status_page_url", &why);
+        }
+        if !webhooks.is_empty() && !self.track_state {
+            return invalid(
+                "alert.webhooks",
+                "notifications come from site state: set track_state to true, or no webhooks",
+            );
+        }
+        if self.alert.timeout.is_zero() {
+            return invalid("alert.timeout", "must be longer than zero");
+        }
+        if self.alert.retry_max.get() < std::time::Duration::from_secs(1) {
+            return invalid("alert.retry_max", "must be at least 1s, the first wait");
+        }
+        if self.alert.refused_attempts == 0 {
+            return invalid("alert.refused_attempts", "must be at least 1");
+        }
+        // A batch due at a revocation or at shutdown is written even when
+        // every writer is busy, and a batch may wait for its turn holding its
+        // connection: one connection more keeps the earlier batch writing.
+        if self.postgres.pool_size <= self.writers {
             return invalid(
                 "postgres.pool_size",
-                "must be at least `writers`, as each writer holds a connection",
+                "must be more than `writers`: each writer holds a connection, and one more is needed for a batch written at a revocation or at shutdown",
             );
         }
         Ok(())
@@ -244,7 +282,36 @@ mod tests {
             (s.batch_rows, s.postgres.port, s.postgres.host.as_str()),
             (7, 6000, "db")
         );
-        let err = Settings::load(&check::cli(command(), &["--writers", "9"]))
+        let err = Settings::load(&check::cli(
+            command(),
+            &["--alert-webhooks", "https://hooks.example/T0/s3cr3t"],
+        ))
+        .expect_err("a webhook without its kind");
+        let text = err.to_string();
+        assert!(
+            text.contains("`alert.webhooks`: webhook 1: no KIND"),
+            "{text}"
+        );
+        assert!(!text.contains("s3cr3t"), "the URL is a credential: {text}");
+        let err = Settings::load(&check::cli(
+            command(),
+            &[
+                "--alert-webhooks",
+                "json:https://h.example/",
+                "--track-state",
+                "false",
+            ],
+        ))
+        .expect_err("alerts without state");
+        assert!(err.to_string().contains("track_state"), "{err}");
+        let empty = Settings::load(&check::cli(
+            command(),
+            &["--alert-webhooks", "", "--alert-status-page-url", ""],
+        ))
+        .expect("empty means none, as compose passes an unset variable");
+        assert!(empty.alert.webhooks().expect("none").is_empty());
+        assert_eq!(empty.alert.status_page(), Ok(None));
+        let err = Settings::load(&check::cli(command(), &["--writers", "4"]))
             .expect_err("pool too small");
         assert!(err.to_string().contains("`postgres.pool_size`"), "{err}");
         let err = check::file_error::<Settings>(command(), "[postgres]\nsslmode = \"sometimes\"\n");

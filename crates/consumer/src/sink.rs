@@ -4,7 +4,9 @@
 
 use std::future::Future;
 
+use futures::future::{FutureExt, Shared};
 use sitewatch_metric::Metric;
+use tokio::sync::oneshot;
 
 use crate::offsets::Origin;
 
@@ -64,6 +66,8 @@ pub struct Written {
     pub duplicates: u64,
     /// Dead letters stored (new or already there).
     pub dead_letters: u64,
+    /// Sites that went down or came back up.
+    pub transitions: u64,
 }
 
 /// Whose fault a failed write is, which decides what the consumer does.
@@ -100,6 +104,24 @@ pub trait Sink: Send + Sync + 'static {
         dead: &[DeadLetter],
     ) -> impl Future<Output = Result<Written, Self::Error>> + Send;
 
+    /// [`Sink::write`] for a batch that holds `turn`: a sink whose writes
+    /// depend on the order of messages within a partition (state moved by
+    /// each site's probes) waits for it before that part. Writes are
+    /// concurrent otherwise, so a sink without such state ignores it.
+    fn write_in_turn(
+        &self,
+        rows: &[Row],
+        dead: &[DeadLetter],
+        turn: &Turn,
+    ) -> impl Future<Output = Result<Written, Self::Error>> + Send {
+        let _ = turn;
+        self.write(rows, dead)
+    }
+
+    /// The consumer's partitions changed (assigned or revoked): a sink that
+    /// remembers anything per partition forgets it.
+    fn partitions_changed(&self) {}
+
     /// Whether the sink answers now, for the health check.
     fn ping(&self) -> impl Future<Output = bool> + Send {
         async { true }
@@ -107,4 +129,112 @@ pub trait Sink: Send + Sync + 'static {
 
     /// Sets the gauges that describe the sink (its connections), before a scrape.
     fn collect(&self) {}
+}
+
+/// A batch's place among the batches in flight: it comes once every batch
+/// handed to the writers before it that shares a partition with it has
+/// finished (written, or given up).
+#[derive(Debug, Clone, Default)]
+pub struct Turn {
+    after: Vec<Shared<oneshot::Receiver<()>>>,
+}
+
+/// Held by a batch while it is written: [`Finished::written`] lets the
+/// batches after it in its partitions take their turn; dropped without it
+/// (a batch given up, a task that panicked), their turn is lost.
+#[derive(Debug)]
+pub struct Finished {
+    done: oneshot::Sender<()>,
+}
+
+impl Finished {
+    /// The batch is written.
+    pub fn written(self) {
+        let _ = self.done.send(());
+    }
+}
+
+/// An earlier batch of the same partitions was not written.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("an earlier batch of the same partitions was not written, so this one cannot move its sites' state in order; the consumer stops and the next run reads both again")]
+pub struct TurnLost;
+
+impl Turn {
+    /// A turn that has come already.
+    pub fn now() -> Turn {
+        Turn::default()
+    }
+
+    /// Waits for the batches before this one; an error if one was not written.
+    pub async fn wait(&self) -> Result<(), TurnLost> {
+        for before in &self.after {
+            before.clone().await.map_err(|_| TurnLost)?;
+        }
+        Ok(())
+    }
+}
+
+/// Hands out turns in the order batches go to the writers: one queue per
+/// partition, each batch behind the last one of each of its partitions.
+#[derive(Debug, Default)]
+pub struct Turns {
+    last: std::collections::HashMap<i32, Shared<oneshot::Receiver<()>>>,
+}
+
+impl Turns {
+    /// The turn of a batch of `partitions`, and what it drops when finished.
+    pub fn next(&mut self, partitions: impl IntoIterator<Item = i32>) -> (Turn, Finished) {
+        let (done, finished) = oneshot::channel();
+        let finished = finished.shared();
+        let mut after = Vec::new();
+        for partition in partitions {
+            if let Some(before) = self.last.insert(partition, finished.clone()) {
+                // A batch written holds nobody up; one given up must still say so.
+                let written = matches!(before.peek(), Some(Ok(())));
+                if !written && !after.iter().any(|a: &Shared<_>| a.ptr_eq(&before)) {
+                    after.push(before);
+                }
+            }
+        }
+        (Turn { after }, Finished { done })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_batch_waits_only_for_earlier_batches_of_its_partitions() {
+        let mut turns = Turns::default();
+        let (first, first_done) = turns.next([0, 1]);
+        let (second, second_done) = turns.next([1]);
+        let (other, _other_done) = turns.next([2]);
+        let (third, _third_done) = turns.next([0, 1]);
+        assert!(first.wait().await.is_ok());
+        assert!(other.wait().await.is_ok());
+        let wait = |turn: &Turn| {
+            let turn = turn.clone();
+            async move {
+                tokio::time::timeout(std::time::Duration::from_millis(50), turn.wait())
+                    .await
+                    .ok()
+            }
+        };
+        assert!(
+            wait(&second).await.is_none(),
+            "behind the first batch of partition 1"
+        );
+        first_done.written();
+        assert!(matches!(wait(&second).await, Some(Ok(()))));
+        assert!(
+            wait(&third).await.is_none(),
+            "behind the second batch of partition 1"
+        );
+        drop(second_done);
+        assert!(
+            matches!(wait(&third).await, Some(Err(TurnLost))),
+            "a batch given up before it: not in order"
+        );
+    }
 }

@@ -16,7 +16,7 @@ use sitewatch_service::health::Stall;
 
 use crate::batch::Batch;
 use crate::offsets::Ack;
-use crate::sink::{DeadLetter, Fault, Row, Sink, SinkError, Written};
+use crate::sink::{DeadLetter, Fault, Row, Sink, SinkError, Turn, Written};
 
 /// First wait after a failure; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -70,10 +70,12 @@ pub struct RetryPolicy {
 #[error("{0}")]
 pub struct MustStop(pub String);
 
-/// Writes `batch` through `sink` until every message in it is stored; returns its acks.
+/// Writes `batch` through `sink` until every message in it is stored, in
+/// `turn` where order matters to the sink; returns its acks.
 pub async fn write_batch<S: Sink>(
     sink: &S,
     batch: Batch,
+    turn: Turn,
     retry: RetryPolicy,
     totals: &Totals,
 ) -> Result<Vec<Ack>, MustStop> {
@@ -86,7 +88,7 @@ pub async fn write_batch<S: Sink>(
     } = batch;
     let mut pending = vec![(rows, dead)];
     while let Some((rows, dead)) = pending.pop() {
-        match write_retrying(sink, &rows, &dead, retry, totals).await {
+        match write_retrying(sink, &rows, &dead, &turn, retry, totals).await {
             Ok(written) => totals.add(written),
             Err(Refused::Message(err)) if rows.len() + dead.len() > 1 => {
                 tracing::warn!(error = %err, rows = rows.len(), "a batch was refused for a message in it: splitting it to find that message");
@@ -154,6 +156,7 @@ async fn write_retrying<S: Sink>(
     sink: &S,
     rows: &[Row],
     dead: &[DeadLetter],
+    turn: &Turn,
     retry: RetryPolicy,
     totals: &Totals,
 ) -> Result<Written, Refused<S::Error>> {
@@ -161,7 +164,7 @@ async fn write_retrying<S: Sink>(
     let mut unknown = 0;
     loop {
         let started = std::time::Instant::now();
-        let err = match sink.write(rows, dead).await {
+        let err = match sink.write_in_turn(rows, dead, turn).await {
             Ok(written) => {
                 totals.failing.moving();
                 crate::measure::written(
@@ -200,7 +203,7 @@ async fn write_retrying<S: Sink>(
 
 /// A wait between half `backoff` and `backoff`, so that consumers that failed
 /// together (a database restart) do not all retry at the same instant.
-fn jittered(backoff: Duration) -> Duration {
+pub(crate) fn jittered(backoff: Duration) -> Duration {
     // A fresh RandomState is seeded from the OS, differently in each process.
     let random = RandomState::new().hash_one(std::time::Instant::now());
     let fraction = 0.5 + (random % 1000) as f64 / 2000.0;

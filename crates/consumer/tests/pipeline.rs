@@ -98,8 +98,8 @@ async fn poison_messages_go_to_dead_letters_and_the_good_ones_land() {
     let recorded = sitewatch_service::observe::recorder();
     let stack = Stack::start(1);
     let good = metrics(40, 5);
-    let mut v2: serde_json::Value = serde_json::from_slice(&good[0].to_json()).expect("json");
-    v2["schema_version"] = 2.into();
+    let mut v3: serde_json::Value = serde_json::from_slice(&good[0].to_json()).expect("json");
+    v3["schema_version"] = 3.into();
     let mut bad_status: serde_json::Value =
         serde_json::from_slice(&good[1].to_json()).expect("json");
     bad_status["status"] = 42.into();
@@ -115,8 +115,8 @@ async fn poison_messages_go_to_dead_letters_and_the_good_ones_land() {
         ),
         (
             Some(b"k".to_vec()),
-            Some(v2.to_string().into_bytes()),
-            "unknown schema_version 2",
+            Some(v3.to_string().into_bytes()),
+            "unknown schema_version 3",
         ),
         (
             Some(b"k".to_vec()),

@@ -16,6 +16,7 @@ fn expose(s: &Settings) -> String {
         &s.postgres.url,
         &s.postgres.password,
         &s.kafka.ssl_key_password,
+        &s.alert.webhooks,
     ];
     let secrets: Vec<_> = secrets
         .iter()

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
-use sitewatch_metric::{ErrorKind, Metric, ProbeError};
+use sitewatch_metric::{ErrorKind, Failed, Metric, ProbeError, Verdict};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
@@ -57,6 +57,34 @@ fn u64_of(v: i64) -> u64 {
 
 fn u32_of(v: i32) -> u32 {
     u32::try_from(v).unwrap_or_default()
+}
+
+fn i16_of(v: u16) -> i16 {
+    i16::try_from(v).unwrap_or(i16::MAX)
+}
+
+fn u16_of(v: i16) -> u16 {
+    u16::try_from(v).unwrap_or_default()
+}
+
+fn failed_json(failed: &[Failed]) -> Option<serde_json::Value> {
+    if failed.is_empty() {
+        None
+    } else {
+        serde_json::to_value(failed).ok()
+    }
+}
+
+/// A row stored before metrics carried a verdict gets the rule it was made under.
+fn finish(
+    stored: &mut StoredMetric,
+    row: &tokio_postgres::Row,
+) -> Result<(), tokio_postgres::Error> {
+    let up: Option<bool> = row.try_get("up")?;
+    if up.is_none() {
+        stored.metric.verdict = Verdict::default_rule(&stored.metric);
+    }
+    Ok(())
 }
 
 fn error_kind(name: &str) -> ErrorKind {
@@ -125,6 +153,7 @@ macro_rules! metric_columns {
                 let update: fn(&mut StoredMetric, $ty) = $read;
                 update(&mut stored, value);
             })*
+            finish(&mut stored, row)?;
             Ok(stored)
         }
     };
@@ -182,6 +211,17 @@ metric_columns! {
                 message.clone_into(&mut error.message);
             }
         };
+    // The verdict is four columns; `up` is NULL in rows stored before
+    // verdicts existed, which [`finish`] gives the rule they were made under.
+    up: Option<bool> as BOOL = |r| Some(r.metric.verdict.up)
+        => |s, v| s.metric.verdict.up = v.unwrap_or_default();
+    // NULL when nothing failed, the usual case: no JSON to write or store.
+    failed: Option<serde_json::Value> as JSONB = |r| failed_json(&r.metric.verdict.failed)
+        => |s, v| s.metric.verdict.failed = v.and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default();
+    failure_threshold: Option<i16> as INT2 = |r| Some(i16_of(r.metric.verdict.failure_threshold))
+        => |s, v| s.metric.verdict.failure_threshold = v.map_or(0, u16_of);
+    success_threshold: Option<i16> as INT2 = |r| Some(i16_of(r.metric.verdict.success_threshold))
+        => |s, v| s.metric.verdict.success_threshold = v.map_or(0, u16_of);
     kafka_topic: &'a str as TEXT = |r| r.topic => |s, v| v.clone_into(&mut s.topic);
     kafka_partition: i32 as INT4 = |r| r.partition => |s, v| s.partition = v;
     kafka_offset: i64 as INT8 = |r| r.offset => |s, v| s.offset = v;
@@ -191,12 +231,24 @@ metric_columns! {
 /// probe read from another position is the same probe.
 pub const ORIGIN: &[&str] = &["kafka_topic", "kafka_partition", "kafka_offset"];
 
-/// `(p.c1, p.c2, ...)` over the columns that hold what a probe says.
+/// The columns of the verdict, NULL in rows stored before metrics had one.
+const VERDICT: &[&str] = &["up", "failed", "failure_threshold", "success_threshold"];
+
+/// `(p.c1, p.c2, ...)` over the columns that hold what a probe says. A row
+/// stored without a verdict (`m.up` NULL) takes the verdict of the row it is
+/// compared with: a version 1 message redelivered after an upgrade is the
+/// same probe, whatever verdict the new reader derives for it.
 fn content_of(prefix: &str) -> String {
     let columns: Vec<String> = COLUMNS
         .iter()
         .filter(|c| !ORIGIN.contains(c))
-        .map(|c| format!("{prefix}.{c}"))
+        .map(|c| {
+            if prefix == "m" && VERDICT.contains(c) {
+                format!("CASE WHEN m.up IS NULL THEN s.{c} ELSE m.{c} END")
+            } else {
+                format!("{prefix}.{c}")
+            }
+        })
         .collect();
     format!("({})", columns.join(", "))
 }

@@ -4,7 +4,7 @@
 
 use sitewatch_db::columns::{self, RowRef, StoredMetric};
 use sitewatch_db::{PgSettings, SslMode};
-use sitewatch_metric::{ErrorKind, Metric, ProbeError};
+use sitewatch_metric::{Condition, ErrorKind, Failed, Metric, ProbeError, Verdict};
 use sitewatch_pgtest::Postgres;
 use sitewatch_service::SecretString;
 use uuid::Uuid;
@@ -12,13 +12,23 @@ use uuid::Uuid;
 /// The columns the database fills by itself, which the mapping leaves out.
 const FILLED_BY_THE_DATABASE: &[&str] = &["stored_at"];
 
-/// A metric in which every field holds a value: the documented example with an error.
+/// A metric in which every field holds a value: the documented example with
+/// an error, and a verdict that lists failed conditions.
 fn every_field_set() -> Metric {
+    let error = ProbeError {
+        kind: ErrorKind::Body,
+        message: "connection reset while reading the body".into(),
+    };
     Metric {
-        error: Some(ProbeError {
-            kind: ErrorKind::Body,
-            message: "connection reset while reading the body".into(),
-        }),
+        verdict: Verdict::of(
+            vec![
+                Failed::response(&error),
+                Failed::new(Condition::ResponseTime, "took 2.1s, at most 1s"),
+            ],
+            5,
+            1,
+        ),
+        error: Some(error),
         ..Metric::example()
     }
 }
@@ -159,4 +169,29 @@ async fn every_field_comes_back_by_copy_and_by_insert() {
         })
         .collect();
     assert_eq!(read, expected);
+
+    // A row stored before metrics carried a verdict reads back with the rule
+    // it was made under.
+    let _ = client
+        .execute(
+            "UPDATE metrics SET up = NULL, failed = NULL, failure_threshold = NULL, success_threshold = NULL WHERE kafka_offset = 41",
+            &[],
+        )
+        .await
+        .expect("an old row");
+    let old = columns::read(
+        &client
+            .query_one(
+                &format!("{} WHERE m.kafka_offset = 41", columns::select()),
+                &[],
+            )
+            .await
+            .expect("select"),
+    )
+    .expect("a stored metric");
+    assert_eq!(
+        old.metric.verdict,
+        Verdict::default_rule(&expected[0].metric)
+    );
+    assert_eq!(old.metric.verdict.failed[0].condition, Condition::Response);
 }

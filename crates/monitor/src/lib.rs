@@ -1,12 +1,14 @@
 //! `monitor`: probes websites on their own schedules and publishes one
 //! versioned JSON metric per probe to Kafka.
 //!
-//! The parts, in the order a probe meets them: [`targets`] (the site list),
-//! [`schedule`] (deadlines, spread, the in-flight bound), [`probe`] (one GET,
-//! timed by phase with [`timing`]), [`publish`] (Kafka or stdout). [`reload`]
+//! The parts, in the order a probe meets them: [`targets`] (the site list,
+//! each site with its [`check`] options), [`schedule`] (deadlines, spread,
+//! the in-flight bound), [`probe`] (one request, timed by phase with
+//! [`timing`], judged by its site's checks), [`publish`] (Kafka or stdout). [`reload`]
 //! re-reads the list; [`measure`] holds what `/metrics` shows; [`settings`]
 //! holds the configuration.
 
+pub mod check;
 pub mod measure;
 pub mod probe;
 pub mod publish;

@@ -1,6 +1,7 @@
-//! One HTTP GET of one site, timed by phase, with the body checked against
-//! the site's regex and every failure given a kind instead of a fake status;
-//! what it saw is the metric itself.
+//! One HTTP request of one site, as its checks say (method, headers, body,
+//! basic auth), timed by phase, with every failure given a kind instead of a
+//! fake status; what it saw is the metric itself, judged by the site's
+//! checks into the metric's verdict.
 
 use std::error::Error as StdError;
 use std::path::PathBuf;
@@ -173,11 +174,13 @@ impl Prober {
         let connect = phases.connect.unwrap_or_default();
         let ttfb = head.at.map(|at| (at - start).saturating_sub(dns + connect));
         let body_time = head.at.map(|at| head.body_done_at.unwrap_or(end) - at);
-        let matched = match (&target.regex, head.at) {
-            (Some(regex), Some(_)) => Some(regex.find(&head.body)),
+        // A probe that failed did not read its body to the end: a miss there
+        // proves nothing, and the verdict names the failure alone.
+        let matched = match (&target.regex, head.at, &error) {
+            (Some(regex), Some(_), None) => Some(regex.find(&head.body)),
             _ => None,
         };
-        Metric {
+        let metric = Metric {
             schema_version: SCHEMA_VERSION,
             probe_id,
             url: target.id.clone(),
@@ -206,13 +209,17 @@ impl Prober {
             tls_expires_at: head.tls_expires_at,
             error,
             ..Metric::default()
+        };
+        Metric {
+            verdict: target.checks.verdict(&metric, &head.body),
+            ..metric
         }
     }
 
     async fn fetch(&self, target: &Target, head: &mut Head) -> Result<(), ProbeError> {
-        let mut response = self
-            .client
-            .get(target.url.clone())
+        let mut response = target
+            .checks
+            .request(&self.client, target.url.clone())
             .send()
             .await
             .map_err(|e| classify(&e))?;

@@ -437,6 +437,7 @@ mod tests {
             interval: Duration::from_secs_f64(secs),
             regex: None,
             timeout: None,
+            checks: Default::default(),
         }
     }
 

@@ -1,5 +1,6 @@
 //! Where the site list comes from: a CSV or JSON file, or the `websites`
-//! table that the consumer's schema defines (rows with an interval, enabled).
+//! table that the consumer's schema defines (rows with an interval, enabled;
+//! a row's check options in its `checks` JSON object).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -8,9 +9,15 @@ use serde::Deserialize;
 use sitewatch_db::PgSettings;
 use sitewatch_service::SecretString;
 
-use crate::targets::{self, RawRow, Target, TargetsError};
+use crate::check::RawChecks;
+use crate::targets::{self, RawRow, RowError, Target, TargetsError};
 
-const SELECT_TARGETS: &str = "SELECT id, url, interval_seconds, regex, timeout_seconds \
+/// Where a table row's errors say they are: `websites:ID: reason`.
+const TABLE: &str = "websites";
+
+// `checks` as text, parsed here: a bad object is that row's error, not the whole read's.
+const SELECT_TARGETS: &str = "SELECT id, url, interval_seconds, regex, timeout_seconds, \
+     checks::text AS checks \
      FROM websites WHERE enabled AND interval_seconds IS NOT NULL ORDER BY id";
 
 /// The `targets` setting as written: a file path or a `postgres://` URL.
@@ -90,22 +97,24 @@ impl TargetSource {
         match self {
             TargetSource::File(path) => targets::load_file(path),
             TargetSource::Postgres(settings) => {
-                let rows = read_table(settings)
-                    .await
-                    .map_err(|reason| TargetsError::Postgres {
-                        database: settings.describe(),
-                        reason,
-                    })?;
-                if rows.is_empty() {
+                let (rows, errors) =
+                    read_table(settings)
+                        .await
+                        .map_err(|reason| TargetsError::Postgres {
+                            database: settings.describe(),
+                            reason,
+                        })?;
+                if rows.is_empty() && errors.is_empty() {
                     return Ok(Vec::new());
                 }
-                targets::validate("websites", rows, Vec::new())
+                targets::validate(TABLE, rows, errors)
             }
         }
     }
 }
 
-async fn read_table(settings: &PgSettings) -> Result<Vec<RawRow>, String> {
+/// The enabled rows, and the errors of rows whose `checks` is not an object of options.
+async fn read_table(settings: &PgSettings) -> Result<(Vec<RawRow>, Vec<RowError>), String> {
     let connector = settings.connector().map_err(|e| e.to_string())?;
     let client = connector
         .connect()
@@ -114,22 +123,33 @@ async fn read_table(settings: &PgSettings) -> Result<Vec<RawRow>, String> {
     let rows = client.query(SELECT_TARGETS, &[]).await.map_err(|e| {
         format!("cannot read the websites table (has the consumer created the schema?): {e}")
     })?;
-    rows.iter()
-        .map(|row| {
-            let id: i64 = row.try_get("id").map_err(|e| e.to_string())?;
-            let interval: Option<f64> =
-                row.try_get("interval_seconds").map_err(|e| e.to_string())?;
-            let timeout: Option<f64> = row.try_get("timeout_seconds").map_err(|e| e.to_string())?;
-            Ok(RawRow {
-                line: u64::try_from(id).unwrap_or_default(),
-                url: row.try_get("url").map_err(|e| e.to_string())?,
-                interval: interval.map(|s| s.to_string()),
-                regex: row.try_get("regex").map_err(|e| e.to_string())?,
-                timeout: timeout.map(|s| s.to_string()),
-                keep_id: true,
-            })
-        })
-        .collect()
+    let mut raw_rows = Vec::with_capacity(rows.len());
+    let mut errors = Vec::new();
+    for row in &rows {
+        let id: i64 = row.try_get("id").map_err(|e| e.to_string())?;
+        let line = u64::try_from(id).unwrap_or_default();
+        let interval: Option<f64> = row.try_get("interval_seconds").map_err(|e| e.to_string())?;
+        let timeout: Option<f64> = row.try_get("timeout_seconds").map_err(|e| e.to_string())?;
+        let checks: Option<String> = row.try_get("checks").map_err(|e| e.to_string())?;
+        let checks = match checks.as_deref().map(RawChecks::from_table) {
+            None => RawChecks::default(),
+            Some(Ok(checks)) => checks,
+            Some(Err(reason)) => {
+                errors.push(targets::row_error(TABLE, line, reason));
+                continue;
+            }
+        };
+        raw_rows.push(RawRow {
+            line,
+            url: row.try_get("url").map_err(|e| e.to_string())?,
+            interval: interval.map(|s| s.to_string()),
+            regex: row.try_get("regex").map_err(|e| e.to_string())?,
+            timeout: timeout.map(|s| s.to_string()),
+            checks,
+            keep_id: true,
+        });
+    }
+    Ok((raw_rows, errors))
 }
 
 #[cfg(test)]

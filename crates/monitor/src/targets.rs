@@ -2,6 +2,8 @@
 //!
 //! A list with any bad row is refused whole, with every bad row reported, so
 //! that a typo never starts (or reloads into) a half-configured monitor.
+//! Each row may carry per-site checks ([`crate::check`]), the same keys in
+//! every format.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -9,16 +11,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
 use serde_json::value::RawValue;
+use serde_json::Value;
 use sitewatch_metric::{MAX_REGEX_BYTES, MAX_URL_BYTES};
 use url::Url;
+
+use crate::check::{self, Checks, Env, RawChecks, SetError};
 
 /// Biggest compiled regex accepted, so one row cannot eat the monitor's memory.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
 /// One site to probe.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Target {
     /// The site's name in metrics and in the `websites` table: the normalised
     /// URL for a file, the URL exactly as stored for a table row, so the
@@ -32,6 +36,26 @@ pub struct Target {
     pub regex: Option<SiteRegex>,
     /// Per-site timeout; the monitor's default applies when absent.
     pub timeout: Option<Duration>,
+    /// What the probe sends and what its response must meet.
+    pub checks: Checks,
+}
+
+impl fmt::Debug for Target {
+    /// The URL without its password, which authenticates the probe.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut url = self.url.clone();
+        if url.password().is_some() {
+            let _ = url.set_password(Some("***"));
+        }
+        f.debug_struct("Target")
+            .field("id", &self.id)
+            .field("url", &url.as_str())
+            .field("interval", &self.interval)
+            .field("regex", &self.regex.as_ref().map(SiteRegex::as_str))
+            .field("timeout", &self.timeout)
+            .field("checks", &self.checks)
+            .finish()
+    }
 }
 
 impl Target {
@@ -49,6 +73,7 @@ impl PartialEq for Target {
             && self.timeout == other.timeout
             && self.regex.as_ref().map(SiteRegex::as_str)
                 == other.regex.as_ref().map(SiteRegex::as_str)
+            && self.checks == other.checks
     }
 }
 
@@ -132,9 +157,9 @@ fn display_rows(rows: &[RowError]) -> String {
 /// The formats a target file can be in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
-    /// `url,interval_seconds[,regex]`, one site a line.
+    /// `url,interval_seconds[,regex[,key=value...]]`, one site a line.
     Csv,
-    /// `[{"url": ..., "interval": ..., "regex"?: ..., "timeout"?: ...}]`.
+    /// `[{"url": ..., "interval": ..., "regex"?: ..., "timeout"?: ..., check options?}]`.
     Json,
 }
 
@@ -172,12 +197,27 @@ pub(crate) struct RawRow {
     pub(crate) interval: Option<String>,
     pub(crate) regex: Option<String>,
     pub(crate) timeout: Option<String>,
+    /// The site's check options, unvalidated.
+    pub(crate) checks: RawChecks,
     /// Keep the URL as written as the site's id (rows of the `websites` table).
     pub(crate) keep_id: bool,
 }
 
-/// Parses the CSV layout `url,interval_seconds[,regex]`; a header row is accepted.
+/// The keys of a JSON list row that are not check options.
+const SITE_KEYS: [&str; 4] = ["url", "interval", "regex", "timeout"];
+
+/// Parses the CSV layout `url,interval_seconds[,regex[,key=value...]]`; a
+/// header row is accepted.
 pub fn parse_csv(source: &str, text: &str) -> Result<Vec<Target>, TargetsError> {
+    parse_csv_in(source, text, &check::process_env)
+}
+
+/// [`parse_csv`], with `${env:NAME}` looked up in `env`.
+pub(crate) fn parse_csv_in(
+    source: &str,
+    text: &str,
+    env: Env<'_>,
+) -> Result<Vec<Target>, TargetsError> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
@@ -201,40 +241,78 @@ pub fn parse_csv(source: &str, text: &str) -> Result<Vec<Target>, TargetsError> 
         if index == 0 && url.eq_ignore_ascii_case("url") {
             continue;
         }
-        if record.len() > 3 {
-            errors.push(row_error(
-                source,
-                line,
-                format!(
-                    "{} fields, expected url,interval_seconds[,regex] (quote a regex that contains commas)",
-                    record.len()
-                ),
-            ));
-            continue;
-        }
-        rows.push(RawRow {
+        let mut row = RawRow {
             line,
             url,
             interval: field(1),
             regex: field(2),
-            timeout: None,
-            keep_id: false,
-        });
+            ..RawRow::default()
+        };
+        match csv_options(&record, &mut row) {
+            Ok(()) => rows.push(row),
+            Err(reason) => errors.push(row_error(source, line, reason)),
+        }
     }
-    validate(source, rows, errors)
+    validate_in(source, rows, errors, env)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JsonRow {
-    url: Option<String>,
-    interval: Option<serde_json::Value>,
-    regex: Option<String>,
-    timeout: Option<serde_json::Value>,
+/// The CSV keys: the check options and the per-site timeout.
+fn csv_keys() -> Vec<&'static str> {
+    let mut keys = vec!["timeout"];
+    keys.extend(check::CSV_KEYS);
+    keys
 }
 
-/// Parses a JSON array of `{ "url", "interval", "regex"?, "timeout"? }`.
+/// Fields 4 and on of a CSV row: each one `key=value`.
+fn csv_options(record: &csv::StringRecord, row: &mut RawRow) -> Result<(), String> {
+    if let Some((key, _)) = row.regex.as_deref().and_then(|r| r.split_once('=')) {
+        // `url,interval,method=HEAD` would silently probe for the regex "method=HEAD".
+        if csv_keys().contains(&key.trim()) {
+            return Err(format!(
+                "the third field is the regex, and {key}=... looks like an option: leave the regex empty (url,interval,,{key}=...)"
+            ));
+        }
+    }
+    for (index, field) in record.iter().enumerate().skip(3) {
+        let Some((key, value)) = field.split_once('=') else {
+            return Err(format!(
+                "field {} {field:?} is not key=value (quote a field that contains commas)",
+                index + 1
+            ));
+        };
+        let key = key.trim();
+        if key == "timeout" {
+            if row.timeout.is_some() {
+                return Err("timeout given twice".into());
+            }
+            row.timeout = Some(value.to_owned());
+            continue;
+        }
+        match row.checks.set_csv(key, value) {
+            Ok(()) => {}
+            Err(SetError::Bad(reason)) => return Err(reason),
+            Err(SetError::Unknown) if SITE_KEYS.contains(&key) => {
+                return Err(format!(
+                    "{key} is a column of its own, not a key=value field"
+                ));
+            }
+            Err(SetError::Unknown) => return Err(check::unknown_key(key, &csv_keys())),
+        }
+    }
+    Ok(())
+}
+
+/// Parses a JSON array of `{ "url", "interval", "regex"?, "timeout"?, check options? }`.
 pub fn parse_json(source: &str, text: &str) -> Result<Vec<Target>, TargetsError> {
+    parse_json_in(source, text, &check::process_env)
+}
+
+/// [`parse_json`], with `${env:NAME}` looked up in `env`.
+pub(crate) fn parse_json_in(
+    source: &str,
+    text: &str,
+    env: Env<'_>,
+) -> Result<Vec<Target>, TargetsError> {
     let elements: Vec<&RawValue> = serde_json::from_str(text).map_err(|err| {
         TargetsError::Rows(vec![row_error(
             source,
@@ -246,19 +324,42 @@ pub fn parse_json(source: &str, text: &str) -> Result<Vec<Target>, TargetsError>
     let mut errors = Vec::new();
     for element in elements {
         let line = line_of(text, element.get());
-        match serde_json::from_str::<JsonRow>(element.get()) {
-            Ok(row) => rows.push(RawRow {
-                line,
-                url: row.url.unwrap_or_default(),
-                interval: row.interval.map(json_number_text),
-                regex: row.regex,
-                timeout: row.timeout.map(json_number_text),
-                keep_id: false,
-            }),
-            Err(err) => errors.push(row_error(source, line, format!("not a site object: {err}"))),
+        match json_row(element.get()) {
+            Ok(row) => rows.push(RawRow { line, ..row }),
+            Err(reason) => errors.push(row_error(source, line, reason)),
         }
     }
-    validate(source, rows, errors)
+    validate_in(source, rows, errors, env)
+}
+
+/// One element of a JSON list: the site's keys and its check options.
+fn json_row(text: &str) -> Result<RawRow, String> {
+    let object: serde_json::Map<String, Value> =
+        serde_json::from_str(text).map_err(|err| format!("not a site object: {err}"))?;
+    let mut row = RawRow::default();
+    let string = |key: &str, value: Value| match value {
+        Value::String(s) => Ok(Some(s)),
+        Value::Null => Ok(None),
+        _ => Err(format!("{key} must be a string")),
+    };
+    for (key, value) in object {
+        match key.as_str() {
+            "url" => row.url = string("url", value)?.unwrap_or_default(),
+            "regex" => row.regex = string("regex", value)?,
+            "interval" => row.interval = (!value.is_null()).then(|| json_number_text(value)),
+            "timeout" => row.timeout = (!value.is_null()).then(|| json_number_text(value)),
+            _ => match row.checks.set_json(&key, value) {
+                Ok(()) => {}
+                Err(SetError::Bad(reason)) => return Err(reason),
+                Err(SetError::Unknown) => {
+                    let mut known = SITE_KEYS.to_vec();
+                    known.extend(check::KEYS);
+                    return Err(check::unknown_key(&key, &known));
+                }
+            },
+        }
+    }
+    Ok(row)
 }
 
 /// Numbers keep their text; anything else is shown as JSON so the error quotes it.
@@ -276,7 +377,8 @@ fn line_of(whole: &str, part: &str) -> u64 {
     before.bytes().filter(|&b| b == b'\n').count() as u64 + 1
 }
 
-fn row_error(source: &str, line: u64, reason: String) -> RowError {
+/// A bad row of `source` at `line`.
+pub(crate) fn row_error(source: &str, line: u64, reason: String) -> RowError {
     RowError {
         source: source.to_owned(),
         line,
@@ -288,25 +390,36 @@ fn row_error(source: &str, line: u64, reason: String) -> RowError {
 pub(crate) fn validate(
     source: &str,
     rows: Vec<RawRow>,
+    errors: Vec<RowError>,
+) -> Result<Vec<Target>, TargetsError> {
+    validate_in(source, rows, errors, &check::process_env)
+}
+
+/// [`validate`], with `${env:NAME}` looked up in `env`.
+pub(crate) fn validate_in(
+    source: &str,
+    rows: Vec<RawRow>,
     mut errors: Vec<RowError>,
+    env: Env<'_>,
 ) -> Result<Vec<Target>, TargetsError> {
     let mut first_line: HashMap<String, u64> = HashMap::new();
     let mut regexes = RegexCache::default();
     let mut targets = Vec::with_capacity(rows.len());
     for row in rows {
-        match validate_row(&row, &mut regexes) {
+        let line = row.line;
+        match validate_row(row, &mut regexes, env) {
             Ok(target) => match first_line.get(target.id.as_str()) {
                 Some(first) => errors.push(row_error(
                     source,
-                    row.line,
+                    line,
                     format!("duplicate URL {}, first listed on line {first}", target.id),
                 )),
                 None => {
-                    let _ = first_line.insert(target.id.clone(), row.line);
+                    let _ = first_line.insert(target.id.clone(), line);
                     targets.push(target);
                 }
             },
-            Err(reason) => errors.push(row_error(source, row.line, reason)),
+            Err(reason) => errors.push(row_error(source, line, reason)),
         }
     }
     if targets.is_empty() && errors.is_empty() {
@@ -322,10 +435,11 @@ pub(crate) fn validate(
 
 /// Compiled regexes by pattern, so that sites with the same pattern share one.
 #[derive(Default)]
-struct RegexCache(HashMap<String, SiteRegex>);
+pub(crate) struct RegexCache(HashMap<String, SiteRegex>);
 
 impl RegexCache {
-    fn get(&mut self, pattern: &str) -> Result<SiteRegex, regex::Error> {
+    /// The compiled `pattern`, shared with every other site that has it.
+    pub(crate) fn get(&mut self, pattern: &str) -> Result<SiteRegex, regex::Error> {
         if let Some(regex) = self.0.get(pattern) {
             return Ok(regex.clone());
         }
@@ -335,7 +449,7 @@ impl RegexCache {
     }
 }
 
-fn validate_row(row: &RawRow, regexes: &mut RegexCache) -> Result<Target, String> {
+fn validate_row(row: RawRow, regexes: &mut RegexCache, env: Env<'_>) -> Result<Target, String> {
     let url = parse_url(&row.url)?;
     // The consumer refuses longer ones (the URL is a unique key in PostgreSQL).
     if url.as_str().len() > MAX_URL_BYTES {
@@ -370,6 +484,7 @@ fn validate_row(row: &RawRow, regexes: &mut RegexCache) -> Result<Target, String
             Some(timeout)
         }
     };
+    let checks = row.checks.build(&url, regex.is_some(), regexes, env)?;
     let id = if has_credentials(&url) {
         // Credentials in the URL authenticate the probe (basic auth) but are
         // never published, stored or logged: the site's name goes without them.
@@ -388,6 +503,7 @@ fn validate_row(row: &RawRow, regexes: &mut RegexCache) -> Result<Target, String
         interval,
         regex,
         timeout,
+        checks,
     })
 }
 
@@ -438,7 +554,7 @@ fn has_credentials(url: &Url) -> bool {
 const MIN_SECONDS: f64 = 0.01;
 
 /// Positive seconds, fractions allowed (`30`, `0.5`), at least [`MIN_SECONDS`].
-fn parse_seconds(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_seconds(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text
         .parse()
         .map_err(|_| format!("{text:?} is not a number of seconds"))?;
@@ -551,7 +667,11 @@ mod tests {
             "{}",
             reason(7)
         );
-        assert!(reason(8).contains("4 fields"), "{}", reason(8));
+        assert!(
+            reason(8).contains("field 4 \"b\" is not key=value"),
+            "{}",
+            reason(8)
+        );
         assert!(reason(9).contains("only http and https"), "{}", reason(9));
     }
 
@@ -624,6 +744,206 @@ mod tests {
         assert_eq!(Format::detect(Path::new("a.json"), "x"), Format::Json);
         assert_eq!(Format::detect(Path::new("a.txt"), " [ {}]"), Format::Json);
         assert_eq!(Format::detect(Path::new("a.txt"), "a,1"), Format::Csv);
+    }
+
+    fn test_env(name: &str) -> Option<std::ffi::OsString> {
+        (name == "API_TOKEN").then(|| "tok-secret-42".into())
+    }
+
+    #[test]
+    fn csv_options_follow_the_three_columns() {
+        let text = "# url,interval,regex,options...\n\
+                    plain.example,30\n\
+                    api.example/health,10,,method=post,\"header=Authorization: Bearer ${env:API_TOKEN}\",\"expect_status=200-299,301\",json=$.status == \"ok\",json=$.queue.depth < 100,timeout=2\n\
+                    www.example,60,Welcome,min_cert_days=14,max_response_time=1.5,failure_threshold=5,success_threshold=1,\"reject_regex=(?i)maintenance, back soon\"\n\
+                    \"post.example\",5,,\"body={\"\"ping\"\": 1}\",basic_auth=monitor:${env:API_TOKEN},method=PUT\n";
+        let t = parse_csv_in("sites.csv", text, &test_env).expect("valid");
+        assert_eq!(t.len(), 4);
+        assert_eq!(t[0].checks, Checks::default());
+        assert_eq!(t[1].checks.method(), reqwest::Method::POST);
+        assert_eq!(t[1].timeout, Some(Duration::from_secs(2)));
+        assert!(t[1].regex.is_none());
+        let shown = format!("{:?}", t[1]);
+        assert!(!shown.contains("tok-secret"), "{shown}");
+        assert!(
+            shown.contains("authorization: ***") && shown.contains("200-299,301"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains(r#"$.status == \"ok\""#) && shown.contains("$.queue.depth < 100"),
+            "{shown}"
+        );
+        assert_eq!(t[2].regex.as_ref().map(SiteRegex::as_str), Some("Welcome"));
+        let shown = format!("{:?}", t[2]);
+        for part in [
+            "min_cert_days: Some(14)",
+            "max_response_time: Some(1.5s)",
+            "failure_threshold: 5",
+            "success_threshold: 1",
+            "(?i)maintenance, back soon",
+        ] {
+            assert!(shown.contains(part), "{part}: {shown}");
+        }
+        let shown = format!("{:?}", t[3]);
+        assert!(
+            shown.contains("monitor:***") && shown.contains("body: Some(\"11 bytes\")"),
+            "{shown}"
+        );
+        assert!(!shown.contains("tok-secret"), "{shown}");
+    }
+
+    #[test]
+    fn csv_bad_options_are_row_errors_with_their_lines() {
+        let text = "ok.example,5\n\
+                    a.example,5,,method=FETCH\n\
+                    b.example,5,,methd=GET\n\
+                    c.example,5,,GET\n\
+                    d.example,5,method=HEAD\n\
+                    e.example,5,,\"header=X-Token: ${env:NOT_SET_ANYWHERE}\"\n\
+                    f.example,5,,expect_status=2xx\n\
+                    g.example,5,,json=$.a[ == 1\n\
+                    h.example,5,,failure_threshold=0\n\
+                    http://i.example,5,,min_cert_days=10\n\
+                    j.example,5,,regex=x\n\
+                    k.example,5,,timeout=1,timeout=2\n\
+                    l.example,5,,headers=X: y\n";
+        let errs = rows(parse_csv_in("sites.csv", text, &test_env).expect_err("bad rows"));
+        let expected = [
+            (2, "unknown method \"FETCH\""),
+            (
+                3,
+                "unknown field `methd`, expected one of `timeout`, `method`, `header`",
+            ),
+            (4, "field 4 \"GET\" is not key=value"),
+            (
+                5,
+                "the third field is the regex, and method=... looks like an option",
+            ),
+            (
+                6,
+                "header x-token: environment variable NOT_SET_ANYWHERE is not set",
+            ),
+            (7, "expect_status \"2xx\""),
+            (8, "json condition \"$.a[ == 1\": bad JSON path"),
+            (9, "failure_threshold must be 1 to 1000, got 0"),
+            (10, "min_cert_days needs an https:// URL"),
+            (11, "regex is a column of its own"),
+            (12, "timeout given twice"),
+            (13, "in CSV each header is a field of its own"),
+        ];
+        assert_eq!(errs.len(), expected.len(), "{errs:#?}");
+        for ((line, reason), (want_line, want)) in errs.iter().zip(expected) {
+            assert_eq!(*line, want_line, "{reason}");
+            assert!(reason.contains(want), "line {line}: {reason}");
+        }
+        let whole = parse_csv_in("lists/sites.csv", "x.example,5,,method=FETCH\n", &test_env)
+            .expect_err("bad")
+            .to_string();
+        assert!(
+            whole.contains("lists/sites.csv:1: unknown method"),
+            "{whole}"
+        );
+    }
+
+    #[test]
+    fn json_options_beside_the_site_keys() {
+        let text = r#"[
+  {"url": "plain.example", "interval": 30},
+  {"url": "https://api.example/health", "interval": 10, "timeout": 2,
+   "method": "POST", "headers": {"Authorization": "Bearer ${env:API_TOKEN}", "Accept": "application/json"},
+   "body": "{\"ping\": 1}", "expect_status": "200-299,301", "reject_regex": "maintenance",
+   "json": ["$.status == \"ok\"", "$.queue.depth < 100"], "max_response_time": 1.5,
+   "min_cert_days": 14, "failure_threshold": 5, "success_threshold": 1},
+  {"url": "https://b.example", "interval": 10, "basic_auth": {"user": "monitor", "password": "${env:API_TOKEN}"}, "json": "$.ok == true"}
+]"#;
+        let t = parse_json_in("s.json", text, &test_env).expect("valid");
+        assert_eq!(t[0].checks, Checks::default());
+        assert_eq!(t[1].checks.method(), reqwest::Method::POST);
+        let shown = format!("{t:?}");
+        assert!(!shown.contains("tok-secret"), "{shown}");
+        assert!(
+            shown.contains("monitor:***") && shown.contains("$.ok == true"),
+            "{shown}"
+        );
+        let again = parse_json_in("s.json", text, &test_env).expect("valid");
+        assert_eq!(t, again, "the same list is the same targets");
+        let rotated = parse_json_in("s.json", text, &|name| {
+            (name == "API_TOKEN").then(|| "rotated".into())
+        })
+        .expect("valid");
+        assert_ne!(t[1], rotated[1], "a reload notices a changed token");
+    }
+
+    #[test]
+    fn json_bad_options_are_row_errors_with_their_lines() {
+        let text = r#"[
+  {"url": "a.example", "interval": 5, "method": "fetch"},
+  {"url": "b.example", "interval": 5, "json": "$.a = 1"},
+  {"url": "c.example", "interval": 5, "headers": {"X-Key": "${env:NOT_SET_ANYWHERE}"}},
+  {"url": "d.example", "interval": 5, "success_threshold": 0},
+  {"url": "e.example", "interval": 5, "expect_status": "200-1000"},
+  {"url": "f.example", "interval": 5, "header": {"X": "y"}},
+  {"url": "g.example", "interval": 5, "headers": ["X: y"]},
+  {"url": 7, "interval": 5}
+]"#;
+        let errs = rows(parse_json_in("s.json", text, &test_env).expect_err("bad rows"));
+        let expected = [
+            (2, "unknown method \"fetch\""),
+            (3, "json condition \"$.a = 1\": expected PATH OP VALUE"),
+            (4, "header x-key: environment variable NOT_SET_ANYWHERE is not set"),
+            (5, "success_threshold must be 1 to 1000, got 0"),
+            (6, "\"1000\" is not an HTTP status"),
+            (7, "unknown field `header`, expected one of `url`, `interval`, `regex`, `timeout`, `method`, `headers`"),
+            (8, "headers must be an object"),
+            (9, "url must be a string"),
+        ];
+        assert_eq!(errs.len(), expected.len(), "{errs:#?}");
+        for ((line, reason), (want_line, want)) in errs.iter().zip(expected) {
+            assert_eq!(*line, want_line, "{reason}");
+            assert!(reason.contains(want), "line {line}: {reason}");
+        }
+    }
+
+    #[test]
+    fn the_sample_lists_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../monitor-data");
+        for name in ["websites_top100.csv", "websites_top100.json"] {
+            let sites = load_file(&dir.join(name)).expect(name);
+            assert_eq!(sites.len(), 100, "{name}");
+            assert!(
+                sites.iter().any(|s| s.checks != Checks::default()),
+                "{name} shows some check options"
+            );
+        }
+    }
+
+    #[test]
+    fn the_readmes_examples_are_valid_lists() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("## Site lists").expect("the section");
+        let section = &readme[start..];
+        let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+        let env = |name: &str| {
+            ["TOKEN", "INTRANET_PASSWORD"]
+                .contains(&name)
+                .then(|| "from-env".into())
+        };
+        let mut parsed = 0;
+        for (fence, parse) in [
+            ("```csv\n", parse_csv_in as fn(&str, &str, Env<'_>) -> _),
+            ("```json\n", parse_json_in),
+        ] {
+            for block in section.split(fence).skip(1) {
+                let text = &block[..block.find("```").expect("closed block")];
+                let sites = parse("README.md", text, &env).expect(text);
+                assert!(
+                    sites.iter().any(|s| s.checks != Checks::default()),
+                    "{text}"
+                );
+                parsed += 1;
+            }
+        }
+        assert_eq!(parsed, 2, "one CSV and one JSON example");
     }
 
     #[test]

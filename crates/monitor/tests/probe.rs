@@ -41,6 +41,7 @@ fn site(url: &str, regex: Option<&str>, timeout: Option<Duration>) -> Target {
         interval: Duration::from_secs(30),
         regex: regex.map(|r| SiteRegex::new(r).expect("regex")),
         timeout,
+        checks: Default::default(),
     }
 }
 

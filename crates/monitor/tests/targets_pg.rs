@@ -119,3 +119,84 @@ async fn enabled_rows_are_probed_and_the_table_is_re_read() {
     let status = child.wait().expect("wait");
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rows_checks_column_applies_and_a_bad_one_is_named_by_its_id() {
+    let farm = SiteFarm::start(FarmOptions::default()).await.expect("farm");
+    let db = sitewatch_pgtest::Postgres::start_temp().expect("postgres");
+    let url = format!("{}?sslmode=disable", db.url());
+    let settings = PgSettings {
+        url: Some(SecretString::from(url.clone())),
+        ..PgSettings::default()
+    };
+    sitewatch_db::schema::migrate(&settings.connector().expect("connector"))
+        .await
+        .expect("schema");
+    let (gone, ok) = (farm.url("/status/404"), farm.url("/ok"));
+    db.psql(
+        "postgres",
+        &format!(
+            r#"INSERT INTO websites (url, interval_seconds, checks) VALUES
+                 ('{gone}', 30, '{{"expect_status": "404", "failure_threshold": 7}}'),
+                 ('{ok}', 30, '{{"reject_regex": "Welcome", "headers": {{"X-Token": "${{env:SITEWATCH_TEST_TABLE_TOKEN}}"}}}}');"#
+        ),
+    )
+    .expect("insert sites");
+    let monitor = |args: &[&str], token: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_monitor"));
+        let _ = cmd
+            .args(["--targets", &url])
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env_remove("SITEWATCH_TEST_TABLE_TOKEN");
+        if let Some(token) = token {
+            let _ = cmd.env("SITEWATCH_TEST_TABLE_TOKEN", token);
+        }
+        cmd.output().expect("monitor runs")
+    };
+
+    let out = monitor(&["--output", "stdout", "--once"], Some("table-secret"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stdout.contains("table-secret"), "{stdout}");
+    let metrics: Vec<Metric> = stdout
+        .lines()
+        .map(|l| Metric::from_json(l.as_bytes()).expect("metric line"))
+        .collect();
+    let of = |u: &str| metrics.iter().find(|m| m.url == u).expect("probed");
+    assert!(
+        of(&gone).verdict.up,
+        "404 is what this row expects: {:?}",
+        of(&gone)
+    );
+    assert_eq!(of(&gone).verdict.failure_threshold, 7);
+    let rejected = of(&ok).verdict.first_failed().expect("down");
+    assert_eq!(rejected.condition, sitewatch_metric::Condition::RejectRegex);
+
+    // Without the variable, the row is refused with its id, and so is the list.
+    let out = monitor(&["--check"], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("websites:2: header x-token: environment variable SITEWATCH_TEST_TABLE_TOKEN is not set"),
+        "{stderr}"
+    );
+    db.psql(
+        "postgres",
+        &format!(r#"UPDATE websites SET checks = '{{"methd": "GET"}}' WHERE url = '{gone}'"#),
+    )
+    .expect("a typo");
+    let out = monitor(&["--check"], Some("table-secret"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("websites:1: checks: unknown field `methd`, expected one of `method`"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("table-secret"), "{stderr}");
+}

@@ -1,7 +1,8 @@
 //! Local websites on loopback with set behaviours (fast, slow, failing, redirecting, huge,
 //! gzip, binary, resetting, and hostile: a gzip bomb, a body that drips forever, a flood of
 //! headers; plain HTTP, CA-signed TLS and self-signed TLS) for the monitor's integration
-//! tests, the demo and benchmarks.
+//! tests, the demo and benchmarks; and a webhook receiver ([`webhook`]) for the
+//! consumer's alerting tests.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), sitewatch_sitefarm::FarmError> {
@@ -17,6 +18,7 @@ mod body;
 mod routes;
 mod server;
 mod tls;
+pub mod webhook;
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};

@@ -17,6 +17,13 @@ pub enum StoreError {
     /// The write took longer than `write_timeout`; its connection was dropped.
     #[error("PostgreSQL did not finish the write within {0:?}; the connection was dropped")]
     TimedOut(std::time::Duration),
+    /// A site's state was written by another writer since this one read it.
+    #[error("a site's state was written meanwhile by another writer (a partition handed over); retrying with it read again")]
+    StateMoved,
+    /// An earlier batch of the same partitions was given up, so this one
+    /// cannot move its sites' state in order.
+    #[error("{0}")]
+    OutOfTurn(#[from] crate::sink::TurnLost),
 }
 
 impl SinkError for StoreError {
@@ -29,7 +36,12 @@ impl SinkError for StoreError {
     /// stream), is unknown.
     fn fault(&self) -> Fault {
         match self {
-            StoreError::Pool(_) | StoreError::TimedOut(_) => Fault::Transient,
+            StoreError::Pool(_) | StoreError::TimedOut(_) | StoreError::StateMoved => {
+                Fault::Transient
+            }
+            // Retried until the consumer stops, offsets untouched: the
+            // messages are read again in order by the next run.
+            StoreError::OutOfTurn(_) => Fault::Unknown,
             StoreError::Db(err) => match err.code() {
                 // A value the client could not even encode is the message's fault.
                 None if err.to_string().starts_with("error serializing") => Fault::Message,

@@ -6,6 +6,7 @@
 
 mod error;
 mod sites;
+pub(crate) mod state;
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -16,9 +17,12 @@ use sitewatch_db::columns::{self, Columns, RowRef};
 
 pub use self::error::StoreError;
 use self::sites::SiteIds;
-use crate::sink::{DeadLetter, Row, Sink, Written, CONFLICT};
+use self::state::StateCache;
+use crate::alert::outbox::Outbox;
+use crate::sink::{DeadLetter, Row, Sink, Turn, Written, CONFLICT};
 
 const CREATE_STAGING: &str = include_str!("../../sql/create_staging.sql");
+const SET_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '10s'";
 const INSERT_DEAD_LETTERS: &str = include_str!("../../sql/insert_dead_letters.sql");
 
 /// The staging table's rows into `metrics`, skipping those already stored.
@@ -54,16 +58,31 @@ pub struct Store {
     path: WritePath,
     sites: SiteIds,
     timeout: Duration,
+    track_state: bool,
+    states: StateCache,
+    outbox: Option<Outbox>,
 }
 
 impl Store {
-    /// A store writing through `pool` by `path`, each write within `timeout`.
-    pub fn new(pool: Pool, path: WritePath, timeout: Duration) -> Store {
+    /// A store writing through `pool` by `path`, each write within `timeout`;
+    /// with `track_state`, each batch also moves its sites' up/down state.
+    pub fn new(pool: Pool, path: WritePath, timeout: Duration, track_state: bool) -> Store {
         Store {
             pool,
             path,
             sites: SiteIds::default(),
             timeout,
+            track_state,
+            states: StateCache::default(),
+            outbox: None,
+        }
+    }
+
+    /// The same store, writing each transition's notifications into `outbox`.
+    pub fn alerting(self, outbox: Outbox) -> Store {
+        Store {
+            outbox: Some(outbox),
+            ..self
         }
     }
 
@@ -71,15 +90,26 @@ impl Store {
     /// not finish is dropped, not put back in the pool: it may be stuck
     /// mid-statement, or its COMMIT may have gone through; the retry, on
     /// another connection, finds such rows stored and skips them.
-    async fn write_once(&self, rows: &[Row], dead: &[DeadLetter]) -> Result<Written, StoreError> {
+    async fn write_once(
+        &self,
+        rows: &[Row],
+        dead: &[DeadLetter],
+        turn: &Turn,
+    ) -> Result<Written, StoreError> {
         let mut client = self.pool.get().await?;
-        match tokio::time::timeout(self.timeout, self.write_with(&mut client, rows, dead)).await {
+        let write = self.write_with(&mut client, rows, dead, turn);
+        let written = match tokio::time::timeout(self.timeout, write).await {
             Ok(written) => written,
             Err(_elapsed) => {
                 drop(deadpool_postgres::Object::take(client));
                 Err(StoreError::TimedOut(self.timeout))
             }
+        };
+        if written.is_err() {
+            // Its COMMIT may have gone through: what is remembered may be behind.
+            self.states.clear();
         }
+        written
     }
 
     async fn write_with(
@@ -87,13 +117,19 @@ impl Store {
         client: &mut deadpool_postgres::Client,
         rows: &[Row],
         dead: &[DeadLetter],
+        turn: &Turn,
     ) -> Result<Written, StoreError> {
         let ids = self.sites.of(client, rows).await?;
         let insert = match self.path {
             WritePath::Copy => Insert::Copy,
             WritePath::Unnest => Insert::Unnest,
         };
-        match write_transaction(client, rows, &ids, dead, insert).await {
+        let state = self.track_state.then_some(State {
+            turn,
+            cache: &self.states,
+            outbox: self.outbox.as_ref(),
+        });
+        match write_transaction(client, rows, &ids, dead, insert, state).await {
             // Fresh rows, the usual case, went straight in; a redelivery is rare
             // enough that doing its batch twice costs less than checking every batch.
             Err(err) if insert == Insert::Copy && err.is_stored_already() => {
@@ -101,7 +137,7 @@ impl Store {
                     rows = rows.len(),
                     "the batch holds rows already stored (a redelivery): writing it again, skipping those"
                 );
-                write_transaction(client, rows, &ids, dead, Insert::Staged).await
+                write_transaction(client, rows, &ids, dead, Insert::Staged, state).await
             }
             other => other,
         }
@@ -112,12 +148,21 @@ impl Sink for Store {
     type Error = StoreError;
 
     async fn write(&self, rows: &[Row], dead: &[DeadLetter]) -> Result<Written, StoreError> {
-        match self.write_once(rows, dead).await {
+        self.write_in_turn(rows, dead, &Turn::now()).await
+    }
+
+    async fn write_in_turn(
+        &self,
+        rows: &[Row],
+        dead: &[DeadLetter],
+        turn: &Turn,
+    ) -> Result<Written, StoreError> {
+        match self.write_once(rows, dead, turn).await {
             // A site row deleted by an operator while its id was cached: forget
             // the batch's sites so they are looked up (and created) again.
             Err(err) if err.is_missing_site() => {
                 self.sites.forget(rows);
-                self.write_once(rows, dead).await
+                self.write_once(rows, dead, turn).await
             }
             other => other,
         }
@@ -129,6 +174,12 @@ impl Sink for Store {
             Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
             Err(_) => false,
         }
+    }
+
+    /// States remembered for sites of partitions this consumer lost, or
+    /// gained back after another wrote them, are out of date.
+    fn partitions_changed(&self) {
+        self.states.clear();
     }
 
     fn collect(&self) {
@@ -159,15 +210,37 @@ fn row_refs<'a>(rows: &'a [Row], ids: &'a [i64]) -> impl Iterator<Item = RowRef<
     })
 }
 
-/// Rows and dead letters in one transaction; returns what it did.
+/// What a batch does to its sites' state: when it may, and where their
+/// notifications go.
+#[derive(Debug, Clone, Copy)]
+struct State<'a> {
+    /// A site's probes must move its state in their order; two batches of
+    /// one partition may be in flight at once, so the later waits here.
+    turn: &'a Turn,
+    cache: &'a StateCache,
+    outbox: Option<&'a Outbox>,
+}
+
+/// Rows and dead letters in one transaction, and with `state` the sites'
+/// state the rows move (and the notifications it owes, with an outbox);
+/// returns what it did.
 async fn write_transaction(
     client: &mut deadpool_postgres::Client,
     rows: &[Row],
     ids: &[i64],
     dead: &[DeadLetter],
     insert: Insert,
+    state: Option<State<'_>>,
 ) -> Result<Written, StoreError> {
     let tx = client.transaction().await?;
+    if state.is_some() {
+        // This transaction may wait for an earlier batch of this process (its
+        // turn) while a batch of another process, during a handover, waits
+        // for this one's rows and the earlier batch for that one's: a cycle
+        // PostgreSQL cannot see. Lock waits bounded well below the write
+        // timeout break it (55P03 is retried).
+        tx.batch_execute(SET_LOCK_TIMEOUT).await?;
+    }
     let (inserted, conflicts) = if rows.is_empty() {
         (0, Vec::new())
     } else {
@@ -212,12 +285,47 @@ async fn write_transaction(
     if !dead.is_empty() || !conflicted.is_empty() {
         insert_dead_letters(&tx, dead.iter().chain(&conflicted)).await?;
     }
+    let applied = match state {
+        Some(State {
+            turn,
+            cache,
+            outbox,
+        }) => {
+            turn.wait().await?;
+            // A conflict is not the probe stored under its id: it moves nothing.
+            let probes = rows
+                .iter()
+                .zip(ids)
+                .filter(|(row, _)| !conflicted.iter().any(|c| c.origin == row.origin))
+                .map(|(row, &id)| (id, &row.metric));
+            // Rows stored already (a redelivery, or another process's during a
+            // handover): what this process remembers of their sites may be
+            // behind, so their states are read from the table.
+            let remembered = inserted == rows.len() as u64;
+            let applied = state::apply(&tx, remembered.then_some(cache), probes).await?;
+            if let Some(outbox) = outbox {
+                outbox.enqueue(&tx, &applied.transitions).await?;
+            }
+            Some((cache, applied))
+        }
+        None => None,
+    };
     tx.commit().await?;
+    let transitions = match applied {
+        Some((cache, applied)) => {
+            cache.committed(applied.states);
+            applied.transitions
+        }
+        None => Vec::new(),
+    };
+    let down = transitions.iter().filter(|t| !t.up).count() as u64;
+    crate::measure::transitions(down, transitions.len() as u64 - down);
     let conflicts = conflicted.len() as u64;
     Ok(Written {
         inserted,
         duplicates: rows.len() as u64 - inserted - conflicts,
         dead_letters: dead.len() as u64 + conflicts,
+        transitions: transitions.len() as u64,
     })
 }
 

@@ -18,7 +18,7 @@ use sitewatch_consumer::settings::Settings;
 use sitewatch_consumer::{run, ConsumerError, Summary};
 use sitewatch_db::columns;
 use sitewatch_db::SslMode;
-use sitewatch_metric::{ErrorKind, Metric, ProbeError, Timings};
+use sitewatch_metric::{ErrorKind, Metric, ProbeError, Timings, Verdict};
 use sitewatch_pgtest::sql::{client, count, count_once_created};
 use sitewatch_pgtest::wait::wait_for;
 use sitewatch_pgtest::Postgres;
@@ -203,7 +203,7 @@ pub fn metric(i: u64, sites: u64) -> Metric {
     .expect("valid time");
     let site = i % sites;
     let failed = i % 7 == 3;
-    Metric {
+    let mut metric = Metric {
         probe_id: Uuid::now_v7(),
         url: format!("https://site-{site}.example/health"),
         scheduled_at: base,
@@ -232,7 +232,9 @@ pub fn metric(i: u64, sites: u64) -> Metric {
             message: format!("failure number {i} with 'quotes' and \"double\" and ünïcode"),
         }),
         ..Metric::example()
-    }
+    };
+    metric.verdict = Verdict::default_rule(&metric);
+    metric
 }
 
 /// `n` metrics from [`metric`], spread over `sites` sites.

@@ -376,6 +376,8 @@ impl Sample {
             "FILTER" => "debug".into(),
             "TEXT" => "sample-agent/1.0".into(),
             "URL" | "FILE|URL" => format!("postgres://sample:{SECRET}@db.example/sample"),
+            "ADDRESS" => "https://status.example/".into(),
+            "KIND:URL,..." => format!("slack:https://hooks.example/services/{SECRET}"),
             "PASSWORD" => SECRET.into(),
             "NAME=VALUE" => format!("sasl.password={SECRET}"),
             other => {
