@@ -17,6 +17,10 @@ pub enum StoreError {
     /// The write took longer than `write_timeout`; its connection was dropped.
     #[error("PostgreSQL did not finish the write within {0:?}; the connection was dropped")]
     TimedOut(std::time::Duration),
+    /// The earlier batches of the same partitions took too long: this one
+    /// gave its rows back, to be written again.
+    #[error("an earlier batch of the same partitions was still being written after {0:?}; this one is written again")]
+    TurnTimedOut(std::time::Duration),
     /// A site's state was written by another writer since this one read it.
     #[error("a site's state was written meanwhile by another writer (a partition handed over); retrying with it read again")]
     StateMoved,
@@ -36,9 +40,10 @@ impl SinkError for StoreError {
     /// stream), is unknown.
     fn fault(&self) -> Fault {
         match self {
-            StoreError::Pool(_) | StoreError::TimedOut(_) | StoreError::StateMoved => {
-                Fault::Transient
-            }
+            StoreError::Pool(_)
+            | StoreError::TimedOut(_)
+            | StoreError::StateMoved
+            | StoreError::TurnTimedOut(_) => Fault::Transient,
             // Retried until the consumer stops, offsets untouched: the
             // messages are read again in order by the next run.
             StoreError::OutOfTurn(_) => Fault::Unknown,

@@ -23,6 +23,10 @@ use crate::sink::{DeadLetter, Row, Sink, Turn, Written, CONFLICT};
 
 const CREATE_STAGING: &str = include_str!("../../sql/create_staging.sql");
 const SET_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '10s'";
+
+/// Longest a batch waits, its rows copied, for the earlier batches of its
+/// partitions; past it the write is rolled back and retried.
+const TURN_WAIT: Duration = Duration::from_secs(5);
 const INSERT_DEAD_LETTERS: &str = include_str!("../../sql/insert_dead_letters.sql");
 
 /// The staging table's rows into `metrics`, skipping those already stored.
@@ -291,7 +295,13 @@ async fn write_transaction(
             cache,
             outbox,
         }) => {
-            turn.wait().await?;
+            // Bounded below the lock timeout: this wait holds the batch's rows,
+            // which a batch of another process (during a handover) may wait for
+            // while this one's earlier batch waits for that one's; PostgreSQL
+            // cannot see this edge of the cycle, so it is this one that gives way.
+            tokio::time::timeout(TURN_WAIT, turn.wait())
+                .await
+                .map_err(|_| StoreError::TurnTimedOut(TURN_WAIT))??;
             // A conflict is not the probe stored under its id: it moves nothing.
             let probes = rows
                 .iter()
