@@ -1,7 +1,9 @@
 //! Alerts from the built binaries: a broker on TCP, a monitor probing local
 //! sites whose answers each test lines up, consumers storing the metrics in
 //! a real PostgreSQL and telling a local webhook receiver when a site goes
-//! down and comes back up (issue 16, "What it must show").
+//! down and comes back up: what an operator relies on when a site fails
+//! (one notification each way, none for a blip, none lost or doubled
+//! through a crash, a webhook outage or a rebalance).
 //!
 //! Each site is a [`WebhookReceiver`] too: it answers the monitor's probes
 //! with the statuses lined up (then 200), so a test decides exactly which
