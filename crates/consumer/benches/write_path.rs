@@ -1,5 +1,6 @@
-//! Rows per second into `metrics` by each write path, against a real
-//! PostgreSQL (durable settings), with a plain binary COPY as the raw limit.
+//! Rows per second into `metrics` by each write path, and by COPY with the
+//! consumer's state tracking, against a real PostgreSQL (durable settings),
+//! with a plain binary COPY as the raw limit.
 //!
 //! cargo bench -p sitewatch-consumer --bench write_path [-- ROWS BATCH]
 
@@ -14,16 +15,24 @@ use sitewatch_consumer::sink::{Row, Sink};
 use sitewatch_consumer::store::{Store, WritePath};
 use sitewatch_db::columns::{self, RowRef};
 use sitewatch_db::{PgSettings, SslMode};
-use sitewatch_metric::{Metric, Timings};
+use sitewatch_metric::{Metric, Timings, Verdict};
 use sitewatch_pgtest::{PgOptions, Postgres};
 use sitewatch_service::SecretString;
 
+/// Metric `i`: site `i % 10_000`, about one probe in ten answering 503
+/// (spread over the sites), so state tracking counts failures, opens and
+/// resolves incidents as it would for a real list.
 fn metric(i: u64) -> Metric {
+    // splitmix64's finalizer: each probe fails on its own, not in step with its site's others.
+    let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    let failing = (z ^ (z >> 31)) % 10 == 0;
     let at = DateTime::from_timestamp_micros(
         1_790_000_000_000_000 + i64::try_from(i).unwrap_or(0) * 500,
     )
     .unwrap_or_default();
-    Metric {
+    let mut metric = Metric {
         probe_id: uuid::Uuid::now_v7(),
         url: format!("https://site-{}.example/", i % 10_000),
         scheduled_at: at,
@@ -37,7 +46,7 @@ fn metric(i: u64) -> Metric {
             body_us: Some(300),
             total_us: 6700,
         },
-        status: Some(200),
+        status: Some(if failing { 503 } else { 200 }),
         body_bytes: 5120,
         body_truncated: false,
         regex: Some("Welcome".into()),
@@ -47,7 +56,9 @@ fn metric(i: u64) -> Metric {
         redirects: 0,
         tls_expires_at: None,
         ..Metric::example()
-    }
+    };
+    metric.verdict = Verdict::default_rule(&metric);
+    metric
 }
 
 fn settings(db: &Postgres, name: &str) -> PgSettings {
@@ -59,39 +70,50 @@ fn settings(db: &Postgres, name: &str) -> PgSettings {
     }
 }
 
-async fn run_path(
-    db: &Postgres,
-    name: &str,
-    path: Option<WritePath>,
-    rows: &[Row],
-    batch: usize,
-) -> f64 {
+/// What one measurement writes through.
+#[derive(Debug, Clone, Copy)]
+enum Case {
+    /// The consumer's store by a write path, state tracking off.
+    Path(WritePath),
+    /// The store by COPY with state tracking: `site_state` and incidents
+    /// moved in each batch's transaction.
+    State,
+    /// Binary COPY straight into the table, no conflict check: the limit.
+    Raw,
+}
+
+async fn run_path(db: &Postgres, name: &str, case: Case, rows: &[Row], batch: usize) -> f64 {
     let _ = db.create_database(name).expect("database");
     let s = settings(db, name);
     sitewatch_db::schema::migrate(&s.connector().expect("connector"))
         .await
         .expect("schema");
+    let (path, track_state) = match case {
+        Case::Path(path) => (path, false),
+        Case::State | Case::Raw => (WritePath::Copy, matches!(case, Case::State)),
+    };
     let store = Store::new(
         s.pool().expect("pool"),
-        path.unwrap_or(WritePath::Copy),
+        path,
         std::time::Duration::from_secs(600),
-        // The paths into `metrics` alone; the ingest benchmark measures state tracking.
-        false,
+        track_state,
     );
-    // Sites first, so every path measures the metrics insert alone.
+    // Sites first, so every case measures the metrics insert (and state) alone.
     for chunk in rows.chunks(10_000).take(1) {
         let _ = store.write(chunk, &[]).await.expect("warm-up");
     }
-    let _ = db.psql(name, "TRUNCATE metrics").expect("truncate");
+    let _ = db
+        .psql(name, "TRUNCATE metrics, site_state, incidents CASCADE")
+        .expect("truncate");
+    store.partitions_changed();
     let start = Instant::now();
-    match path {
-        Some(_) => {
+    match case {
+        Case::Path(_) | Case::State => {
             for chunk in rows.chunks(batch) {
                 let _ = store.write(chunk, &[]).await.expect("write");
             }
         }
-        None => {
-            // The raw limit: the same rows by binary COPY straight into the table, no conflict check.
+        Case::Raw => {
             let client = s
                 .connector()
                 .expect("connector")
@@ -106,6 +128,12 @@ async fn run_path(
         .psql(name, "SELECT count(*) FROM metrics")
         .expect("count");
     assert_eq!(n, rows.len().to_string());
+    if track_state {
+        let opened = db
+            .psql(name, "SELECT count(*) FROM incidents")
+            .expect("incidents");
+        assert_ne!(opened, "0", "state tracking opened no incident");
+    }
     rows.len() as f64 / took.as_secs_f64()
 }
 
@@ -137,6 +165,13 @@ async fn copy_raw(client: &tokio_postgres::Client, rows: &[Row], batch: usize) {
     }
 }
 
+const CASES: [(&str, Case); 4] = [
+    ("copy", Case::Path(WritePath::Copy)),
+    ("copy_state", Case::State),
+    ("unnest", Case::Path(WritePath::Unnest)),
+    ("raw_copy", Case::Raw),
+];
+
 fn main() {
     let mut args = std::env::args().skip(1).filter(|a| !a.starts_with('-'));
     let total: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(200_000);
@@ -160,40 +195,45 @@ fn main() {
             payload: None,
         })
         .collect();
+    const ROUNDS: usize = 3;
+    // results[round][case]: rows/s.
     let mut results = Vec::new();
-    for round in 0..3 {
-        for (name, path) in [
-            ("copy", Some(WritePath::Copy)),
-            ("unnest", Some(WritePath::Unnest)),
-            ("raw_copy", None),
-        ] {
-            let rate = runtime.block_on(run_path(
+    for round in 0..ROUNDS {
+        let mut rates = Vec::new();
+        for (name, case) in CASES {
+            rates.push(runtime.block_on(run_path(
                 &db,
                 &format!("bench_{name}_{round}"),
-                path,
+                case,
                 &rows,
                 batch,
-            ));
-            results.push((name, rate));
+            )));
         }
+        results.push(rates);
     }
-    println!("{total} rows, batches of {batch}, one connection, PostgreSQL with fsync on; median of 3 rounds");
-    println!("{:<10} {:>12} {:>10}", "path", "rows/s", "vs raw");
-    let median = |name: &str| {
-        let mut r: Vec<f64> = results
-            .iter()
-            .filter(|(n, _)| *n == name)
-            .map(|(_, r)| *r)
-            .collect();
-        r.sort_by(f64::total_cmp);
-        r[r.len() / 2]
+    println!("{total} rows, batches of {batch}, one connection, PostgreSQL with fsync on; median (min-max) of {ROUNDS} rounds; ratios are medians of per-round ratios");
+    println!(
+        "{:<11} {:>24} {:>8} {:>9}",
+        "path", "rows/s", "vs raw", "vs copy"
+    );
+    let spread = |values: Vec<f64>| {
+        let mut v = values;
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[0], v[v.len() - 1])
     };
-    let raw = median("raw_copy");
+    let ratio = |case: usize, reference: usize| {
+        spread(results.iter().map(|r| r[case] / r[reference]).collect()).0
+    };
+    let raw = CASES.len() - 1;
     let mut json = Vec::new();
-    for name in ["copy", "unnest", "raw_copy"] {
-        let m = median(name);
-        println!("{name:<10} {m:>12.0} {:>9.2}x", m / raw);
-        json.push(format!("\"{name}\": {m:.0}"));
+    for (c, (name, _)) in CASES.iter().enumerate() {
+        let (median, min, max) = spread(results.iter().map(|r| r[c]).collect());
+        println!(
+            "{name:<11} {median:>8.0} ({min:>6.0}-{max:>6.0}) {:>7.2}x {:>8.2}x",
+            ratio(c, raw),
+            ratio(c, 0)
+        );
+        json.push(format!("\"{name}\": {median:.0}"));
     }
     println!(
         "{{\"rows\": {total}, \"batch\": {batch}, \"rows_per_s\": {{{}}}}}",

@@ -11,6 +11,6 @@ LEFT JOIN LATERAL (
     SELECT m.started_at, m.probe_id
     FROM metrics m
     WHERE m.website_id = i.id AND m.xmin <> pg_current_xact_id()::xid
-    ORDER BY m.started_at DESC
+    ORDER BY m.started_at DESC, m.probe_id DESC
     LIMIT 1
 ) last ON true

@@ -73,6 +73,9 @@ const MAX_QUOTED_BYTES: usize = 120;
 /// Shown in place of a secret.
 const REDACTED: &str = "***";
 
+/// How a value refers to an environment variable: `${env:NAME}`.
+const ENV_OPEN: &str = "${env:";
+
 /// Looks up an environment variable for `${env:NAME}`.
 pub(crate) type Env<'a> = &'a dyn Fn(&str) -> Option<OsString>;
 
@@ -166,9 +169,10 @@ impl fmt::Debug for Checks {
             )
             .field(
                 "basic_auth",
+                // The user may come from the environment too.
                 &o.basic_auth
                     .as_ref()
-                    .map(|a| format!("{}:{REDACTED}", a.user)),
+                    .map(|_| format!("{REDACTED}:{REDACTED}")),
             )
             .field("expect_status", &o.expect_status.as_ref().map(|s| &s.text))
             .field(
@@ -255,7 +259,7 @@ impl Options {
             ));
         }
         if let Some(reject) = &self.reject_regex {
-            if let Some(found) = reject.0.find(body) {
+            if let Some(found) = reject.0.find_nonempty(body) {
                 failed.push(Failed::new(
                     Condition::RejectRegex,
                     format!(
@@ -325,6 +329,24 @@ fn parse_body(body: &[u8], truncated: bool) -> Result<Value, String> {
 }
 
 /// Bytes of a body for a message: lossy UTF-8, cut short.
+/// `user:password` split at the first colon outside a `${env:NAME}`, so
+/// that either part may come from the environment.
+fn split_credentials(value: &str) -> Option<(&str, &str)> {
+    let mut at = 0;
+    while let Some(offset) = value[at..].find([':', '$']) {
+        let i = at + offset;
+        if value[i..].starts_with(ENV_OPEN) {
+            // An unclosed reference is refused when the value is resolved.
+            at = value[i..].find('}').map_or(value.len(), |end| i + end + 1);
+        } else if value[i..].starts_with(':') {
+            return Some((&value[..i], &value[i + 1..]));
+        } else {
+            at = i + 1;
+        }
+    }
+    None
+}
+
 fn quoted_bytes(bytes: &[u8]) -> String {
     let cut = &bytes[..bytes.len().min(MAX_QUOTED_BYTES)];
     let text = String::from_utf8_lossy(cut).into_owned();
@@ -789,7 +811,7 @@ impl RawChecks {
                 if self.basic_auth.is_some() {
                     return Err(SetError::Bad("basic_auth given twice".into()));
                 }
-                let Some((user, password)) = value.split_once(':') else {
+                let Some((user, password)) = split_credentials(value) else {
                     return Err(SetError::Bad(
                         "basic_auth needs the form basic_auth=user:password".into(),
                     ));
@@ -949,12 +971,11 @@ pub(crate) fn unknown_key(key: &str, known: &[&str]) -> String {
 /// `text` with every `${env:NAME}` replaced by that variable's value. An
 /// error names the variable, never a value.
 fn resolve(text: &str, env: Env<'_>) -> Result<String, String> {
-    const OPEN: &str = "${env:";
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    while let Some(start) = rest.find(OPEN) {
+    while let Some(start) = rest.find(ENV_OPEN) {
         out.push_str(&rest[..start]);
-        let after = &rest[start + OPEN.len()..];
+        let after = &rest[start + ENV_OPEN.len()..];
         let Some(end) = after.find('}') else {
             return Err("`${env:` without its closing `}`".into());
         };
@@ -965,9 +986,11 @@ fn resolve(text: &str, env: Env<'_>) -> Result<String, String> {
             .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid {
-            return Err(format!(
-                "{name:?} is not an environment variable name (letters, digits, _)"
-            ));
+            // Not a name, so perhaps a secret written in place: never quoted.
+            return Err(
+                "`${env:...}` holds something that is not an environment variable name (letters, digits, _)"
+                    .into(),
+            );
         }
         let value = env(name)
             .ok_or_else(|| format!("environment variable {name} is not set"))?
@@ -1288,7 +1311,7 @@ mod tests {
             assert!(!shown.contains(secret), "{shown}");
         }
         assert!(
-            shown.contains("x-token: ***") && shown.contains("monitor:***"),
+            shown.contains("x-token: ***") && shown.contains("basic_auth: Some(\"***:***\")"),
             "{shown}"
         );
         let mut raw = RawChecks::default();
@@ -1302,13 +1325,48 @@ mod tests {
         );
         let err = build(&[("header", "X-Token: ${env:NOPE}-literal-secret")]).expect_err("unset");
         assert!(!err.contains("literal-secret"), "{err}");
-        // A verdict never carries a header value either.
-        let m = metric(Some(500), None, None);
-        let json = serde_json::to_string(&c.verdict(&m, b"")).expect("json");
+        // Not a variable's name, perhaps a secret typed in its place: not quoted.
+        let err = build(&[("basic_auth", "monitor:${env:literal secret}")]).expect_err("bad name");
         assert!(
-            !json.contains("tok-123") && !json.contains("pa55"),
-            "{json}"
+            err.contains("not an environment variable name") && !err.contains("literal secret"),
+            "{err}"
         );
+    }
+
+    #[test]
+    fn either_part_of_basic_auth_may_come_from_the_environment() {
+        assert_eq!(
+            split_credentials("${env:USER}:${env:PASS}"),
+            Some(("${env:USER}", "${env:PASS}"))
+        );
+        assert_eq!(split_credentials("u:p:q"), Some(("u", "p:q")));
+        assert_eq!(
+            split_credentials("a$b:${env:PASS}x"),
+            Some(("a$b", "${env:PASS}x"))
+        );
+        assert_eq!(split_credentials("${env:USER}"), None);
+        assert_eq!(split_credentials("${env:USER"), None);
+        let c = build(&[("basic_auth", "${env:TOKEN}:${env:PASS}")]).expect("valid");
+        let auth = c.0.basic_auth.as_ref().expect("basic auth");
+        assert_eq!(auth.user, "tok-123-secret");
+    }
+
+    #[test]
+    fn a_reject_regex_that_matches_nothing_everywhere_finds_nothing() {
+        let m = metric(Some(200), None, None);
+        let c = build(&[("reject_regex", "maintenance|x*")]).expect("valid");
+        assert!(c.verdict(&m, b"all systems go").up, "only empty matches");
+        let v = c.verdict(&m, b"down for maintenance");
+        assert!(
+            !v.up && v.failed[0].message.contains("found \"maintenance\""),
+            "{v:?}"
+        );
+        let empty = build(&[("reject_regex", "^$")]).expect("valid");
+        assert!(
+            !empty.verdict(&m, b"").up,
+            "an empty body is what ^$ rejects"
+        );
+        assert!(empty.verdict(&m, b"something").up);
     }
 
     #[test]

@@ -103,6 +103,15 @@ impl SiteRegex {
     pub fn find<'b>(&self, body: &'b [u8]) -> Option<&'b [u8]> {
         self.0.find(body).map(|m| m.as_bytes())
     }
+
+    /// The first match in `body` that holds something (a pattern such as
+    /// `x*` or `a|` matches nothing everywhere), or the empty body itself.
+    pub fn find_nonempty<'b>(&self, body: &'b [u8]) -> Option<&'b [u8]> {
+        self.0
+            .find_iter(body)
+            .find(|m| !m.is_empty() || body.is_empty())
+            .map(|m| m.as_bytes())
+    }
 }
 
 /// One bad row: where it is and what is wrong.
@@ -275,8 +284,9 @@ fn csv_options(record: &csv::StringRecord, row: &mut RawRow) -> Result<(), Strin
     }
     for (index, field) in record.iter().enumerate().skip(3) {
         let Some((key, value)) = field.split_once('=') else {
+            // Not quoted: a mistyped option may hold a password.
             return Err(format!(
-                "field {} {field:?} is not key=value (quote a field that contains commas)",
+                "field {} is not key=value (quote a field that contains commas)",
                 index + 1
             ));
         };
@@ -668,7 +678,7 @@ mod tests {
             reason(7)
         );
         assert!(
-            reason(8).contains("field 4 \"b\" is not key=value"),
+            reason(8).contains("field 4 is not key=value"),
             "{}",
             reason(8)
         );
@@ -786,7 +796,8 @@ mod tests {
         }
         let shown = format!("{:?}", t[3]);
         assert!(
-            shown.contains("monitor:***") && shown.contains("body: Some(\"11 bytes\")"),
+            shown.contains("basic_auth: Some(\"***:***\")")
+                && shown.contains("body: Some(\"11 bytes\")"),
             "{shown}"
         );
         assert!(!shown.contains("tok-secret"), "{shown}");
@@ -814,7 +825,7 @@ mod tests {
                 3,
                 "unknown field `methd`, expected one of `timeout`, `method`, `header`",
             ),
-            (4, "field 4 \"GET\" is not key=value"),
+            (4, "field 4 is not key=value"),
             (
                 5,
                 "the third field is the regex, and method=... looks like an option",
@@ -862,7 +873,7 @@ mod tests {
         let shown = format!("{t:?}");
         assert!(!shown.contains("tok-secret"), "{shown}");
         assert!(
-            shown.contains("monitor:***") && shown.contains("$.ok == true"),
+            shown.contains("***:***") && shown.contains("$.ok == true"),
             "{shown}"
         );
         let again = parse_json_in("s.json", text, &test_env).expect("valid");

@@ -25,7 +25,8 @@ const CREATE_STAGING: &str = include_str!("../../sql/create_staging.sql");
 const SET_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '10s'";
 
 /// Longest a batch waits, its rows copied, for the earlier batches of its
-/// partitions; past it the write is rolled back and retried.
+/// partitions; past it the write is rolled back, waits for them holding
+/// nothing, and is retried.
 const TURN_WAIT: Duration = Duration::from_secs(5);
 const INSERT_DEAD_LETTERS: &str = include_str!("../../sql/insert_dead_letters.sql");
 
@@ -103,6 +104,17 @@ impl Store {
         let mut client = self.pool.get().await?;
         let write = self.write_with(&mut client, rows, dead, turn);
         let written = match tokio::time::timeout(self.timeout, write).await {
+            Ok(Err(StoreError::TurnTimedOut(waited))) => {
+                // Rolled back, this batch holds no rows another may wait for:
+                // it waits for the earlier batch here, so that its retry copies
+                // its rows once more, not once per wait.
+                drop(client);
+                return match turn.wait().await {
+                    // Nothing was applied or taken from what is remembered.
+                    Ok(()) => Err(StoreError::TurnTimedOut(waited)),
+                    Err(lost) => Err(lost.into()),
+                };
+            }
             Ok(written) => written,
             Err(_elapsed) => {
                 drop(deadpool_postgres::Object::take(client));

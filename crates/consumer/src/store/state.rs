@@ -15,7 +15,8 @@
 //! of date (another process wrote the site during a handover) fails the
 //! transaction, forgets what it remembered, and retries.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use chrono::{DateTime, Utc};
@@ -34,7 +35,7 @@ const RESOLVE_INCIDENT: &str = include_str!("../../sql/resolve_incident.sql");
 const STATE_CACHE_LIMIT: usize = 1_000_000;
 
 /// One site's state: `site_state`'s row, and the last probe applied.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SiteState {
     /// Whether the site is up.
     pub(crate) up: bool,
@@ -161,13 +162,37 @@ impl StateCache {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Takes out the states remembered of `sites`; a write that commits puts
+    /// them back ([`StateCache::committed`]), one that fails clears the rest.
+    pub(crate) fn take(&self, sites: &[i64]) -> HashMap<i64, SiteState> {
+        let mut cache = self.lock();
+        sites
+            .iter()
+            .filter_map(|id| cache.remove(id).map(|s| (*id, s)))
+            .collect()
+    }
+
     /// Remembers the states a committed transaction left.
     pub(crate) fn committed(&self, states: Vec<(i64, SiteState)>) {
         let mut cache = self.lock();
         if cache.len() + states.len() > STATE_CACHE_LIMIT {
             cache.clear();
         }
-        cache.extend(states);
+        for (website_id, state) in states {
+            // A batch of another partition holding the same site (the topic's
+            // partitions changed) may have put back a newer state meanwhile,
+            // perhaps without writing it: the newer one stays.
+            let newer = |old: &SiteState| (old.version, old.last) > (state.version, state.last);
+            match cache.entry(website_id) {
+                Entry::Occupied(old) if newer(old.get()) => {}
+                Entry::Occupied(mut old) => {
+                    let _ = old.insert(state);
+                }
+                Entry::Vacant(slot) => {
+                    let _ = slot.insert(state);
+                }
+            }
+        }
     }
 }
 
@@ -211,44 +236,38 @@ pub(super) async fn apply(
     cache: Option<&StateCache>,
     probes: impl Iterator<Item = (i64, &Metric)>,
 ) -> Result<Applied, StoreError> {
-    let mut by_site: BTreeMap<i64, Vec<&Metric>> = BTreeMap::new();
-    for (website_id, metric) in probes {
-        by_site.entry(website_id).or_default().push(metric);
-    }
-    if by_site.is_empty() {
+    // By site, then in the order the probes were made: one sort, no map of lists.
+    let mut probes: Vec<(i64, &Metric)> = probes.collect();
+    if probes.is_empty() {
         return Ok(Applied::default());
     }
-    for metrics in by_site.values_mut() {
-        metrics.sort_by_key(|m| (m.started_at, m.probe_id));
-    }
-    let mut states: HashMap<i64, SiteState> = match cache {
-        Some(cache) => {
-            let cache = cache.lock();
-            by_site
-                .keys()
-                .filter_map(|id| cache.get(id).map(|s| (*id, s.clone())))
-                .collect()
-        }
+    probes.sort_unstable_by_key(|(id, m)| (*id, m.started_at, m.probe_id));
+    let mut sites: Vec<i64> = probes.iter().map(|(id, _)| *id).collect();
+    sites.dedup();
+    // Taken out, not copied: a write that fails forgets the whole cache anyway.
+    let mut states = match cache {
+        Some(cache) => cache.take(&sites),
         None => HashMap::new(),
     };
-    let missing: Vec<i64> = by_site
-        .keys()
+    let missing: Vec<i64> = sites
+        .iter()
         .filter(|id| !states.contains_key(id))
         .copied()
         .collect();
     if !missing.is_empty() {
-        load(tx, &missing, &by_site, &mut states).await?;
+        load(tx, &missing, &probes, &mut states).await?;
     }
 
     let mut applied = Applied::default();
     let mut inserts = Rows::default();
     let mut updates = Rows::default();
-    for (website_id, metrics) in &by_site {
+    for metrics in probes.chunk_by(|a, b| a.0 == b.0) {
+        let website_id = &metrics[0].0;
         let Some(mut state) = states.remove(website_id) else {
             continue;
         };
-        let before = state.clone();
-        for metric in metrics {
+        let before = state;
+        for (_, metric) in metrics {
             match state.apply(metric) {
                 Step::Stale | Step::Same | Step::Counted => {}
                 Step::Down => {
@@ -287,7 +306,7 @@ pub(super) async fn apply(
 async fn load(
     tx: &deadpool_postgres::Transaction<'_>,
     ids: &[i64],
-    by_site: &BTreeMap<i64, Vec<&Metric>>,
+    probes: &[(i64, &Metric)],
     states: &mut HashMap<i64, SiteState>,
 ) -> Result<(), StoreError> {
     let statement = tx.prepare_cached(LOAD_STATE).await?;
@@ -311,10 +330,14 @@ async fn load(
                     last,
                 }
             }
-            None => match by_site.get(&website_id).and_then(|m| m.first()) {
-                Some(first) => SiteState::new(first, last),
-                None => continue,
-            },
+            None => {
+                // The site's first probe in the batch: `probes` is sorted by site.
+                let at = probes.partition_point(|(id, _)| *id < website_id);
+                match probes.get(at) {
+                    Some((id, first)) if *id == website_id => SiteState::new(first, last),
+                    _ => continue,
+                }
+            }
         };
         let _ = states.insert(website_id, state);
     }
@@ -520,6 +543,28 @@ mod tests {
             Step::Stale,
             "older than a probe stored before the state existed"
         );
+    }
+
+    #[test]
+    fn the_cache_keeps_the_newer_of_two_states_put_back() {
+        let cache = StateCache::default();
+        let first = probe(0, true);
+        let written = SiteState {
+            up: false,
+            version: 6,
+            ..SiteState::new(&first, None)
+        };
+        let read_before = SiteState {
+            version: 5,
+            ..SiteState::new(&first, None)
+        };
+        cache.committed(vec![(1, written)]);
+        cache.committed(vec![(1, read_before)]);
+        assert_eq!(cache.take(&[1]).get(&1), Some(&written));
+        cache.committed(vec![(1, read_before)]);
+        cache.committed(vec![(1, written)]);
+        assert_eq!(cache.take(&[1]).get(&1), Some(&written));
+        assert!(cache.take(&[1]).is_empty(), "taken out, not copied");
     }
 
     #[test]
