@@ -151,6 +151,19 @@ async fn copy_raw(client: &tokio_postgres::Client, rows: &[Row], batch: usize) {
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
+    // The days' partitions, which the store makes on demand.
+    let mut days: Vec<_> = rows
+        .iter()
+        .map(|r| r.metric.started_at.date_naive())
+        .collect();
+    days.dedup();
+    for day in days {
+        let at = day.and_time(chrono::NaiveTime::MIN).and_utc();
+        let _ = client
+            .execute("SELECT metrics_partition_for($1)", &[&at])
+            .await
+            .expect("partition");
+    }
     let copy = columns::copy_into("metrics");
     for chunk in rows.chunks(batch.max(1)) {
         let refs = chunk.iter().map(|row| RowRef {

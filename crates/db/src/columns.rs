@@ -254,11 +254,12 @@ fn content_of(prefix: &str) -> String {
 }
 
 /// Where in Kafka (partition, offset) the rows of `source` (a table or `FROM`
-/// item aliased `s`, shaped like `metrics`) were read whose probe id is
-/// stored in `metrics` with other content: conflicts, not redeliveries.
+/// item aliased `s`, shaped like `metrics`) were read whose key (probe id
+/// and start) is stored in `metrics` with other content: conflicts, not
+/// redeliveries.
 pub fn conflicts_in(source: &str) -> String {
     format!(
-        "SELECT s.kafka_partition, s.kafka_offset FROM {source} JOIN metrics m USING (probe_id) WHERE {} IS DISTINCT FROM {}",
+        "SELECT s.kafka_partition, s.kafka_offset FROM {source} JOIN metrics m USING (probe_id, started_at) WHERE {} IS DISTINCT FROM {}",
         content_of("s"),
         content_of("m")
     )
@@ -296,7 +297,7 @@ pub fn copy_into(table: &str) -> String {
 pub fn insert_unnest() -> &'static str {
     static INSERT: LazyLock<String> = LazyLock::new(|| {
         format!(
-            "INSERT INTO metrics ({}) SELECT * FROM unnest({}) ON CONFLICT (probe_id) DO NOTHING",
+            "INSERT INTO metrics ({}) SELECT * FROM unnest({}) ON CONFLICT (probe_id, started_at) DO NOTHING",
             list(),
             unnest_arrays()
         )

@@ -1,5 +1,6 @@
 //! The schema both services use: `websites` (sites, and the monitor's
-//! targets), `metrics` (one row per probe), `dead_letters`, and the
+//! targets), `metrics` (one row per probe, partitioned by day),
+//! `dead_letters`, site state, incidents and the alert outbox, and the
 //! `site_status` view, as numbered migrations embedded in the binaries.
 
 use crate::settings::Connector;
@@ -56,6 +57,16 @@ impl MigrateError {
 /// Applies the embedded migrations, holding an advisory lock so that two
 /// processes starting together against an empty database take turns.
 pub async fn migrate(connector: &Connector) -> Result<(), MigrateError> {
+    migrate_until(connector, None).await
+}
+
+/// Applies the embedded migrations up to `version` only: a database as an
+/// earlier release left it, to test an upgrade from.
+pub async fn migrate_to(connector: &Connector, version: i32) -> Result<(), MigrateError> {
+    migrate_until(connector, Some(version)).await
+}
+
+async fn migrate_until(connector: &Connector, version: Option<i32>) -> Result<(), MigrateError> {
     let mut client = connector.connect().await?;
     // A migration of a large table, or the wait for another process's, may
     // take longer than the statements of the running services may.
@@ -63,7 +74,11 @@ pub async fn migrate(connector: &Connector) -> Result<(), MigrateError> {
     let _ = client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await?;
-    let result = embedded::migrations::runner().run_async(&mut client).await;
+    let mut runner = embedded::migrations::runner();
+    if let Some(version) = version {
+        runner = runner.set_target(refinery::Target::Version(version));
+    }
+    let result = runner.run_async(&mut client).await;
     let _ = client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
         .await?;

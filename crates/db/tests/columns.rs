@@ -131,6 +131,13 @@ async fn every_field_comes_back_by_copy_and_by_insert() {
         offset,
     };
 
+    // `metrics` holds a day only once its partition exists.
+    for metric in [&copied, &inserted] {
+        let _ = client
+            .execute("SELECT metrics_partition_for($1)", &[&metric.started_at])
+            .await
+            .expect("partition");
+    }
     let tx = client.transaction().await.expect("transaction");
     let sink = tx
         .copy_in(&columns::copy_into("metrics"))

@@ -71,10 +71,27 @@ pub(super) fn fault_of(code: &str) -> Fault {
 }
 
 impl StoreError {
-    /// A row of the batch is already in `metrics` (a redelivered message).
+    /// A row of the batch is already in `metrics` (a redelivered message):
+    /// the key of the partition it falls in (`metrics_p20261207_pkey`, say).
     pub(super) fn is_stored_already(&self) -> bool {
-        matches!(self, StoreError::Db(err) if err.code() == Some(&SqlState::UNIQUE_VIOLATION)
-            && err.as_db_error().and_then(|db| db.constraint()) == Some("metrics_pkey"))
+        let StoreError::Db(err) = self else {
+            return false;
+        };
+        let Some(db) = err.as_db_error() else {
+            return false;
+        };
+        err.code() == Some(&SqlState::UNIQUE_VIOLATION)
+            && db
+                .table()
+                .is_some_and(|t| t == "metrics" || t.starts_with("metrics_"))
+            && db.constraint().is_some_and(|c| c.ends_with("_pkey"))
+    }
+
+    /// A row's day has no partition of `metrics` (dropped since this
+    /// process made or saw it): a check violation that names no constraint.
+    pub(super) fn is_missing_partition(&self) -> bool {
+        matches!(self, StoreError::Db(err) if err.code() == Some(&SqlState::CHECK_VIOLATION)
+            && err.as_db_error().is_some_and(|db| db.constraint().is_none()))
     }
 
     /// A row's site is not in `websites` (deleted while its id was cached).

@@ -5,6 +5,7 @@
 //! metric and a row; the schema from `sitewatch_db::schema`.
 
 mod error;
+mod partitions;
 mod sites;
 pub(crate) mod state;
 
@@ -16,6 +17,7 @@ use serde::Deserialize;
 use sitewatch_db::columns::{self, Columns, RowRef};
 
 pub use self::error::StoreError;
+use self::partitions::Partitions;
 use self::sites::SiteIds;
 use self::state::StateCache;
 use crate::alert::outbox::Outbox;
@@ -33,7 +35,7 @@ const INSERT_DEAD_LETTERS: &str = include_str!("../../sql/insert_dead_letters.sq
 /// The staging table's rows into `metrics`, skipping those already stored.
 static INSERT_FROM_STAGING: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "INSERT INTO metrics ({list}) SELECT {list} FROM metrics_staging ON CONFLICT (probe_id) DO NOTHING",
+        "INSERT INTO metrics ({list}) SELECT {list} FROM metrics_staging ON CONFLICT (probe_id, started_at) DO NOTHING",
         list = columns::list()
     )
 });
@@ -62,6 +64,7 @@ pub struct Store {
     pool: Pool,
     path: WritePath,
     sites: SiteIds,
+    partitions: Partitions,
     timeout: Duration,
     track_state: bool,
     states: StateCache,
@@ -76,6 +79,7 @@ impl Store {
             pool,
             path,
             sites: SiteIds::default(),
+            partitions: Partitions::default(),
             timeout,
             track_state,
             states: StateCache::default(),
@@ -136,6 +140,28 @@ impl Store {
         turn: &Turn,
     ) -> Result<Written, StoreError> {
         let ids = self.sites.of(client, rows).await?;
+        self.partitions.ensure(client, rows).await?;
+        match self.insert(client, rows, &ids, dead, turn).await {
+            // A partition this process saw was dropped since: made again.
+            Err(err) if err.is_missing_partition() => {
+                tracing::info!("a partition of metrics was dropped since it was last seen: making the batch's days again");
+                self.partitions.forget();
+                self.partitions.ensure(client, rows).await?;
+                self.insert(client, rows, &ids, dead, turn).await
+            }
+            other => other,
+        }
+    }
+
+    /// The batch's transaction by this store's write path.
+    async fn insert(
+        &self,
+        client: &mut deadpool_postgres::Client,
+        rows: &[Row],
+        ids: &[i64],
+        dead: &[DeadLetter],
+        turn: &Turn,
+    ) -> Result<Written, StoreError> {
         let insert = match self.path {
             WritePath::Copy => Insert::Copy,
             WritePath::Unnest => Insert::Unnest,
@@ -145,7 +171,7 @@ impl Store {
             cache: &self.states,
             outbox: self.outbox.as_ref(),
         });
-        match write_transaction(client, rows, &ids, dead, insert, state).await {
+        match write_transaction(client, rows, ids, dead, insert, state).await {
             // Fresh rows, the usual case, went straight in; a redelivery is rare
             // enough that doing its batch twice costs less than checking every batch.
             Err(err) if insert == Insert::Copy && err.is_stored_already() => {
@@ -153,7 +179,7 @@ impl Store {
                     rows = rows.len(),
                     "the batch holds rows already stored (a redelivery): writing it again, skipping those"
                 );
-                write_transaction(client, rows, &ids, dead, Insert::Staged, state).await
+                write_transaction(client, rows, ids, dead, Insert::Staged, state).await
             }
             other => other,
         }

@@ -1,0 +1,154 @@
+//! `metrics` partitioned by day: an installation of the release before
+//! keeps its rows through the upgrade, and each day gets its partition.
+
+use sitewatch_db::{Connector, PgSettings, SslMode};
+use sitewatch_pgtest::Postgres;
+use sitewatch_service::SecretString;
+
+fn connector(db: &Postgres) -> Connector {
+    PgSettings {
+        url: Some(SecretString::from(db.url())),
+        sslmode: SslMode::Disable,
+        ..PgSettings::default()
+    }
+    .connector()
+    .expect("connector")
+}
+
+async fn one(client: &tokio_postgres::Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).await.expect(sql).get(0)
+}
+
+/// The partitions of `metrics`, by name.
+async fn partitions(client: &tokio_postgres::Client) -> Vec<String> {
+    client
+        .query(
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = 'metrics'::regclass ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("partitions")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// One metric row of the release before, `days_ago` days old, as its consumer stored it.
+fn insert_v3(n: i64, days_ago: i64) -> String {
+    format!(
+        "INSERT INTO metrics (probe_id, website_id, schema_version, scheduled_at, started_at, \
+           lateness_us, skipped_before, total_us, status, body_bytes, body_truncated, redirects, \
+           kafka_topic, kafka_partition, kafka_offset, up, failure_threshold, success_threshold) \
+         SELECT gen_random_uuid(), id, 2, now() - interval '{days_ago} days', \
+           now() - interval '{days_ago} days', 10, 0, 1000, 200, 10, false, 0, 't', 0, {n}, true, 3, 2 \
+         FROM websites WHERE url = 'https://kept.example/'"
+    )
+}
+
+#[tokio::test]
+async fn rows_stored_before_partitioning_survive_the_upgrade_and_stay_one_per_key() {
+    let db = Postgres::start_temp().expect("postgres");
+    let connector = connector(&db);
+    sitewatch_db::schema::migrate_to(&connector, 3)
+        .await
+        .expect("the release before");
+    let client = connector.connect().await.expect("connect");
+    client
+        .batch_execute("INSERT INTO websites (url) VALUES ('https://kept.example/')")
+        .await
+        .expect("site");
+    for (n, days_ago) in [(1, 40), (2, 3), (3, 0)] {
+        client
+            .batch_execute(&insert_v3(n, days_ago))
+            .await
+            .expect("a row of the release before");
+    }
+
+    sitewatch_db::schema::migrate(&connector)
+        .await
+        .expect("the upgrade");
+    assert_eq!(
+        one(&client, "SELECT count(*) FROM metrics").await,
+        3,
+        "every row kept"
+    );
+    let names = partitions(&client).await;
+    assert!(
+        names.contains(&"metrics_before_partitioning".to_owned()),
+        "the old rows are a partition: {names:?}"
+    );
+    assert_eq!(
+        one(&client, "SELECT count(*) FROM metrics_before_partitioning").await,
+        3
+    );
+    assert_eq!(
+        one(
+            &client,
+            "SELECT probes FROM site_status WHERE url = 'https://kept.example/'"
+        )
+        .await,
+        3,
+        "the view reads the partitioned table"
+    );
+    // The same key again is skipped; a row of tomorrow goes to a partition of its own.
+    let again = client
+        .execute(
+            "INSERT INTO metrics SELECT * FROM metrics ON CONFLICT (probe_id, started_at) DO NOTHING",
+            &[],
+        )
+        .await
+        .expect("insert again");
+    assert_eq!(again, 0);
+    client
+        .batch_execute(&insert_v3(4, -1))
+        .await
+        .expect("a row of tomorrow");
+    assert_eq!(
+        one(
+            &client,
+            "SELECT count(*) FROM metrics WHERE tableoid <> 'metrics_before_partitioning'::regclass"
+        )
+        .await,
+        1
+    );
+    assert_eq!(one(&client, "SELECT count(*) FROM metrics").await, 4);
+}
+
+#[tokio::test]
+async fn a_new_installation_has_today_and_the_days_ahead_and_makes_any_day_once() {
+    let db = Postgres::start_temp().expect("postgres");
+    let connector = connector(&db);
+    sitewatch_db::schema::migrate(&connector)
+        .await
+        .expect("schema");
+    let client = connector.connect().await.expect("connect");
+    let made = partitions(&client).await;
+    assert_eq!(made.len(), 4, "today and 3 days ahead: {made:?}");
+    assert!(
+        !made.contains(&"metrics_before_partitioning".to_owned()),
+        "no rows to keep, no partition for them: {made:?}"
+    );
+    let today: String = client
+        .query_one(
+            "SELECT 'metrics_p' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD')",
+            &[],
+        )
+        .await
+        .expect("today")
+        .get(0);
+    assert!(made.contains(&today), "{made:?}");
+
+    for _ in 0..2 {
+        client
+            .batch_execute("SELECT metrics_partition_for('1999-12-31 23:30:00-02')")
+            .await
+            .expect("a day long gone");
+    }
+    let made = partitions(&client).await;
+    assert!(
+        made.contains(&"metrics_p20000101".to_owned()),
+        "the UTC day: {made:?}"
+    );
+    assert_eq!(made.len(), 5, "made once: {made:?}");
+}
