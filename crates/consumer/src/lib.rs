@@ -16,6 +16,7 @@ pub mod decode;
 pub mod measure;
 pub mod offsets;
 pub mod pipeline;
+pub mod retention;
 pub mod settings;
 pub mod sink;
 pub mod store;
@@ -148,7 +149,20 @@ pub async fn run(
         Some((stop.clone(), tokio::spawn(sender.run(stop))))
     };
     tracing::info!(postgres = %settings.postgres.describe(), write_path = ?settings.write_path, track_state = settings.track_state, "database ready");
+    let retention = {
+        let stop = shutdown.child_token();
+        let task = retention::Retention::new(connector.clone(), settings.retention.clone());
+        (stop.clone(), tokio::spawn(task.run(stop)))
+    };
     let consumed = consume(&settings, Arc::new(store), shutdown, &serving.status).await;
+    let (stop, task) = retention;
+    stop.cancel();
+    if tokio::time::timeout(retention::RETENTION_EXIT, task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("retention: the pass did not finish in time; each of its steps is done or not, and the next pass goes on");
+    }
     if let Some((stop, task)) = sender {
         stop.cancel();
         let bound = settings.alert.timeout.get() + PIPELINE_EXIT_MARGIN;

@@ -14,6 +14,7 @@ use sitewatch_service::settings::{
 };
 
 use crate::alert::AlertSettings;
+use crate::retention::RetentionSettings;
 use crate::store::WritePath;
 
 /// Every setting of the consumer.
@@ -150,6 +151,9 @@ pub struct Settings {
     /// Notifications of sites going down and up.
     #[command(flatten)]
     pub alert: AlertSettings,
+    /// How long metrics are kept.
+    #[command(flatten)]
+    pub retention: RetentionSettings,
     /// The Kafka cluster and topic.
     #[command(flatten)]
     pub kafka: KafkaSettings,
@@ -231,6 +235,18 @@ impl ServiceSettings for Settings {
                 "alert.webhooks",
                 "notifications come from site state: set track_state to true, or no webhooks",
             );
+        }
+        if self.retention.metrics.get() < std::time::Duration::from_secs(3600) {
+            return invalid(
+                "retention.metrics",
+                "must be at least an hour: metrics are kept by the day",
+            );
+        }
+        if self.retention.partitions_ahead > 366 {
+            return invalid("retention.partitions_ahead", "must be at most 366 days");
+        }
+        if self.retention.every.is_zero() {
+            return invalid("retention.every", "must be longer than zero");
         }
         if self.alert.timeout.is_zero() {
             return invalid("alert.timeout", "must be longer than zero");

@@ -42,6 +42,8 @@ fn start_with(stack: &Stack, grace: &str, short_timeouts: bool) -> Proc {
             "--postgres-sslmode",
             "disable",
         ])
+        // The tests' metrics are dated months back; none is to be dropped by age.
+        .args(["--retention-metrics", "100years"])
         .args([
             "--batch-rows",
             "100",

@@ -156,6 +156,9 @@ pub async fn dead(db: &Postgres) -> i64 {
     count(db, DEAD).await
 }
 
+/// A retention no test metric is old enough for.
+pub const RETAIN_ALL: Duration = Duration::from_secs(100 * 366 * 86_400);
+
 /// Consumer settings for tests: short group timeouts (rebalances in ~3 s on the mock, FACTS.md).
 pub fn settings(bootstrap: &str, topic: &str, db: &Postgres, group: &str) -> Settings {
     let mut s = kafka_settings(bootstrap, topic, group);
@@ -177,6 +180,8 @@ pub fn kafka_settings(bootstrap: &str, topic: &str, group: &str) -> Settings {
     s.kafka.brokers = bootstrap.to_owned();
     s.kafka.topic = topic.to_owned();
     s.kafka.properties.extend(group_timeouts());
+    // The tests' metrics are dated months back; none is to be dropped by age.
+    s.retention.metrics = RETAIN_ALL.into();
     s
 }
 

@@ -1,0 +1,208 @@
+//! Bounded storage: a pass makes the days ahead and drops the days past the
+//! retention whole, and only one consumer's pass runs at a time.
+
+mod common;
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use sitewatch_consumer::offsets::Origin;
+use sitewatch_consumer::retention::{Pass, Retention, RetentionSettings};
+use sitewatch_consumer::sink::{Row, Sink};
+use sitewatch_consumer::store::{Store, WritePath};
+use sitewatch_db::{Connector, PgSettings, SslMode};
+use sitewatch_metric::Metric;
+use sitewatch_pgtest::wait::wait_for;
+use sitewatch_pgtest::Postgres;
+use sitewatch_service::SecretString;
+
+fn pg(db: &Postgres) -> PgSettings {
+    PgSettings {
+        url: Some(SecretString::from(db.url())),
+        sslmode: SslMode::Disable,
+        ..PgSettings::default()
+    }
+}
+
+fn connector(db: &Postgres) -> Connector {
+    pg(db).connector().expect("connector")
+}
+
+fn retention(db: &Postgres, keep_days: u64, ahead: u32) -> Retention {
+    Retention::new(
+        connector(db),
+        RetentionSettings {
+            metrics: Duration::from_secs(keep_days * 86_400).into(),
+            partitions_ahead: ahead,
+            every: Duration::from_secs(600).into(),
+        },
+    )
+}
+
+/// A metric probed `days_ago` days ago, stored by the consumer's store.
+async fn store_days_ago(store: &Store, days: &[i64]) {
+    let now = Utc::now();
+    let rows: Vec<Row> = days
+        .iter()
+        .enumerate()
+        .map(|(i, days_ago)| {
+            let at: DateTime<Utc> = now - TimeDelta::days(*days_ago);
+            Row {
+                metric: Metric {
+                    scheduled_at: at,
+                    started_at: at,
+                    ..common::metric(i as u64, 2)
+                },
+                origin: Origin {
+                    topic: "metrics".into(),
+                    partition: 0,
+                    offset: i as i64,
+                },
+                key: None,
+                payload: None,
+            }
+        })
+        .collect();
+    let written = store.write(&rows, &[]).await.expect("written");
+    assert_eq!(written.inserted, rows.len() as u64);
+}
+
+fn partition_of(days_ago: i64) -> String {
+    (Utc::now() - TimeDelta::days(days_ago))
+        .format("metrics_p%Y%m%d")
+        .to_string()
+}
+
+async fn exists(client: &tokio_postgres::Client, table: &str) -> bool {
+    client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await
+        .expect("to_regclass")
+        .get(0)
+}
+
+async fn count(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one("SELECT count(*) FROM metrics", &[])
+        .await
+        .expect("count")
+        .get(0)
+}
+
+#[tokio::test]
+async fn days_past_the_retention_are_dropped_whole_and_the_days_ahead_made() {
+    let db = common::postgres();
+    let settings = pg(&db);
+    sitewatch_db::schema::migrate(&settings.connector().expect("connector"))
+        .await
+        .expect("schema");
+    let store = Store::new(
+        settings.pool().expect("pool"),
+        WritePath::Copy,
+        Duration::from_secs(30),
+        false,
+    );
+    store_days_ago(&store, &[30, 20, 20, 10, 0]).await;
+    let client = connector(&db).connect().await.expect("connect");
+    assert_eq!(count(&client).await, 5);
+
+    let pass = retention(&db, 14, 6).pass().await.expect("a pass");
+    assert_eq!(
+        pass,
+        Pass::Done {
+            dropped: vec![partition_of(30), partition_of(20)],
+            left: Vec::new()
+        }
+    );
+    assert!(
+        !exists(&client, &partition_of(30)).await,
+        "dropped, not emptied"
+    );
+    assert!(!exists(&client, &partition_of(20)).await);
+    assert!(
+        exists(&client, &partition_of(10)).await,
+        "kept: within 14 days"
+    );
+    assert_eq!(count(&client).await, 2, "the rows of 10 days ago and today");
+    for ahead in 0..=6 {
+        assert!(
+            exists(&client, &partition_of(-ahead)).await,
+            "{ahead} days ahead"
+        );
+    }
+
+    let again = retention(&db, 14, 6).pass().await.expect("a second pass");
+    assert_eq!(
+        again,
+        Pass::Done {
+            dropped: Vec::new(),
+            left: Vec::new()
+        },
+        "nothing more to do"
+    );
+}
+
+#[tokio::test]
+async fn only_one_consumer_runs_a_pass_at_a_time() {
+    let db = common::postgres();
+    sitewatch_db::schema::migrate(&connector(&db))
+        .await
+        .expect("schema");
+    let other = connector(&db).connect().await.expect("connect");
+    // What a pass running in another consumer holds.
+    let _ = other
+        .execute("SELECT pg_advisory_lock(x'5173776174636802'::int8)", &[])
+        .await
+        .expect("lock");
+    assert_eq!(
+        retention(&db, 14, 3).pass().await.expect("a pass"),
+        Pass::Skipped
+    );
+    drop(other);
+    wait_for(
+        Duration::from_secs(10),
+        "a pass once the other consumer's session ended",
+        || async { matches!(retention(&db, 14, 3).pass().await, Ok(Pass::Done { .. })) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_drop_held_up_by_writes_is_left_for_the_next_pass() {
+    let db = common::postgres();
+    let settings = pg(&db);
+    sitewatch_db::schema::migrate(&settings.connector().expect("connector"))
+        .await
+        .expect("schema");
+    let store = Store::new(
+        settings.pool().expect("pool"),
+        WritePath::Copy,
+        Duration::from_secs(30),
+        false,
+    );
+    store_days_ago(&store, &[30]).await;
+    let mut writer = connector(&db).connect().await.expect("connect");
+    // A write under way into metrics, not yet committed.
+    let tx = writer.transaction().await.expect("transaction");
+    let _ = tx
+        .execute("LOCK TABLE metrics IN ROW EXCLUSIVE MODE", &[])
+        .await
+        .expect("lock");
+    let pass = retention(&db, 14, 3).pass().await.expect("a pass");
+    assert_eq!(
+        pass,
+        Pass::Done {
+            dropped: Vec::new(),
+            left: vec![partition_of(30)]
+        }
+    );
+    tx.rollback().await.expect("rollback");
+    let pass = retention(&db, 14, 3).pass().await.expect("a pass");
+    assert_eq!(
+        pass,
+        Pass::Done {
+            dropped: vec![partition_of(30)],
+            left: Vec::new()
+        }
+    );
+}
