@@ -80,6 +80,9 @@ enum Case {
     State,
     /// Binary COPY straight into the table, no conflict check: the limit.
     Raw,
+    /// The same into an unpartitioned table of the same columns, indexes
+    /// and foreign key: what partitioning by day costs a COPY.
+    RawFlat,
 }
 
 async fn run_path(db: &Postgres, name: &str, case: Case, rows: &[Row], batch: usize) -> f64 {
@@ -90,7 +93,7 @@ async fn run_path(db: &Postgres, name: &str, case: Case, rows: &[Row], batch: us
         .expect("schema");
     let (path, track_state) = match case {
         Case::Path(path) => (path, false),
-        Case::State | Case::Raw => (WritePath::Copy, matches!(case, Case::State)),
+        Case::State | Case::Raw | Case::RawFlat => (WritePath::Copy, matches!(case, Case::State)),
     };
     let store = Store::new(
         s.pool().expect("pool"),
@@ -106,6 +109,19 @@ async fn run_path(db: &Postgres, name: &str, case: Case, rows: &[Row], batch: us
         .psql(name, "TRUNCATE metrics, site_state, incidents CASCADE")
         .expect("truncate");
     store.partitions_changed();
+    let table = match case {
+        Case::RawFlat => {
+            let _ = db
+                .psql(
+                    name,
+                    "CREATE TABLE metrics_flat (LIKE metrics INCLUDING ALL); \
+                     ALTER TABLE metrics_flat ADD FOREIGN KEY (website_id) REFERENCES websites (id)",
+                )
+                .expect("an unpartitioned table");
+            "metrics_flat"
+        }
+        _ => "metrics",
+    };
     let start = Instant::now();
     match case {
         Case::Path(_) | Case::State => {
@@ -113,19 +129,19 @@ async fn run_path(db: &Postgres, name: &str, case: Case, rows: &[Row], batch: us
                 let _ = store.write(chunk, &[]).await.expect("write");
             }
         }
-        Case::Raw => {
+        Case::Raw | Case::RawFlat => {
             let client = s
                 .connector()
                 .expect("connector")
                 .connect()
                 .await
                 .expect("connect");
-            copy_raw(&client, rows, batch).await;
+            copy_raw(&client, rows, batch, table).await;
         }
     }
     let took = start.elapsed();
     let n = db
-        .psql(name, "SELECT count(*) FROM metrics")
+        .psql(name, &format!("SELECT count(*) FROM {table}"))
         .expect("count");
     assert_eq!(n, rows.len().to_string());
     if track_state {
@@ -137,9 +153,9 @@ async fn run_path(db: &Postgres, name: &str, case: Case, rows: &[Row], batch: us
     rows.len() as f64 / took.as_secs_f64()
 }
 
-/// Rows by binary COPY straight into `metrics` in chunks of `batch`, one
+/// Rows by binary COPY straight into `table` in chunks of `batch`, one
 /// transaction each, without the consumer around it; their sites exist.
-async fn copy_raw(client: &tokio_postgres::Client, rows: &[Row], batch: usize) {
+async fn copy_raw(client: &tokio_postgres::Client, rows: &[Row], batch: usize, table: &str) {
     let urls: Vec<&str> = rows.iter().map(|r| r.metric.url.as_str()).collect();
     let known: std::collections::HashMap<String, i64> = client
         .query(
@@ -164,7 +180,7 @@ async fn copy_raw(client: &tokio_postgres::Client, rows: &[Row], batch: usize) {
             .await
             .expect("partition");
     }
-    let copy = columns::copy_into("metrics");
+    let copy = columns::copy_into(table);
     for chunk in rows.chunks(batch.max(1)) {
         let refs = chunk.iter().map(|row| RowRef {
             metric: &row.metric,
@@ -178,10 +194,12 @@ async fn copy_raw(client: &tokio_postgres::Client, rows: &[Row], batch: usize) {
     }
 }
 
-const CASES: [(&str, Case); 4] = [
+/// The last is the reference the others are compared with.
+const CASES: [(&str, Case); 5] = [
     ("copy", Case::Path(WritePath::Copy)),
     ("copy_state", Case::State),
     ("unnest", Case::Path(WritePath::Unnest)),
+    ("raw_flat", Case::RawFlat),
     ("raw_copy", Case::Raw),
 ];
 

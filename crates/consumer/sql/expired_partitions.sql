@@ -1,7 +1,9 @@
 -- The partitions of `metrics` whose every day is before $1, oldest first.
 -- A partition's upper bound is read from its definition ("FOR VALUES FROM
--- (...) TO ('...')"), which names the time with its offset.
-SELECT c.relname::text
+-- (...) TO ('...')"), which names the time with its offset (the session is
+-- in UTC and ISO, as the bounds were written). The name comes quoted and
+-- qualified as needed.
+SELECT c.oid::regclass::text
 FROM pg_inherits i
 JOIN pg_class c ON c.oid = i.inhrelid
 CROSS JOIN LATERAL (

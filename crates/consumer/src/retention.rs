@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use sitewatch_db::Connector;
 use sitewatch_service::settings::TimeSpan;
+use tokio_postgres::error::SqlState;
 use tokio_util::sync::CancellationToken;
 
 const EXPIRED_PARTITIONS: &str = include_str!("../sql/expired_partitions.sql");
@@ -69,6 +70,8 @@ pub enum Pass {
         dropped: Vec<String>,
         /// Expired partitions left for the next pass (writes held them).
         left: Vec<String>,
+        /// Expired partitions PostgreSQL refused to drop (something depends on them).
+        failed: Vec<String>,
     },
 }
 
@@ -93,7 +96,7 @@ impl Retention {
     pub async fn run(self, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
             match self.pass().await {
-                Ok(Pass::Done { dropped, left }) => {
+                Ok(Pass::Done { dropped, left, .. }) => {
                     if !dropped.is_empty() {
                         tracing::info!(
                             ?dropped,
@@ -130,63 +133,65 @@ impl Retention {
         if !held {
             return Ok(Pass::Skipped);
         }
+        // As the bounds were written, whatever the server's defaults.
+        client
+            .batch_execute("SET TimeZone = 'UTC'; SET DateStyle = 'ISO'")
+            .await?;
         let ensure = client.prepare(ENSURE_PARTITION).await?;
         let now = chrono::Utc::now();
         for day in 0..=i64::from(self.settings.partitions_ahead) {
             let at = now + chrono::TimeDelta::days(day);
             let _ = client.execute(&ensure, &[&at]).await?;
         }
-        let cutoff = now
-            - chrono::TimeDelta::from_std(self.settings.metrics.get())
-                .unwrap_or(chrono::TimeDelta::MAX);
+        let (mut dropped, mut left, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+        // A retention reaching before any time there is keeps everything.
+        let Some(cutoff) = chrono::TimeDelta::from_std(self.settings.metrics.get())
+            .ok()
+            .and_then(|keep| now.checked_sub_signed(keep))
+        else {
+            return Ok(Pass::Done {
+                dropped,
+                left,
+                failed,
+            });
+        };
         let expired: Vec<String> = client
             .query(EXPIRED_PARTITIONS, &[&cutoff])
             .await?
             .iter()
             .map(|row| row.try_get(0))
             .collect::<Result<_, _>>()?;
-        let mut dropped = Vec::new();
-        let mut left = Vec::new();
         for name in expired {
             let tx = client.transaction().await?;
             tx.batch_execute(DROP_LOCK_TIMEOUT).await?;
-            match tx
-                .batch_execute(&format!("DROP TABLE {}", quoted(&name)))
-                .await
-            {
+            // The name comes quoted and qualified as needed (a regclass).
+            match tx.batch_execute(&format!("DROP TABLE {name}")).await {
                 Ok(()) => {
                     tx.commit().await?;
                     dropped.push(name);
                 }
-                Err(err)
-                    if err.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
-                {
+                Err(err) if err.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
                     drop(tx);
                     left.push(name);
+                }
+                // One that cannot be dropped (an operator's view on it) holds
+                // up neither the others nor the next pass.
+                Err(err) if err.code().is_some() => {
+                    drop(tx);
+                    tracing::warn!(partition = %name, error = %sitewatch_db::describe_error(&err), "retention: a partition past the retention cannot be dropped; drop what depends on it, or the partition, by hand");
+                    failed.push(name);
                 }
                 Err(err) => return Err(err.into()),
             }
         }
-        Ok(Pass::Done { dropped, left })
+        Ok(Pass::Done {
+            dropped,
+            left,
+            failed,
+        })
     }
-}
-
-/// `name` as an SQL identifier.
-fn quoted(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// How long the task may take to finish its pass at shutdown; a pass cut
 /// short leaves each step done or not (one transaction each).
 pub(crate) const RETENTION_EXIT: Duration = Duration::from_secs(10);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn identifiers_are_quoted() {
-        assert_eq!(quoted("metrics_p20261207"), "\"metrics_p20261207\"");
-        assert_eq!(quoted("a\"b"), "\"a\"\"b\"");
-    }
-}

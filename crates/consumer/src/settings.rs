@@ -236,11 +236,15 @@ impl ServiceSettings for Settings {
                 "notifications come from site state: set track_state to true, or no webhooks",
             );
         }
-        if self.retention.metrics.get() < std::time::Duration::from_secs(3600) {
+        let retention = self.retention.metrics.get();
+        if retention < std::time::Duration::from_secs(3600) {
             return invalid(
                 "retention.metrics",
                 "must be at least an hour: metrics are kept by the day",
             );
+        }
+        if retention > std::time::Duration::from_secs(1000 * 366 * 86_400) {
+            return invalid("retention.metrics", "must be at most 1000 years");
         }
         if self.retention.partitions_ahead > 366 {
             return invalid("retention.partitions_ahead", "must be at most 366 days");

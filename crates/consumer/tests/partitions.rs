@@ -60,10 +60,11 @@ async fn metrics_of_days_long_gone_and_far_ahead_are_stored_by_either_write_path
         let name = format!("days_{n}");
         let _ = db.create_database(&name).expect("database");
         let store = store(db.url_for(&name), path).await;
+        let now = Utc::now();
         let rows = [
             at(1, time("1999-12-31T23:59:59Z"), 1),
             at(2, time("2000-01-01T00:00:00Z"), 2),
-            at(3, Utc::now(), 3),
+            at(3, now, 3),
             at(4, time("2100-06-01T12:00:00Z"), 4),
         ];
         let written = store.write(&rows, &[]).await.expect("written");
@@ -80,7 +81,7 @@ async fn metrics_of_days_long_gone_and_far_ahead_are_stored_by_either_write_path
                 "SELECT string_agg(tableoid::regclass::text, ',' ORDER BY started_at) FROM metrics",
             )
             .expect("days");
-        let today = Utc::now().format("metrics_p%Y%m%d").to_string();
+        let today = now.format("metrics_p%Y%m%d").to_string();
         assert_eq!(
             days,
             format!("metrics_p19991231,metrics_p20000101,{today},metrics_p21000601"),

@@ -5,11 +5,12 @@
 -- same key and is skipped.
 --
 -- The rows kept from before become one partition holding everything up to
--- the end of their newest day (or are dropped with the table when there
--- are none): nothing is copied, and the old table's indexes and foreign key
--- serve as that partition's. Rebuilding its key is this migration's cost on
--- a large table; the consumers wait for it (their lock waits time out and
--- are retried) and Kafka holds their messages meanwhile.
+-- the end of today (or are dropped with the table when there are none):
+-- nothing is copied, and the old table's indexes and foreign key serve as
+-- that partition's. Rebuilding its key, and the scan that checks its rows
+-- fit, are this migration's cost on a large table; the consumers wait for
+-- it (their lock waits time out and are retried) and Kafka holds their
+-- messages meanwhile.
 
 DO $$
 BEGIN
@@ -39,14 +40,21 @@ CREATE INDEX metrics_website_started ON metrics (website_id, started_at DESC);
 -- then ATTACH takes only a SHARE UPDATE EXCLUSIVE lock on `metrics`, so
 -- writes into other partitions go on meanwhile (PARTITION OF would block
 -- them); the new partition gets the parent's indexes and foreign key.
+-- Bounds are written and read in UTC and ISO, whatever the session's settings.
 CREATE FUNCTION metrics_partition_for(at timestamptz) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET TimeZone = 'UTC' SET DateStyle = 'ISO' AS $$
 DECLARE
     day_start timestamptz := date_trunc('day', at, 'UTC');
     name text := 'metrics_p' || to_char(day_start AT TIME ZONE 'UTC', 'YYYYMMDD');
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtext('sitewatch: metrics partitions'));
     IF to_regclass(name) IS NOT NULL THEN
+        IF NOT EXISTS (SELECT 1 FROM pg_inherits
+                       WHERE inhrelid = to_regclass(name) AND inhparent = 'metrics'::regclass) THEN
+            RAISE EXCEPTION 'table % exists but is not a partition of metrics, so metrics of % cannot be stored', name, day_start::date
+                USING HINT = format('attach it again (ALTER TABLE metrics ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)) or rename it',
+                                    name, day_start, day_start + interval '24 hours');
+        END IF;
         RETURN;
     END IF;
     BEGIN
@@ -85,30 +93,33 @@ CROSS JOIN LATERAL (
     WHERE m.website_id = w.id
 ) totals;
 
+-- The rows kept from before hold every day up to the end of today; rows
+-- dated later (a monitor whose clock ran ahead) move to their own days, so
+-- that the days to come get partitions of their own and can be dropped.
+CREATE TEMP TABLE metrics_ahead (LIKE metrics_before_partitioning) ON COMMIT DROP;
+
 DO $$
 DECLARE
-    newest timestamptz;
+    tomorrow timestamptz := date_trunc('day', now(), 'UTC') + interval '24 hours';
+    day timestamptz;
 BEGIN
-    -- The newest row through the per-site index, not a scan of the table.
-    SELECT max(last.started_at) INTO newest
-    FROM websites w
-    CROSS JOIN LATERAL (
-        SELECT m.started_at
-        FROM metrics_before_partitioning m
-        WHERE m.website_id = w.id
-        ORDER BY m.started_at DESC
-        LIMIT 1
-    ) last;
-    IF newest IS NULL THEN
+    WITH moved AS (
+        DELETE FROM metrics_before_partitioning WHERE started_at >= tomorrow RETURNING *
+    )
+    INSERT INTO metrics_ahead SELECT * FROM moved;
+    IF NOT EXISTS (SELECT 1 FROM metrics_before_partitioning) THEN
         DROP TABLE metrics_before_partitioning;
     ELSE
         EXECUTE format(
             'ALTER TABLE metrics ATTACH PARTITION metrics_before_partitioning FOR VALUES FROM (MINVALUE) TO (%L)',
-            greatest(date_trunc('day', newest, 'UTC'), date_trunc('day', now(), 'UTC'))
-                + interval '24 hours');
+            tomorrow);
     END IF;
     -- Today and the days just ahead exist before the first write needs them.
-    FOR day IN 0..3 LOOP
-        PERFORM metrics_partition_for(now() + day * interval '24 hours');
+    FOR ahead IN 0..3 LOOP
+        PERFORM metrics_partition_for(now() + ahead * interval '24 hours');
     END LOOP;
+    FOR day IN SELECT DISTINCT date_trunc('day', started_at, 'UTC') FROM metrics_ahead LOOP
+        PERFORM metrics_partition_for(day);
+    END LOOP;
+    INSERT INTO metrics SELECT * FROM metrics_ahead;
 END $$;

@@ -58,7 +58,8 @@ async fn rows_stored_before_partitioning_survive_the_upgrade_and_stay_one_per_ke
         .batch_execute("INSERT INTO websites (url) VALUES ('https://kept.example/')")
         .await
         .expect("site");
-    for (n, days_ago) in [(1, 40), (2, 3), (3, 0)] {
+    // The last from a monitor whose clock ran a year ahead.
+    for (n, days_ago) in [(1, 40), (2, 3), (3, 0), (4, -365)] {
         client
             .batch_execute(&insert_v3(n, days_ago))
             .await
@@ -70,7 +71,7 @@ async fn rows_stored_before_partitioning_survive_the_upgrade_and_stay_one_per_ke
         .expect("the upgrade");
     assert_eq!(
         one(&client, "SELECT count(*) FROM metrics").await,
-        3,
+        4,
         "every row kept"
     );
     let names = partitions(&client).await;
@@ -80,16 +81,8 @@ async fn rows_stored_before_partitioning_survive_the_upgrade_and_stay_one_per_ke
     );
     assert_eq!(
         one(&client, "SELECT count(*) FROM metrics_before_partitioning").await,
-        3
-    );
-    assert_eq!(
-        one(
-            &client,
-            "SELECT probes FROM site_status WHERE url = 'https://kept.example/'"
-        )
-        .await,
         3,
-        "the view reads the partitioned table"
+        "up to today; the row a year ahead is in its own day's partition"
     );
     // The same key again is skipped; a row of tomorrow goes to a partition of its own.
     let again = client
@@ -101,7 +94,7 @@ async fn rows_stored_before_partitioning_survive_the_upgrade_and_stay_one_per_ke
         .expect("insert again");
     assert_eq!(again, 0);
     client
-        .batch_execute(&insert_v3(4, -1))
+        .batch_execute(&insert_v3(5, -1))
         .await
         .expect("a row of tomorrow");
     assert_eq!(
@@ -110,9 +103,17 @@ async fn rows_stored_before_partitioning_survive_the_upgrade_and_stay_one_per_ke
             "SELECT count(*) FROM metrics WHERE tableoid <> 'metrics_before_partitioning'::regclass"
         )
         .await,
-        1
+        2
     );
-    assert_eq!(one(&client, "SELECT count(*) FROM metrics").await, 4);
+    assert_eq!(
+        one(
+            &client,
+            "SELECT probes FROM site_status WHERE url = 'https://kept.example/'"
+        )
+        .await,
+        5,
+        "the view reads every partition, not only the rows kept from before"
+    );
 }
 
 #[tokio::test]
@@ -151,4 +152,19 @@ async fn a_new_installation_has_today_and_the_days_ahead_and_makes_any_day_once(
         "the UTC day: {made:?}"
     );
     assert_eq!(made.len(), 5, "made once: {made:?}");
+
+    // A table of the name that is not a partition (detached by an operator, say).
+    client
+        .batch_execute("CREATE TABLE metrics_p20300101 (x int)")
+        .await
+        .expect("a table in the way");
+    let err = client
+        .batch_execute("SELECT metrics_partition_for('2030-01-01 12:00:00+00')")
+        .await
+        .expect_err("refused");
+    let said = sitewatch_db::describe_error(&err);
+    assert!(
+        said.contains("metrics_p20300101 exists but is not a partition of metrics"),
+        "{said}"
+    );
 }

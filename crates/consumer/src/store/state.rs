@@ -320,14 +320,18 @@ async fn load(
             Some(version) => {
                 let failures: i32 = row.try_get("consecutive_failures")?;
                 let successes: i32 = row.try_get("consecutive_successes")?;
+                let since: DateTime<Utc> = row.try_get("since")?;
                 SiteState {
                     up: row.try_get("up")?,
-                    since: row.try_get("since")?,
+                    since,
                     failures: u32::try_from(failures).unwrap_or_default(),
                     successes: u32::try_from(successes).unwrap_or_default(),
                     open_incident: row.try_get("open_incident_id")?,
                     version,
-                    last,
+                    // The probe that set `since` was applied: with a site's rows
+                    // dropped by retention, a probe from before it still counts
+                    // as stale, not as news.
+                    last: last.or(Some((since, Uuid::max()))),
                 }
             }
             None => {
