@@ -15,7 +15,7 @@ const ENSURE_PARTITION: &str = include_str!("../sql/ensure_partition.sql");
 
 /// Any number that no other advisory lock of sitewatch uses: held by the
 /// consumer whose pass runs, so that two never run one at once.
-const RETENTION_LOCK: i64 = 0x5173_7761_7463_6802;
+pub const RETENTION_LOCK: i64 = 0x5173_7761_7463_6802;
 
 /// How long a DROP may wait for the writes under way: it blocks the
 /// writes queued behind it, so it gives way and the next pass tries again.

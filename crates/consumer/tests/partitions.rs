@@ -9,16 +9,10 @@ use chrono::{DateTime, TimeDelta, Utc};
 use sitewatch_consumer::offsets::Origin;
 use sitewatch_consumer::sink::{Row, Sink};
 use sitewatch_consumer::store::{Store, WritePath};
-use sitewatch_db::{PgSettings, SslMode};
 use sitewatch_metric::Metric;
-use sitewatch_service::SecretString;
 
 async fn store(url: String, path: WritePath) -> Store {
-    let settings = PgSettings {
-        url: Some(SecretString::from(url)),
-        sslmode: SslMode::Disable,
-        ..PgSettings::default()
-    };
+    let settings = common::pg_settings(url);
     sitewatch_db::schema::migrate(&settings.connector().expect("connector"))
         .await
         .expect("schema");

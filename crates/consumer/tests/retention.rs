@@ -7,25 +7,18 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use sitewatch_consumer::offsets::Origin;
-use sitewatch_consumer::retention::{Pass, Retention, RetentionSettings};
+use sitewatch_consumer::retention::{Pass, Retention, RetentionSettings, RETENTION_LOCK};
 use sitewatch_consumer::sink::{Row, Sink};
 use sitewatch_consumer::store::{Store, WritePath};
-use sitewatch_db::{Connector, PgSettings, SslMode};
+use sitewatch_db::Connector;
 use sitewatch_metric::Metric;
 use sitewatch_pgtest::wait::wait_for;
 use sitewatch_pgtest::Postgres;
-use sitewatch_service::SecretString;
-
-fn pg(db: &Postgres) -> PgSettings {
-    PgSettings {
-        url: Some(SecretString::from(db.url())),
-        sslmode: SslMode::Disable,
-        ..PgSettings::default()
-    }
-}
 
 fn connector(db: &Postgres) -> Connector {
-    pg(db).connector().expect("connector")
+    common::pg_settings(db.url())
+        .connector()
+        .expect("connector")
 }
 
 fn retention(db: &Postgres, keep_days: u64, ahead: u32) -> Retention {
@@ -41,7 +34,7 @@ fn retention(db: &Postgres, keep_days: u64, ahead: u32) -> Retention {
 
 /// The consumer's store over a migrated database.
 async fn migrated_store(db: &Postgres) -> Store {
-    let settings = pg(db);
+    let settings = common::pg_settings(db.url());
     sitewatch_db::schema::migrate(&settings.connector().expect("connector"))
         .await
         .expect("schema");
@@ -160,7 +153,7 @@ async fn only_one_consumer_runs_a_pass_at_a_time() {
     let other = connector(&db).connect().await.expect("connect");
     // What a pass running in another consumer holds.
     let _ = other
-        .execute("SELECT pg_advisory_lock(x'5173776174636802'::int8)", &[])
+        .execute("SELECT pg_advisory_lock($1)", &[&RETENTION_LOCK])
         .await
         .expect("lock");
     assert_eq!(

@@ -15,7 +15,6 @@ use sitewatch_consumer::alert::AlertSettings;
 use sitewatch_consumer::offsets::Origin;
 use sitewatch_consumer::sink::{Row, Sink, Turns};
 use sitewatch_consumer::store::{Store, StoreError, WritePath};
-use sitewatch_db::{PgSettings, SslMode};
 use sitewatch_metric::{Condition, Failed, Metric, Verdict};
 use sitewatch_pgtest::wait::wait_for;
 use sitewatch_pgtest::Postgres;
@@ -28,16 +27,8 @@ use uuid::Uuid;
 
 const SITE: &str = "https://flaky.example/health";
 
-fn pg_settings(db: &Postgres) -> PgSettings {
-    PgSettings {
-        url: Some(SecretString::from(db.url())),
-        sslmode: SslMode::Disable,
-        ..PgSettings::default()
-    }
-}
-
 async fn store(db: &Postgres) -> Store {
-    let settings = pg_settings(db);
+    let settings = common::pg_settings(db.url());
     sitewatch_db::schema::migrate(&settings.connector().expect("connector"))
         .await
         .expect("schema");
@@ -256,7 +247,9 @@ async fn alerting_store(db: &Postgres, alerts: &AlertSettings) -> Store {
 /// A sender running until the token is cancelled.
 fn sender(db: &Postgres, alerts: &AlertSettings) -> (CancellationToken, JoinHandle<()>) {
     let stop = CancellationToken::new();
-    let connector = pg_settings(db).connector().expect("connector");
+    let connector = common::pg_settings(db.url())
+        .connector()
+        .expect("connector");
     let sender = Sender::new(connector, alerts).expect("sender");
     (stop.clone(), tokio::spawn(sender.run(stop)))
 }

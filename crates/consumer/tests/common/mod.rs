@@ -17,7 +17,7 @@ use sitewatch_consumer::offsets::Origin;
 use sitewatch_consumer::settings::Settings;
 use sitewatch_consumer::{run, ConsumerError, Summary};
 use sitewatch_db::columns;
-use sitewatch_db::SslMode;
+use sitewatch_db::{PgSettings, SslMode};
 use sitewatch_metric::{ErrorKind, Metric, ProbeError, Timings, Verdict};
 use sitewatch_pgtest::sql::{client, count, count_once_created};
 use sitewatch_pgtest::wait::wait_for;
@@ -154,6 +154,15 @@ pub async fn rows(db: &Postgres) -> i64 {
 /// The dead letters stored now.
 pub async fn dead(db: &Postgres) -> i64 {
     count(db, DEAD).await
+}
+
+/// Settings reaching the test database at `url`, without TLS.
+pub fn pg_settings(url: String) -> PgSettings {
+    PgSettings {
+        url: Some(SecretString::from(url)),
+        sslmode: SslMode::Disable,
+        ..PgSettings::default()
+    }
 }
 
 /// A retention no test metric is old enough for.
