@@ -3,26 +3,11 @@
 
 mod common;
 
-use std::time::Duration;
-
 use chrono::{DateTime, TimeDelta, Utc};
 use sitewatch_consumer::offsets::Origin;
 use sitewatch_consumer::sink::{Row, Sink};
-use sitewatch_consumer::store::{Store, WritePath};
+use sitewatch_consumer::store::WritePath;
 use sitewatch_metric::Metric;
-
-async fn store(url: String, path: WritePath) -> Store {
-    let settings = common::pg_settings(url);
-    sitewatch_db::schema::migrate(&settings.connector().expect("connector"))
-        .await
-        .expect("schema");
-    Store::new(
-        settings.pool().expect("pool"),
-        path,
-        Duration::from_secs(30),
-        true,
-    )
-}
 
 /// Metric `i` of the common set, probed at `at`.
 fn at(i: u64, at: DateTime<Utc>, offset: i64) -> Row {
@@ -53,7 +38,7 @@ async fn metrics_of_days_long_gone_and_far_ahead_are_stored_by_either_write_path
     for (n, path) in [WritePath::Copy, WritePath::Unnest].into_iter().enumerate() {
         let name = format!("days_{n}");
         let _ = db.create_database(&name).expect("database");
-        let store = store(db.url_for(&name), path).await;
+        let store = common::migrated_store(db.url_for(&name), path, true).await;
         let now = Utc::now();
         let rows = [
             at(1, time("1999-12-31T23:59:59Z"), 1),
@@ -87,7 +72,7 @@ async fn metrics_of_days_long_gone_and_far_ahead_are_stored_by_either_write_path
 #[tokio::test]
 async fn a_partition_dropped_under_a_running_consumer_is_made_again() {
     let db = common::postgres();
-    let store = store(db.url(), WritePath::Copy).await;
+    let store = common::migrated_store(db.url(), WritePath::Copy, true).await;
     let day = time("2030-03-03T10:00:00Z");
     let written = store.write(&[at(1, day, 1)], &[]).await.expect("written");
     assert_eq!(written.inserted, 1);

@@ -32,20 +32,6 @@ fn retention(db: &Postgres, keep_days: u64, ahead: u32) -> Retention {
     )
 }
 
-/// The consumer's store over a migrated database.
-async fn migrated_store(db: &Postgres) -> Store {
-    let settings = common::pg_settings(db.url());
-    sitewatch_db::schema::migrate(&settings.connector().expect("connector"))
-        .await
-        .expect("schema");
-    Store::new(
-        settings.pool().expect("pool"),
-        WritePath::Copy,
-        Duration::from_secs(30),
-        false,
-    )
-}
-
 /// Metrics probed `days` days before `now`, stored by the consumer's store.
 async fn store_days_ago(store: &Store, now: DateTime<Utc>, days: &[i64]) {
     let rows: Vec<Row> = days
@@ -100,7 +86,7 @@ async fn count(client: &tokio_postgres::Client) -> i64 {
 #[tokio::test]
 async fn days_past_the_retention_are_dropped_whole_and_the_days_ahead_made() {
     let db = common::postgres();
-    let store = migrated_store(&db).await;
+    let store = common::migrated_store(db.url(), WritePath::Copy, false).await;
     let now = Utc::now();
     store_days_ago(&store, now, &[30, 20, 20, 10, 0]).await;
     let client = connector(&db).connect().await.expect("connect");
@@ -172,7 +158,7 @@ async fn only_one_consumer_runs_a_pass_at_a_time() {
 #[tokio::test]
 async fn a_drop_held_up_by_writes_is_left_for_the_next_pass() {
     let db = common::postgres();
-    let store = migrated_store(&db).await;
+    let store = common::migrated_store(db.url(), WritePath::Copy, false).await;
     let now = Utc::now();
     store_days_ago(&store, now, &[30]).await;
     let mut writer = connector(&db).connect().await.expect("connect");

@@ -27,19 +27,6 @@ use uuid::Uuid;
 
 const SITE: &str = "https://flaky.example/health";
 
-async fn store(db: &Postgres) -> Store {
-    let settings = common::pg_settings(db.url());
-    sitewatch_db::schema::migrate(&settings.connector().expect("connector"))
-        .await
-        .expect("schema");
-    Store::new(
-        settings.pool().expect("pool"),
-        WritePath::Copy,
-        Duration::from_secs(30),
-        true,
-    )
-}
-
 /// Probe number `n` of [`SITE`], `n` seconds into the test, passed or failed.
 fn probe(n: i64, up: bool) -> Metric {
     probe_of(SITE, n, up)
@@ -116,7 +103,7 @@ async fn incidents(db: &Postgres) -> Vec<(Uuid, String, String, Option<Uuid>)> {
 #[tokio::test]
 async fn three_failures_open_one_incident_and_two_successes_resolve_it() {
     let db = common::postgres();
-    let store = store(&db).await;
+    let store = common::migrated_store(db.url(), WritePath::Copy, true).await;
     let probes: Vec<Metric> = [true, false, false, false, false, true, true, true]
         .iter()
         .zip(0..)
@@ -154,7 +141,7 @@ async fn three_failures_open_one_incident_and_two_successes_resolve_it() {
 #[tokio::test]
 async fn two_failures_then_a_recovery_open_nothing_even_in_one_batch() {
     let db = common::postgres();
-    let store = store(&db).await;
+    let store = common::migrated_store(db.url(), WritePath::Copy, true).await;
     let probes: Vec<Metric> = [false, false, true, false, false, true, true]
         .iter()
         .zip(0..)
@@ -169,7 +156,7 @@ async fn two_failures_then_a_recovery_open_nothing_even_in_one_batch() {
 #[tokio::test]
 async fn redelivered_and_late_probes_move_nothing() {
     let db = common::postgres();
-    let store = store(&db).await;
+    let store = common::migrated_store(db.url(), WritePath::Copy, true).await;
     let probes: Vec<Metric> = (0..5).map(|n| probe(n, n == 0)).collect();
     let all = rows(&probes);
     let _ = store.write(&all[..3], &[]).await.expect("first batch");
@@ -203,8 +190,8 @@ async fn two_writers_of_the_same_sites_at_once_open_one_incident() {
     // A rebalance can leave the old owner of a partition writing while the
     // new one starts on the same messages.
     let db = common::postgres();
-    let first = Arc::new(store(&db).await);
-    let second = Arc::new(store(&db).await);
+    let first = Arc::new(common::migrated_store(db.url(), WritePath::Copy, true).await);
+    let second = Arc::new(common::migrated_store(db.url(), WritePath::Copy, true).await);
     let probes: Vec<Metric> = (0..40).map(|n| probe(n, !(10..30).contains(&n))).collect();
     let all = rows(&probes);
     let write = |store: Arc<Store>, all: Vec<Row>, batch: usize| {
@@ -238,10 +225,12 @@ fn alerting(webhooks: &str, refused_attempts: u32) -> AlertSettings {
 
 /// A store that writes notifications for `alerts` into the outbox.
 async fn alerting_store(db: &Postgres, alerts: &AlertSettings) -> Store {
-    store(db).await.alerting(Outbox::new(
-        alerts.webhooks().expect("webhooks"),
-        alerts.status_page().expect("status page"),
-    ))
+    common::migrated_store(db.url(), WritePath::Copy, true)
+        .await
+        .alerting(Outbox::new(
+            alerts.webhooks().expect("webhooks"),
+            alerts.status_page().expect("status page"),
+        ))
 }
 
 /// A sender running until the token is cancelled.
@@ -538,7 +527,7 @@ async fn a_sender_killed_mid_send_leaves_the_notification_to_the_next() {
 async fn a_later_batch_of_a_partition_moves_state_only_after_the_earlier_one() {
     // Two writers: the second batch of a partition can reach its commit first.
     let db = common::postgres();
-    let store = Arc::new(store(&db).await);
+    let store = Arc::new(common::migrated_store(db.url(), WritePath::Copy, true).await);
     let probes: Vec<Metric> = (0..6).map(|n| probe(n, n >= 3)).collect();
     let all = rows(&probes);
     let (earlier, later) = (all[..3].to_vec(), all[3..].to_vec());
@@ -591,7 +580,7 @@ async fn a_later_batch_of_a_partition_moves_state_only_after_the_earlier_one() {
 #[tokio::test]
 async fn a_row_stored_before_verdicts_redelivered_after_an_upgrade_is_a_duplicate() {
     let db = common::postgres();
-    let store = store(&db).await;
+    let store = common::migrated_store(db.url(), WritePath::Copy, true).await;
     let all = rows(&[probe(0, true)]);
     let _ = store.write(&all, &[]).await.expect("first write");
     // As a consumer older than verdicts stored it.
@@ -613,7 +602,7 @@ async fn a_row_stored_before_verdicts_redelivered_after_an_upgrade_is_a_duplicat
 #[tokio::test]
 async fn a_site_state_deleted_during_an_incident_goes_down_into_that_incident() {
     let db = common::postgres();
-    let store = store(&db).await;
+    let store = common::migrated_store(db.url(), WritePath::Copy, true).await;
     let _ = store
         .write(&rows(&outage(SITE)[..3]), &[])
         .await

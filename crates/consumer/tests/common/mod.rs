@@ -15,6 +15,7 @@ use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use sitewatch_consumer::offsets::Origin;
 use sitewatch_consumer::settings::Settings;
+use sitewatch_consumer::store::{Store, WritePath};
 use sitewatch_consumer::{run, ConsumerError, Summary};
 use sitewatch_db::columns;
 use sitewatch_db::{PgSettings, SslMode};
@@ -163,6 +164,21 @@ pub fn pg_settings(url: String) -> PgSettings {
         sslmode: SslMode::Disable,
         ..PgSettings::default()
     }
+}
+
+/// The consumer's store over the test database at `url`, migrated, writing
+/// by `path`, with or without state tracking.
+pub async fn migrated_store(url: String, path: WritePath, track_state: bool) -> Store {
+    let settings = pg_settings(url);
+    sitewatch_db::schema::migrate(&settings.connector().expect("connector"))
+        .await
+        .expect("schema");
+    Store::new(
+        settings.pool().expect("pool"),
+        path,
+        Duration::from_secs(30),
+        track_state,
+    )
 }
 
 /// A retention no test metric is old enough for.
