@@ -17,6 +17,7 @@ pub mod measure;
 pub mod offsets;
 pub mod pipeline;
 pub mod retention;
+pub mod rollup;
 pub mod settings;
 pub mod sink;
 pub mod store;

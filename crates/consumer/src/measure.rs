@@ -3,7 +3,7 @@
 //! [`Totals`], set at each scrape; the rest is recorded per batch or per
 //! rebalance, far rarer than per message.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use crate::sink::{DeadLetter, CONFLICT};
@@ -23,6 +23,10 @@ const POOL: &str = "sitewatch_consumer_pool_connections";
 const POOL_WAITING: &str = "sitewatch_consumer_pool_waiting";
 const TRANSITIONS: &str = "sitewatch_consumer_site_transitions_total";
 const NOTIFICATIONS: &str = "sitewatch_consumer_notifications_total";
+const RETENTION_PASSES: &str = "sitewatch_consumer_retention_passes_total";
+const PARTITIONS_DROPPED: &str = "sitewatch_consumer_partitions_dropped_total";
+const RETENTION_DURATION: &str = "sitewatch_consumer_retention_pass_duration_seconds";
+const ROLLED_UNTIL: &str = "sitewatch_consumer_rollups_rolled_until_timestamp_seconds";
 
 /// Describes every metric, once at start.
 pub fn describe() {
@@ -34,6 +38,8 @@ pub fn describe() {
         (DEAD_LETTERS, "Messages stored as dead letters, by reason: empty, not_json, unknown_version, invalid, out_of_range (the decoder's), refused (by PostgreSQL), conflict (a probe id stored with other content)."),
         (REBALANCES, "Group rebalances this member took part in: partitions assigned, revoked, or lost (taken without a revoke)."),
         (TRANSITIONS, "Sites that went down or came back up, in batches this member wrote, by state: down or up."),
+        (RETENTION_PASSES, "Maintenance passes this member tried, by outcome: done, skipped (another member's was running) or failed."),
+        (PARTITIONS_DROPPED, "Days of metrics dropped past the retention by this member's passes."),
         (NOTIFICATIONS, "Attempts at delivering notifications, by webhook kind and outcome: sent, retried (no answer, 5xx, 408, 429), refused (4xx, to be tried again), failed (given up)."),
     ] {
         metrics::describe_counter!(name, help);
@@ -42,6 +48,11 @@ pub fn describe() {
         BATCH_ROWS,
         metrics::Unit::Count,
         "Messages in each batch written (rows and dead letters)."
+    );
+    metrics::describe_histogram!(
+        RETENTION_DURATION,
+        metrics::Unit::Seconds,
+        "How long each maintenance pass this member ran took: days ahead, rollups and drops."
     );
     metrics::describe_histogram!(
         WRITE_DURATION,
@@ -56,12 +67,13 @@ pub fn describe() {
             "PostgreSQL connections in the pool, by state: in_use or idle.",
         ),
         (POOL_WAITING, "Writes waiting for a PostgreSQL connection."),
+        (ROLLED_UNTIL, "The end of the hours rolled up, as of this member's last pass; the newest of all members' is the rollups' progress."),
     ] {
         metrics::describe_gauge!(name, help);
     }
 }
 
-/// Sets the data path's counters to `totals`, before a scrape.
+/// Sets the data path's counters to `totals`, and the rollups' progress, before a scrape.
 pub fn totals(totals: &Totals) {
     for (name, value) in [
         (READ, &totals.read),
@@ -70,6 +82,10 @@ pub fn totals(totals: &Totals) {
         (RETRIES, &totals.retries),
     ] {
         metrics::counter!(name).absolute(value.load(Ordering::Relaxed));
+    }
+    let rolled_until = ROLLED_UNTIL_AT.load(Ordering::Relaxed);
+    if rolled_until > 0 {
+        metrics::gauge!(ROLLED_UNTIL).set(rolled_until as f64);
     }
 }
 
@@ -117,3 +133,26 @@ pub fn transitions(down: u64, up: u64) {
 pub fn notification(kind: &'static str, outcome: &'static str) {
     metrics::counter!(NOTIFICATIONS, "kind" => kind, "outcome" => outcome).increment(1);
 }
+
+/// Records a maintenance pass: its outcome, and for one that ran, how long
+/// it took, the partitions it dropped and how far the rollups came.
+pub fn retention_pass(
+    outcome: &'static str,
+    took: Duration,
+    dropped: usize,
+    rolled_until: Option<i64>,
+) {
+    metrics::counter!(RETENTION_PASSES, "outcome" => outcome).increment(1);
+    if outcome == "done" {
+        metrics::histogram!(RETENTION_DURATION).record(took.as_secs_f64());
+        metrics::counter!(PARTITIONS_DROPPED).increment(dropped as u64);
+    }
+    if let Some(at) = rolled_until {
+        ROLLED_UNTIL_AT.store(at, Ordering::Relaxed);
+    }
+}
+
+/// The rollups' progress as of this member's last pass (0: none yet), set
+/// again at each scrape: passes are minutes apart, longer than a gauge not
+/// set stays on `/metrics`.
+static ROLLED_UNTIL_AT: AtomicI64 = AtomicI64::new(0);

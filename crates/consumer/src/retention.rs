@@ -1,14 +1,18 @@
 //! Bounded storage: the days of `metrics` older than the retention dropped
-//! whole (a DROP of their partition, not a DELETE of their rows), and the
+//! whole (a DROP of their partition, not a DELETE of their rows) once they
+//! are rolled up, the rollups made and kept for their own retention, and the
 //! days ahead made before they come, by one consumer at a time.
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use sitewatch_db::Connector;
 use sitewatch_service::settings::TimeSpan;
 use tokio_postgres::error::SqlState;
 use tokio_util::sync::CancellationToken;
+
+use crate::rollup::Rolled;
 
 const EXPIRED_PARTITIONS: &str = include_str!("../sql/expired_partitions.sql");
 const ENSURE_PARTITION: &str = include_str!("../sql/ensure_partition.sql");
@@ -25,7 +29,7 @@ const DROP_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '2s'";
 #[derive(Debug, Clone, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionSettings {
-    /// How long metrics are kept: a day's partition is dropped once all of it is older than this
+    /// How long metrics, and notifications sent, are kept: a day's partition is dropped once all of it is older than this (and rolled up)
     #[arg(
         id = "retention.metrics",
         long = "retention-metrics",
@@ -34,6 +38,15 @@ pub struct RetentionSettings {
         default_value = "14days"
     )]
     pub metrics: TimeSpan,
+    /// How long the hourly and daily rollups of metrics, and resolved incidents, are kept
+    #[arg(
+        id = "retention.rollups",
+        long = "retention-rollups",
+        env = "CONSUMER_RETENTION_ROLLUPS",
+        value_name = "DURATION",
+        default_value = "400days"
+    )]
+    pub rollups: TimeSpan,
     /// Days of metrics partitions made ahead of today
     #[arg(
         id = "retention.partitions_ahead",
@@ -64,8 +77,10 @@ pub struct RetentionError(#[from] tokio_postgres::Error);
 pub enum Pass {
     /// Another consumer's pass was running: this one did nothing.
     Skipped,
-    /// The days ahead exist, and these partitions were dropped.
+    /// The days ahead exist, the rollups are made, and these partitions were dropped.
     Done {
+        /// How far the rollups came.
+        rolled: Rolled,
         /// The partitions dropped, oldest first.
         dropped: Vec<String>,
         /// Expired partitions left for the next pass (writes held them).
@@ -91,12 +106,26 @@ impl Retention {
         }
     }
 
-    /// A pass every `retention.every` until `shutdown`; a pass under way
-    /// when it comes is finished (each of its steps is one transaction).
+    /// A pass every `retention.every` until `shutdown`, or at once while
+    /// the rollups are catching up; a pass under way when it comes is
+    /// finished (each of its steps is one transaction).
     pub async fn run(self, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
+            let mut behind = false;
+            let began = std::time::Instant::now();
             match self.pass().await {
-                Ok(Pass::Done { dropped, left, .. }) => {
+                Ok(Pass::Done {
+                    rolled,
+                    dropped,
+                    left,
+                    ..
+                }) => {
+                    crate::measure::retention_pass(
+                        "done",
+                        began.elapsed(),
+                        dropped.len(),
+                        Some(rolled.until.timestamp()),
+                    );
                     if !dropped.is_empty() {
                         tracing::info!(
                             ?dropped,
@@ -106,13 +135,28 @@ impl Retention {
                     if !left.is_empty() {
                         tracing::warn!(?left, "retention: expired partitions left for the next pass; writes held them past the lock timeout");
                     }
+                    if rolled.rerolled > 0 {
+                        tracing::info!(
+                            rerolled = rolled.rerolled,
+                            "rollups: hours and days rolled again for metrics that came late"
+                        );
+                    }
+                    if !rolled.caught_up {
+                        tracing::info!(until = %rolled.until, "rollups: catching up; the next pass follows at once");
+                        behind = true;
+                    }
                 }
                 Ok(Pass::Skipped) => {
+                    crate::measure::retention_pass("skipped", began.elapsed(), 0, None);
                     tracing::debug!("retention: another consumer's pass is running");
                 }
                 Err(err) => {
+                    crate::measure::retention_pass("failed", began.elapsed(), 0, None);
                     tracing::warn!(error = %err, "retention: the pass failed; the next one tries again");
                 }
+            }
+            if behind {
+                continue;
             }
             tokio::select! {
                 () = shutdown.cancelled() => {}
@@ -122,7 +166,9 @@ impl Retention {
     }
 
     /// One pass, if no other consumer's is running: makes the days ahead,
-    /// then drops each partition whose days are all past the retention.
+    /// rolls up the hours closed (and those that got late metrics), deletes
+    /// the rollups past their retention, then drops each partition whose
+    /// days are all past the retention and rolled up.
     pub async fn pass(&self) -> Result<Pass, RetentionError> {
         // Its own session: the lock goes with it, even if the process is killed.
         let mut client = self.connector.connect().await?;
@@ -143,20 +189,27 @@ impl Retention {
             let at = now + chrono::TimeDelta::days(day);
             let _ = client.execute(&ensure, &[&at]).await?;
         }
+        let cutoff = before(now, &self.settings.metrics);
+        let rollups_cutoff = before(now, &self.settings.rollups);
+        let rolled = crate::rollup::roll(&mut client, now, cutoff, rollups_cutoff).await?;
+        // Notifications delivered (or given up) are kept as long as the raw
+        // metrics, incidents resolved as long as the rollups.
+        let _ = client
+            .execute(
+                "DELETE FROM alert_outbox WHERE coalesce(sent_at, failed_at) < $1",
+                &[&cutoff],
+            )
+            .await?;
+        let _ = client
+            .execute(
+                "DELETE FROM incidents WHERE resolved_at < $1",
+                &[&rollups_cutoff],
+            )
+            .await?;
         let (mut dropped, mut left, mut failed) = (Vec::new(), Vec::new(), Vec::new());
-        // A retention reaching before any time there is keeps everything.
-        let Some(cutoff) = chrono::TimeDelta::from_std(self.settings.metrics.get())
-            .ok()
-            .and_then(|keep| now.checked_sub_signed(keep))
-        else {
-            return Ok(Pass::Done {
-                dropped,
-                left,
-                failed,
-            });
-        };
+        // Raw days are dropped only once rolled up.
         let expired: Vec<String> = client
-            .query(EXPIRED_PARTITIONS, &[&cutoff])
+            .query(EXPIRED_PARTITIONS, &[&cutoff.min(rolled.until)])
             .await?
             .iter()
             .map(|row| row.try_get(0))
@@ -185,11 +238,26 @@ impl Retention {
             }
         }
         Ok(Pass::Done {
+            rolled,
             dropped,
             left,
             failed,
         })
     }
+}
+
+/// The time `keep` before `now`, or the first day of the Common Era for a
+/// retention reaching before it (settings bound it well within).
+fn before(now: DateTime<Utc>, keep: &TimeSpan) -> DateTime<Utc> {
+    chrono::TimeDelta::from_std(keep.get())
+        .ok()
+        .and_then(|keep| now.checked_sub_signed(keep))
+        .map_or(common_era(), |at| at.max(common_era()))
+}
+
+/// The earliest time PostgreSQL and chrono both hold with room to spare.
+fn common_era() -> DateTime<Utc> {
+    DateTime::from_timestamp(-62_135_596_800, 0).unwrap_or(DateTime::UNIX_EPOCH)
 }
 
 /// How long the task may take to finish its pass at shutdown; a pass cut

@@ -246,6 +246,16 @@ impl ServiceSettings for Settings {
         if retention > std::time::Duration::from_secs(1000 * 366 * 86_400) {
             return invalid("retention.metrics", "must be at most 1000 years");
         }
+        let rollups = self.retention.rollups.get();
+        if rollups < std::time::Duration::from_secs(86_400) {
+            return invalid(
+                "retention.rollups",
+                "must be at least a day: rollups are made by the hour and the day",
+            );
+        }
+        if rollups > std::time::Duration::from_secs(1000 * 366 * 86_400) {
+            return invalid("retention.rollups", "must be at most 1000 years");
+        }
         if self.retention.partitions_ahead > 366 {
             return invalid("retention.partitions_ahead", "must be at most 366 days");
         }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::{metrics, rows, wait_rows, wait_rows_past, Stack, TOPIC};
 use sitewatch_metric::Metric;
 use sitewatch_pgtest::child::{assert_help_names, signal};
-use sitewatch_pgtest::wait::{lines, rest};
+use sitewatch_pgtest::wait::{lines, rest, wait_for, wait_for_some};
 use tokio::task::JoinHandle;
 
 const CONSUMER: &str = env!("CARGO_BIN_EXE_consumer");
@@ -264,4 +264,136 @@ async fn sigterm_with_postgres_down_exits_within_the_grace_period_and_a_restart_
     let (code, _) = second.exit(Duration::from_secs(30)).await;
     assert_eq!(code, Some(0));
     let _ = common::assert_all_stored(&stack.db, &all).await;
+}
+
+/// Rollups of the raw rows that differ from what `metrics_hourly` holds, in
+/// either direction, over the hours before `rolled_until`.
+const HOURS_THAT_DIFFER: &str = "
+WITH raw AS (
+    SELECT website_id, date_trunc('hour', started_at, 'UTC') AS hour,
+           count(*)::int AS probes, count(status)::int AS responses,
+           count(*) FILTER (WHERE error_kind = 'timeout')::int AS timeouts,
+           percentile_disc(0.5) WITHIN GROUP (ORDER BY total_us) FILTER (WHERE status IS NOT NULL) AS p50,
+           percentile_disc(0.99) WITHIN GROUP (ORDER BY total_us) FILTER (WHERE status IS NOT NULL) AS p99
+    FROM metrics WHERE started_at < (SELECT rolled_until FROM rollup_progress)
+    GROUP BY 1, 2
+), rolled AS (
+    SELECT website_id, hour, probes, responses, errors_timeout, latency_p50_us, latency_p99_us
+    FROM metrics_hourly
+)
+SELECT count(*) FROM ((TABLE raw EXCEPT TABLE rolled) UNION ALL (TABLE rolled EXCEPT TABLE raw)) differ";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_rollup_leaves_no_step_half_done_and_a_restart_finishes_them() {
+    let stack = Stack::start(1);
+    let connector = common::pg_settings(stack.db.url())
+        .connector()
+        .expect("connector");
+    sitewatch_db::schema::migrate(&connector)
+        .await
+        .expect("schema");
+    let mut db = connector.connect().await.expect("connect");
+    // Ten days of a quarter-hourly probe of ten sites, one in nine timing out,
+    // from before the consumer's rollups ever ran.
+    db.batch_execute(
+        "SET TimeZone = 'UTC';
+         INSERT INTO websites (url) SELECT 'https://site-' || s || '.example/' FROM generate_series(1, 10) s;
+         SELECT metrics_partition_for(d) FROM generate_series(date_trunc('day', now()) - interval '10 days', now(), interval '24 hours') d;
+         INSERT INTO metrics (probe_id, website_id, schema_version, scheduled_at, started_at, lateness_us,
+                              skipped_before, total_us, status, body_bytes, body_truncated, redirects,
+                              error_kind, kafka_topic, kafka_partition, kafka_offset)
+         SELECT gen_random_uuid(), w.id, 2, t.at, t.at, 0, 0, 1000 + (n * 7919 * w.id) % 90000,
+                CASE WHEN n % 9 <> 0 THEN 200 END, 0, false, 0,
+                CASE WHEN n % 9 = 0 THEN 'timeout' END, 'metrics', 0, n
+         FROM websites w, generate_series(0, 10 * 24 * 4 - 1) n,
+              LATERAL (SELECT date_trunc('day', now()) - interval '10 days' + n * interval '15 minutes' AS at) t",
+    )
+    .await
+    .expect("ten days of metrics");
+
+    // Holds the pass inside its first step: after it rolled the first day's
+    // hours, before it commits them with that day's rollup.
+    let blocker = db.transaction().await.expect("transaction");
+    blocker
+        .batch_execute("LOCK TABLE metrics_daily IN EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+    let consumer = start(&stack);
+    let waiting = wait_for_some(Duration::from_secs(60), "the pass mid-step", || async {
+        let row = connector
+            .connect()
+            .await
+            .ok()?
+            .query_opt(
+                "SELECT pid FROM pg_locks WHERE relation = 'metrics_daily'::regclass AND NOT granted",
+                &[],
+            )
+            .await
+            .ok()??;
+        row.try_get::<_, i32>(0).ok()
+    })
+    .await;
+    consumer.signal("KILL");
+    let (code, _) = consumer.exit(Duration::from_secs(30)).await;
+    assert_eq!(code, None, "killed by a signal");
+    blocker.rollback().await.expect("released");
+    // Its session ends once PostgreSQL finds the client gone.
+    let observer = connector.connect().await.expect("connect");
+    wait_for(
+        Duration::from_secs(30),
+        "the killed pass's session ended",
+        || async {
+            observer
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+                    &[&waiting],
+                )
+                .await
+                .is_ok_and(|row| row.get::<_, i64>(0) == 0)
+        },
+    )
+    .await;
+    let left: (i64, i64, bool) = {
+        let row = observer
+            .query_one(
+                "SELECT (SELECT count(*) FROM metrics_hourly), (SELECT count(*) FROM metrics_daily),
+                        (SELECT rolled_until = date_trunc('day', now(), 'UTC') - interval '10 days' FROM rollup_progress)",
+                &[],
+            )
+            .await
+            .expect("what the killed pass left");
+        (row.get(0), row.get(1), row.get(2))
+    };
+    assert_eq!(
+        left,
+        (0, 0, true),
+        "the killed step's hours are not kept, and the progress did not move"
+    );
+
+    let consumer = start(&stack);
+    wait_for(Duration::from_secs(60), "the rollups caught up", || async {
+        observer
+            .query_one(
+                "SELECT rolled_until >= date_trunc('hour', now(), 'UTC') FROM rollup_progress",
+                &[],
+            )
+            .await
+            .is_ok_and(|row| row.get::<_, bool>(0))
+    })
+    .await;
+    consumer.signal("TERM");
+    let (code, _) = consumer.exit(Duration::from_secs(30)).await;
+    assert_eq!(code, Some(0));
+    let differ: i64 = observer
+        .query_one(HOURS_THAT_DIFFER, &[])
+        .await
+        .expect("compared")
+        .get(0);
+    assert_eq!(differ, 0, "every hour rolled once, as its raw rows give");
+    let days: i64 = observer
+        .query_one("SELECT count(*) FROM metrics_daily", &[])
+        .await
+        .expect("days")
+        .get(0);
+    assert_eq!(days, 10 * 10, "ten closed days of ten sites");
 }

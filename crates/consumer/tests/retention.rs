@@ -6,9 +6,8 @@ mod common;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use sitewatch_consumer::offsets::Origin;
 use sitewatch_consumer::retention::{Pass, Retention, RetentionSettings, RETENTION_LOCK};
-use sitewatch_consumer::sink::{Row, Sink};
+use sitewatch_consumer::sink::Sink;
 use sitewatch_consumer::store::{Store, WritePath};
 use sitewatch_db::Connector;
 use sitewatch_metric::Metric;
@@ -26,37 +25,57 @@ fn retention(db: &Postgres, keep_days: u64, ahead: u32) -> Retention {
         connector(db),
         RetentionSettings {
             metrics: Duration::from_secs(keep_days * 86_400).into(),
+            rollups: Duration::from_secs(400 * 86_400).into(),
             partitions_ahead: ahead,
             every: Duration::from_secs(600).into(),
         },
     )
 }
 
+/// What a pass dropped, left and failed to drop.
+#[derive(Debug, PartialEq, Eq)]
+struct Drops {
+    dropped: Vec<String>,
+    left: Vec<String>,
+    failed: Vec<String>,
+}
+
+/// A pass that ran, by what it dropped.
+async fn drops(retention: Retention) -> Drops {
+    match retention.pass().await.expect("a pass") {
+        Pass::Done {
+            dropped,
+            left,
+            failed,
+            ..
+        } => Drops {
+            dropped,
+            left,
+            failed,
+        },
+        Pass::Skipped => panic!("the pass was skipped"),
+    }
+}
+
 /// Metrics probed `days` days before `now`, stored by the consumer's store.
 async fn store_days_ago(store: &Store, now: DateTime<Utc>, days: &[i64]) {
-    let rows: Vec<Row> = days
+    let metrics: Vec<Metric> = days
         .iter()
         .enumerate()
         .map(|(i, days_ago)| {
             let at: DateTime<Utc> = now - TimeDelta::days(*days_ago);
-            Row {
-                metric: Metric {
-                    scheduled_at: at,
-                    started_at: at,
-                    ..common::metric(i as u64, 2)
-                },
-                origin: Origin {
-                    topic: "metrics".into(),
-                    partition: 0,
-                    offset: i as i64,
-                },
-                key: None,
-                payload: None,
+            Metric {
+                scheduled_at: at,
+                started_at: at,
+                ..common::metric(i as u64, 2)
             }
         })
         .collect();
-    let written = store.write(&rows, &[]).await.expect("written");
-    assert_eq!(written.inserted, rows.len() as u64);
+    let written = store
+        .write(&common::batch(&metrics), &[])
+        .await
+        .expect("written");
+    assert_eq!(written.inserted, metrics.len() as u64);
 }
 
 /// The partition of the day `days_ago` days before `now`; one `now` per
@@ -92,10 +111,10 @@ async fn days_past_the_retention_are_dropped_whole_and_the_days_ahead_made() {
     let client = connector(&db).connect().await.expect("connect");
     assert_eq!(count(&client).await, 5);
 
-    let pass = retention(&db, 14, 6).pass().await.expect("a pass");
+    let pass = drops(retention(&db, 14, 6)).await;
     assert_eq!(
         pass,
-        Pass::Done {
+        Drops {
             dropped: vec![partition_of(now, 30), partition_of(now, 20)],
             left: Vec::new(),
             failed: Vec::new(),
@@ -118,10 +137,10 @@ async fn days_past_the_retention_are_dropped_whole_and_the_days_ahead_made() {
         );
     }
 
-    let again = retention(&db, 14, 6).pass().await.expect("a second pass");
+    let again = drops(retention(&db, 14, 6)).await;
     assert_eq!(
         again,
-        Pass::Done {
+        Drops {
             dropped: Vec::new(),
             left: Vec::new(),
             failed: Vec::new(),
@@ -168,23 +187,69 @@ async fn a_drop_held_up_by_writes_is_left_for_the_next_pass() {
         .execute("LOCK TABLE metrics IN ROW EXCLUSIVE MODE", &[])
         .await
         .expect("lock");
-    let pass = retention(&db, 14, 3).pass().await.expect("a pass");
+    let pass = drops(retention(&db, 14, 3)).await;
     assert_eq!(
         pass,
-        Pass::Done {
+        Drops {
             dropped: Vec::new(),
             left: vec![partition_of(now, 30)],
             failed: Vec::new(),
         }
     );
     tx.rollback().await.expect("rollback");
-    let pass = retention(&db, 14, 3).pass().await.expect("a pass");
+    let pass = drops(retention(&db, 14, 3)).await;
     assert_eq!(
         pass,
-        Pass::Done {
+        Drops {
             dropped: vec![partition_of(now, 30)],
             left: Vec::new(),
             failed: Vec::new(),
         }
+    );
+}
+
+#[tokio::test]
+async fn notifications_delivered_and_incidents_resolved_long_ago_are_deleted() {
+    let db = common::postgres();
+    let store = common::migrated_store(db.url(), WritePath::Copy, false).await;
+    store_days_ago(&store, Utc::now(), &[0]).await;
+    let client = connector(&db).connect().await.expect("connect");
+    client
+        .batch_execute(
+            "INSERT INTO incidents (website_id, opened_at, opened_by, failed_condition, failed_message, resolved_at, resolved_by)
+             SELECT w.id, now() - i.opened, gen_random_uuid(), 'status', 'was 503', now() - i.resolved,
+                    CASE WHEN i.resolved IS NOT NULL THEN gen_random_uuid() END
+             FROM (SELECT min(id) AS id FROM websites) w,
+                  (VALUES (interval '501 days', interval '500 days'),
+                          (interval '11 days', interval '10 days'),
+                          (interval '600 days', NULL)) i (opened, resolved);
+             INSERT INTO alert_outbox (incident_id, website_id, transition, webhook, payload, sent_at, failed_at)
+             SELECT i.id, i.website_id, 'down', o.webhook, '{}', now() - o.sent, now() - o.failed
+             FROM (SELECT * FROM incidents WHERE resolved_at > now() - interval '20 days') i,
+                  (VALUES ('generic:a', interval '30 days', NULL::interval), ('generic:b', NULL, interval '20 days'),
+                          ('generic:c', interval '1 day', NULL), ('generic:d', NULL, NULL)) o (webhook, sent, failed);",
+        )
+        .await
+        .expect("incidents and notifications");
+    let _ = drops(retention(&db, 14, 3)).await;
+    let left = |sql: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query_one(sql, &[])
+                .await
+                .expect("count")
+                .get::<_, i64>(0)
+        }
+    };
+    assert_eq!(
+        left("SELECT count(*) FROM incidents").await,
+        2,
+        "the incident resolved 500 days ago is gone; the one of 10 days ago and the open one stay"
+    );
+    assert_eq!(
+        left("SELECT count(*) FROM alert_outbox").await,
+        2,
+        "sent or given up on 14+ days ago: gone; sent yesterday or pending: kept"
     );
 }

@@ -12,7 +12,6 @@ use chrono::{DateTime, TimeDelta, Utc};
 use sitewatch_consumer::alert::outbox::Outbox;
 use sitewatch_consumer::alert::send::Sender;
 use sitewatch_consumer::alert::AlertSettings;
-use sitewatch_consumer::offsets::Origin;
 use sitewatch_consumer::sink::{Row, Sink, Turns};
 use sitewatch_consumer::store::{Store, StoreError, WritePath};
 use sitewatch_metric::{Condition, Failed, Metric, Verdict};
@@ -54,23 +53,6 @@ fn probe_of(site: &str, n: i64, up: bool) -> Metric {
     }
 }
 
-fn rows(metrics: &[Metric]) -> Vec<Row> {
-    metrics
-        .iter()
-        .enumerate()
-        .map(|(i, metric)| Row {
-            metric: metric.clone(),
-            origin: Origin {
-                topic: "metrics".into(),
-                partition: 0,
-                offset: i64::try_from(i).expect("small"),
-            },
-            key: None,
-            payload: None,
-        })
-        .collect()
-}
-
 /// `(up, consecutive_failures, consecutive_successes)` of [`SITE`].
 async fn state(db: &Postgres) -> (bool, i32, i32) {
     let client = sitewatch_pgtest::sql::client(db).await;
@@ -110,7 +92,7 @@ async fn three_failures_open_one_incident_and_two_successes_resolve_it() {
         .map(|(&up, n)| probe(n, up))
         .collect();
     // One probe a batch, as a quiet stream writes them.
-    for (i, row) in rows(&probes).iter().enumerate() {
+    for (i, row) in common::batch(&probes).iter().enumerate() {
         let written = store
             .write(std::slice::from_ref(row), &[])
             .await
@@ -147,7 +129,10 @@ async fn two_failures_then_a_recovery_open_nothing_even_in_one_batch() {
         .zip(0..)
         .map(|(&up, n)| probe(n, up))
         .collect();
-    let written = store.write(&rows(&probes), &[]).await.expect("write");
+    let written = store
+        .write(&common::batch(&probes), &[])
+        .await
+        .expect("write");
     assert_eq!(written.transitions, 0);
     assert_eq!(state(&db).await, (true, 0, 0));
     assert!(incidents(&db).await.is_empty());
@@ -158,7 +143,7 @@ async fn redelivered_and_late_probes_move_nothing() {
     let db = common::postgres();
     let store = common::migrated_store(db.url(), WritePath::Copy, true).await;
     let probes: Vec<Metric> = (0..5).map(|n| probe(n, n == 0)).collect();
-    let all = rows(&probes);
+    let all = common::batch(&probes);
     let _ = store.write(&all[..3], &[]).await.expect("first batch");
     assert_eq!(state(&db).await, (true, 2, 0));
     // The first batch again, as after a crash before its offsets were committed.
@@ -170,7 +155,7 @@ async fn redelivered_and_late_probes_move_nothing() {
         "a redelivery counts nothing"
     );
     // A failure older than the last applied probe, then the rest.
-    let late = rows(&[probe(-10, false)]);
+    let late = common::batch(&[probe(-10, false)]);
     let _ = store.write(&late, &[]).await.expect("late probe");
     assert_eq!(
         state(&db).await,
@@ -193,7 +178,7 @@ async fn two_writers_of_the_same_sites_at_once_open_one_incident() {
     let first = Arc::new(common::migrated_store(db.url(), WritePath::Copy, true).await);
     let second = Arc::new(common::migrated_store(db.url(), WritePath::Copy, true).await);
     let probes: Vec<Metric> = (0..40).map(|n| probe(n, !(10..30).contains(&n))).collect();
-    let all = rows(&probes);
+    let all = common::batch(&probes);
     let write = |store: Arc<Store>, all: Vec<Row>, batch: usize| {
         tokio::spawn(async move {
             for chunk in all.chunks(batch) {
@@ -287,7 +272,10 @@ async fn each_transition_reaches_every_webhook_once_with_its_key() {
     let alerts = alerting(&format!("json:{},slack:{}", json.url(), slack.url()), 3);
     let store = alerting_store(&db, &alerts).await;
     let probes = outage(SITE);
-    let written = store.write(&rows(&probes), &[]).await.expect("write");
+    let written = store
+        .write(&common::batch(&probes), &[])
+        .await
+        .expect("write");
     assert_eq!(written.transitions, 2);
     let (stop, task) = sender(&db, &alerts);
     wait_outbox_settled(&db, 4).await;
@@ -345,7 +333,7 @@ async fn a_failing_webhook_is_retried_and_a_refusing_one_given_up() {
     let alerts = alerting(&format!("json:{},json:{}", flaky.url(), refusing.url()), 2);
     let store = alerting_store(&db, &alerts).await;
     let _ = store
-        .write(&rows(&outage(SITE)[..3]), &[])
+        .write(&common::batch(&outage(SITE)[..3]), &[])
         .await
         .expect("write");
     let (stop, task) = sender(&db, &alerts);
@@ -390,7 +378,10 @@ async fn two_senders_never_send_a_notification_twice_and_keep_each_sites_order()
     let probes: Vec<Metric> = (0..15)
         .flat_map(|i| outage(&format!("https://site-{i}.example/")))
         .collect();
-    let written = store.write(&rows(&probes), &[]).await.expect("write");
+    let written = store
+        .write(&common::batch(&probes), &[])
+        .await
+        .expect("write");
     assert_eq!(written.transitions, 30);
     let first = sender(&db, &alerts);
     let second = sender(&db, &alerts);
@@ -433,7 +424,7 @@ async fn an_unreachable_webhook_delays_notifications_in_order_and_blocks_no_writ
     let sites = ["https://a.example/", "https://b.example/"];
     for site in sites {
         let _ = store
-            .write(&rows(&outage(site)), &[])
+            .write(&common::batch(&outage(site)), &[])
             .await
             .expect("write while the webhook is down");
     }
@@ -459,7 +450,7 @@ async fn an_unreachable_webhook_delays_notifications_in_order_and_blocks_no_writ
         .map(|n| probe_of("https://c.example/", n, true))
         .collect();
     let written = store
-        .write(&rows(&more), &[])
+        .write(&common::batch(&more), &[])
         .await
         .expect("a write during the outage");
     assert_eq!(written.inserted, 10);
@@ -491,7 +482,7 @@ async fn a_sender_killed_mid_send_leaves_the_notification_to_the_next() {
     let alerts = alerting(&format!("json:{}", receiver.url()), 3);
     let store = alerting_store(&db, &alerts).await;
     let _ = store
-        .write(&rows(&outage(SITE)[..3]), &[])
+        .write(&common::batch(&outage(SITE)[..3]), &[])
         .await
         .expect("write");
     let (_, first) = sender(&db, &alerts);
@@ -529,7 +520,7 @@ async fn a_later_batch_of_a_partition_moves_state_only_after_the_earlier_one() {
     let db = common::postgres();
     let store = Arc::new(common::migrated_store(db.url(), WritePath::Copy, true).await);
     let probes: Vec<Metric> = (0..6).map(|n| probe(n, n >= 3)).collect();
-    let all = rows(&probes);
+    let all = common::batch(&probes);
     let (earlier, later) = (all[..3].to_vec(), all[3..].to_vec());
     let mut turns = Turns::default();
     let (first_turn, first_done) = turns.next([0]);
@@ -581,7 +572,7 @@ async fn a_later_batch_of_a_partition_moves_state_only_after_the_earlier_one() {
 async fn a_row_stored_before_verdicts_redelivered_after_an_upgrade_is_a_duplicate() {
     let db = common::postgres();
     let store = common::migrated_store(db.url(), WritePath::Copy, true).await;
-    let all = rows(&[probe(0, true)]);
+    let all = common::batch(&[probe(0, true)]);
     let _ = store.write(&all, &[]).await.expect("first write");
     // As a consumer older than verdicts stored it.
     let client = sitewatch_pgtest::sql::client(&db).await;
@@ -604,7 +595,7 @@ async fn a_site_state_deleted_during_an_incident_goes_down_into_that_incident() 
     let db = common::postgres();
     let store = common::migrated_store(db.url(), WritePath::Copy, true).await;
     let _ = store
-        .write(&rows(&outage(SITE)[..3]), &[])
+        .write(&common::batch(&outage(SITE)[..3]), &[])
         .await
         .expect("down");
     let client = sitewatch_pgtest::sql::client(&db).await;
@@ -612,7 +603,7 @@ async fn a_site_state_deleted_during_an_incident_goes_down_into_that_incident() 
         .execute("DELETE FROM site_state", &[])
         .await
         .expect("reset");
-    let later = rows(&(10..13).map(|n| probe(n, false)).collect::<Vec<_>>());
+    let later = common::batch(&(10..13).map(|n| probe(n, false)).collect::<Vec<_>>());
     // The first write finds the row it remembered gone, and is retried (as
     // the writer retries a transient failure) with the table read again.
     let written = match store.write(&later, &[]).await {

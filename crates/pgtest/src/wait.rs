@@ -18,8 +18,21 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = bool>,
 {
+    wait_for_some(within, what, || async { cond().await.then_some(()) }).await;
+}
+
+/// Waits until `found` gives a value, checking it every 50 ms, and returns
+/// it; panics with `what` once `within` has passed.
+pub async fn wait_for_some<T, F, Fut>(within: Duration, what: &str, found: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
     let deadline = Instant::now() + within;
-    while !cond().await {
+    loop {
+        if let Some(value) = found().await {
+            return value;
+        }
         assert!(
             Instant::now() < deadline,
             "timed out after {within:?} waiting for {what}"

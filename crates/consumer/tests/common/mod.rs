@@ -15,6 +15,7 @@ use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use sitewatch_consumer::offsets::Origin;
 use sitewatch_consumer::settings::Settings;
+use sitewatch_consumer::sink::Row;
 use sitewatch_consumer::store::{Store, WritePath};
 use sitewatch_consumer::{run, ConsumerError, Summary};
 use sitewatch_db::columns;
@@ -265,6 +266,24 @@ pub fn metric(i: u64, sites: u64) -> Metric {
     };
     metric.verdict = Verdict::default_rule(&metric);
     metric
+}
+
+/// Metrics as the consumer reads them, at offsets 0, 1, ... of partition 0.
+pub fn batch(metrics: &[Metric]) -> Vec<Row> {
+    metrics
+        .iter()
+        .enumerate()
+        .map(|(i, metric)| Row {
+            metric: metric.clone(),
+            origin: Origin {
+                topic: TOPIC.into(),
+                partition: 0,
+                offset: i64::try_from(i).expect("small"),
+            },
+            key: None,
+            payload: None,
+        })
+        .collect()
 }
 
 /// `n` metrics from [`metric`], spread over `sites` sites.

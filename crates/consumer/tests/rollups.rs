@@ -1,0 +1,341 @@
+//! Rollups: per site and hour (and day) the same counts and percentiles as
+//! the raw rows give, computed here from the metrics written; rolled again
+//! when late metrics come; kept after the raw day is dropped.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use sitewatch_consumer::retention::{Pass, Retention, RetentionSettings};
+use sitewatch_consumer::rollup::Rolled;
+use sitewatch_consumer::sink::Sink;
+use sitewatch_consumer::store::{Store, WritePath};
+use sitewatch_metric::{ErrorKind, Metric};
+use sitewatch_pgtest::wait::wait_for;
+use sitewatch_pgtest::Postgres;
+
+/// A rollup row, as a user reads it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Rollup {
+    probes: i32,
+    up: i32,
+    /// By kind, in the order of `ErrorKind::ALL`.
+    errors: Vec<i32>,
+    responses: i32,
+    latency_sum_us: Option<i64>,
+    latency_min_us: Option<i64>,
+    latency_p50_us: Option<i64>,
+    latency_p95_us: Option<i64>,
+    latency_p99_us: Option<i64>,
+    latency_max_us: Option<i64>,
+}
+
+type Rollups = BTreeMap<(String, DateTime<Utc>), Rollup>;
+
+#[derive(Debug, Clone, Copy)]
+enum Unit {
+    Hour,
+    Day,
+}
+
+impl Unit {
+    fn of(self, at: DateTime<Utc>) -> DateTime<Utc> {
+        let width = match self {
+            Unit::Hour => TimeDelta::hours(1),
+            Unit::Day => TimeDelta::days(1),
+        };
+        at.duration_trunc(width).expect("truncated")
+    }
+
+    fn table(self) -> (&'static str, &'static str) {
+        match self {
+            Unit::Hour => ("metrics_hourly", "hour"),
+            Unit::Day => ("metrics_daily", "day"),
+        }
+    }
+}
+
+/// PostgreSQL's `percentile_disc`: the first value whose position in the
+/// ordering reaches the fraction.
+fn percentile_disc(sorted: &[i64], fraction: f64) -> Option<i64> {
+    let n = sorted.len();
+    if n == 0 {
+        return None;
+    }
+    let position = (fraction * n as f64).ceil() as usize;
+    Some(sorted[position.clamp(1, n) - 1])
+}
+
+/// The rollups of `metrics` whose bucket has closed by `closed`, computed
+/// from the metrics themselves.
+fn expected(metrics: &[Metric], unit: Unit, closed: DateTime<Utc>) -> Rollups {
+    let mut groups: BTreeMap<(String, DateTime<Utc>), Vec<&Metric>> = BTreeMap::new();
+    for metric in metrics {
+        let bucket = unit.of(metric.started_at);
+        if bucket < unit.of(closed) {
+            groups
+                .entry((metric.url.clone(), bucket))
+                .or_default()
+                .push(metric);
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(key, probes)| {
+            let mut latencies: Vec<i64> = probes
+                .iter()
+                .filter(|m| m.status.is_some())
+                .map(|m| i64::try_from(m.timings.total_us).expect("small"))
+                .collect();
+            latencies.sort_unstable();
+            let count = |f: &dyn Fn(&Metric) -> bool| {
+                i32::try_from(probes.iter().filter(|m| f(m)).count()).expect("small")
+            };
+            let rollup = Rollup {
+                probes: count(&|_| true),
+                up: count(&|m| m.verdict.up),
+                errors: ErrorKind::ALL
+                    .iter()
+                    .map(|kind| count(&|m| m.error.as_ref().is_some_and(|e| e.kind == *kind)))
+                    .collect(),
+                responses: i32::try_from(latencies.len()).expect("small"),
+                latency_sum_us: (!latencies.is_empty()).then(|| latencies.iter().sum()),
+                latency_min_us: latencies.first().copied(),
+                latency_p50_us: percentile_disc(&latencies, 0.5),
+                latency_p95_us: percentile_disc(&latencies, 0.95),
+                latency_p99_us: percentile_disc(&latencies, 0.99),
+                latency_max_us: latencies.last().copied(),
+            };
+            (key, rollup)
+        })
+        .collect()
+}
+
+/// What the rollup table of `unit` holds, by site URL and bucket.
+async fn rolled(db: &Postgres, unit: Unit) -> Rollups {
+    let (table, column) = unit.table();
+    let errors: Vec<String> = ErrorKind::ALL
+        .iter()
+        .map(|kind| format!("r.errors_{}", kind.as_str()))
+        .collect();
+    let sql = format!(
+        "SELECT w.url, r.{column}, r.probes, r.up, r.responses, r.latency_sum_us, r.latency_min_us, \
+         r.latency_p50_us, r.latency_p95_us, r.latency_p99_us, r.latency_max_us, {} \
+         FROM {table} r JOIN websites w ON w.id = r.website_id",
+        errors.join(", ")
+    );
+    let client = common::pg_settings(db.url())
+        .connector()
+        .expect("connector")
+        .connect()
+        .await
+        .expect("connect");
+    client
+        .query(&sql, &[])
+        .await
+        .expect("rollups")
+        .iter()
+        .map(|row| {
+            let key = (row.get(0), row.get(1));
+            let rollup = Rollup {
+                probes: row.get(2),
+                up: row.get(3),
+                responses: row.get(4),
+                latency_sum_us: row.get(5),
+                latency_min_us: row.get(6),
+                latency_p50_us: row.get(7),
+                latency_p95_us: row.get(8),
+                latency_p99_us: row.get(9),
+                latency_max_us: row.get(10),
+                errors: (11..11 + ErrorKind::ALL.len())
+                    .map(|i| row.get(i))
+                    .collect(),
+            };
+            (key, rollup)
+        })
+        .collect()
+}
+
+fn retention(db: &Postgres, keep_days: u64) -> Retention {
+    Retention::new(
+        common::pg_settings(db.url())
+            .connector()
+            .expect("connector"),
+        RetentionSettings {
+            metrics: Duration::from_secs(keep_days * 86_400).into(),
+            rollups: Duration::from_secs(400 * 86_400).into(),
+            partitions_ahead: 3,
+            every: Duration::from_secs(600).into(),
+        },
+    )
+}
+
+async fn rolled_by(retention: &Retention) -> Rolled {
+    match retention.pass().await.expect("a pass") {
+        Pass::Done { rolled, .. } => rolled,
+        Pass::Skipped => panic!("the pass was skipped"),
+    }
+}
+
+/// Metrics `common::metric(i, 3)` for each `i`, probed at `at(i)`.
+fn probes(range: std::ops::Range<u64>, at: impl Fn(u64) -> DateTime<Utc>) -> Vec<Metric> {
+    range
+        .map(|i| Metric {
+            scheduled_at: at(i),
+            started_at: at(i),
+            ..common::metric(i, 3)
+        })
+        .collect()
+}
+
+async fn store(store: &Store, metrics: &[Metric]) {
+    let written = store
+        .write(&common::batch(metrics), &[])
+        .await
+        .expect("written");
+    assert_eq!(written.inserted, metrics.len() as u64);
+}
+
+#[tokio::test]
+async fn rollups_equal_the_aggregates_of_the_raw_rows_and_outlive_them() {
+    let db = common::postgres();
+    let writer = common::migrated_store(db.url(), WritePath::Copy, false).await;
+    let now = Utc::now();
+    let three_days_ago = Unit::Day.of(now) - TimeDelta::days(3);
+    // Three sites over three days, with responses, errors of every kind and
+    // failed checks; and a day that falls past the retention.
+    let mut all = probes(0..600, |i| {
+        three_days_ago + TimeDelta::minutes(7 * i as i64) + TimeDelta::seconds((i % 60) as i64)
+    });
+    all.extend(probes(600..620, |i| {
+        now - TimeDelta::days(20) + TimeDelta::minutes(30 * (i - 600) as i64)
+    }));
+    store(&writer, &all).await;
+
+    let reached = rolled_by(&retention(&db, 14)).await;
+    assert!(reached.caught_up, "{reached:?}");
+    assert!(reached.until >= Unit::Hour.of(now), "{reached:?}");
+
+    let hourly = rolled(&db, Unit::Hour).await;
+    assert_eq!(hourly, expected(&all, Unit::Hour, now));
+    assert!(hourly.len() > 70, "{} hours", hourly.len());
+    let daily = rolled(&db, Unit::Day).await;
+    assert_eq!(daily, expected(&all, Unit::Day, now));
+    let twenty_days_ago = Unit::Day.of(now - TimeDelta::days(20));
+    assert!(
+        daily.keys().any(|(_, day)| *day == twenty_days_ago),
+        "the day past the retention is kept rolled up"
+    );
+    assert_eq!(
+        common::rows(&db).await,
+        600,
+        "its raw rows are gone with its partition"
+    );
+}
+
+#[tokio::test]
+async fn late_metrics_roll_their_hour_and_day_again() {
+    let db = common::postgres();
+    let writer = common::migrated_store(db.url(), WritePath::Copy, false).await;
+    let now = Utc::now();
+    let two_days_ago = Unit::Day.of(now) - TimeDelta::days(2);
+    let mut all = probes(0..100, |i| two_days_ago + TimeDelta::minutes(10 * i as i64));
+    store(&writer, &all).await;
+    let retention = retention(&db, 14);
+    let _ = rolled_by(&retention).await;
+    assert_eq!(
+        rolled(&db, Unit::Hour).await,
+        expected(&all, Unit::Hour, now)
+    );
+
+    // Late probes of hours rolled already (a monitor's backlog, a consumer
+    // that was down), and probes of an hour to come, which wait for it.
+    let late = probes(100..130, |i| {
+        two_days_ago + TimeDelta::minutes(37 * (i % 5) as i64 + 1)
+    });
+    let ahead = probes(130..135, |_| now + TimeDelta::hours(2));
+    store(&writer, &late).await;
+    store(&writer, &ahead).await;
+    all.extend(late);
+    all.extend(ahead);
+
+    let hours = expected(&all, Unit::Hour, now);
+    let days = expected(&all, Unit::Day, now);
+    wait_for(
+        Duration::from_secs(20),
+        "the late metrics' hours and day rolled again",
+        || async {
+            let _ = rolled_by(&retention).await;
+            rolled(&db, Unit::Hour).await == hours && rolled(&db, Unit::Day).await == days
+        },
+    )
+    .await;
+    assert_eq!(
+        rolled(&db, Unit::Hour).await.len(),
+        hours.len(),
+        "no hour to come"
+    );
+}
+
+#[tokio::test]
+async fn the_uptime_of_any_range_counts_each_probe_once() {
+    let db = common::postgres();
+    let writer = common::migrated_store(db.url(), WritePath::Copy, false).await;
+    let now = Utc::now();
+    let start = now - TimeDelta::days(5);
+    let all = probes(0..550, |i| start + TimeDelta::minutes(13 * i as i64));
+    assert!(all.iter().all(|m| m.started_at < now));
+    store(&writer, &all).await;
+    // The days and hours closed come from the rollups, the hour under way
+    // from the raw rows.
+    let _ = rolled_by(&retention(&db, 14)).await;
+
+    let client = common::pg_settings(db.url())
+        .connector()
+        .expect("connector")
+        .connect()
+        .await
+        .expect("connect");
+    for since in [
+        now - TimeDelta::days(30),
+        start + TimeDelta::minutes(90),
+        Unit::Day.of(now) - TimeDelta::days(2),
+        Unit::Hour.of(now) - TimeDelta::hours(3),
+        now - TimeDelta::minutes(10),
+    ] {
+        let from = Unit::Hour.of(since);
+        let mut want: BTreeMap<String, (i64, i64, i64)> = BTreeMap::new();
+        for m in all.iter().filter(|m| m.started_at >= from) {
+            let site = want.entry(m.url.clone()).or_default();
+            site.0 += 1;
+            site.1 += i64::from(m.verdict.up);
+            if m.status.is_some() {
+                // In tenths of a millisecond, as the function rounds.
+                let tenths = (i64::try_from(m.timings.total_us).expect("small") + 50) / 100;
+                site.2 = site.2.max(tenths);
+            }
+        }
+        let got: BTreeMap<String, (i64, i64, i64)> = client
+            .query(
+                "SELECT url, probes, up, (latency_max_ms * 10)::bigint FROM site_uptime($1, $2)",
+                &[&since, &now],
+            )
+            .await
+            .expect("site_uptime")
+            .iter()
+            .map(|row| {
+                (
+                    row.get(0),
+                    (
+                        row.get(1),
+                        row.get(2),
+                        row.get::<_, Option<i64>>(3).unwrap_or(0),
+                    ),
+                )
+            })
+            .collect();
+        assert_eq!(got, want, "since {since}");
+    }
+}
