@@ -1,9 +1,10 @@
--- The partitions of `metrics` whose every day is before $1, oldest first.
+-- The partitions of `metrics` whose every day is before $1, oldest first,
+-- with the end of each.
 -- A partition's upper bound is read from its definition ("FOR VALUES FROM
 -- (...) TO ('...')"), which names the time with its offset (the session is
 -- in UTC and ISO, as the bounds were written). The name comes quoted and
 -- qualified as needed.
-SELECT c.oid::regclass::text
+SELECT c.oid::regclass::text, bound.upper
 FROM pg_inherits i
 JOIN pg_class c ON c.oid = i.inhrelid
 CROSS JOIN LATERAL (

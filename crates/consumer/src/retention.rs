@@ -179,9 +179,12 @@ impl Retention {
         if !held {
             return Ok(Pass::Skipped);
         }
-        // As the bounds were written, whatever the server's defaults.
+        // As the bounds were written, whatever the server's defaults; and
+        // without the writes' statement timeout: rolling up a day of a
+        // large installation takes minutes, and a step cut short is retried
+        // whole by every pass after.
         client
-            .batch_execute("SET TimeZone = 'UTC'; SET DateStyle = 'ISO'")
+            .batch_execute("SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SET statement_timeout = 0")
             .await?;
         let ensure = client.prepare(ENSURE_PARTITION).await?;
         let now = chrono::Utc::now();
@@ -191,7 +194,7 @@ impl Retention {
         }
         let cutoff = before(now, &self.settings.metrics);
         let rollups_cutoff = before(now, &self.settings.rollups);
-        let rolled = crate::rollup::roll(&mut client, now, cutoff, rollups_cutoff).await?;
+        let rolled = crate::rollup::roll(&mut client, now, rollups_cutoff).await?;
         // Notifications delivered (or given up) are kept as long as the raw
         // metrics, incidents resolved as long as the rollups.
         let _ = client
@@ -208,18 +211,21 @@ impl Retention {
             .await?;
         let (mut dropped, mut left, mut failed) = (Vec::new(), Vec::new(), Vec::new());
         // Raw days are dropped only once rolled up.
-        let expired: Vec<String> = client
+        let expired: Vec<(String, DateTime<Utc>)> = client
             .query(EXPIRED_PARTITIONS, &[&cutoff.min(rolled.until)])
             .await?
             .iter()
-            .map(|row| row.try_get(0))
-            .collect::<Result<_, _>>()?;
-        for name in expired {
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect::<Result<_, tokio_postgres::Error>>()?;
+        for (name, upper) in expired {
             let tx = client.transaction().await?;
             tx.batch_execute(DROP_LOCK_TIMEOUT).await?;
             // The name comes quoted and qualified as needed (a regclass).
             match tx.batch_execute(&format!("DROP TABLE {name}")).await {
                 Ok(()) => {
+                    let _ = tx
+                        .execute(crate::rollup::RAW_DROPPED_UNTIL, &[&upper])
+                        .await?;
                     tx.commit().await?;
                     dropped.push(name);
                 }
@@ -252,12 +258,9 @@ fn before(now: DateTime<Utc>, keep: &TimeSpan) -> DateTime<Utc> {
     chrono::TimeDelta::from_std(keep.get())
         .ok()
         .and_then(|keep| now.checked_sub_signed(keep))
-        .map_or(common_era(), |at| at.max(common_era()))
-}
-
-/// The earliest time PostgreSQL and chrono both hold with room to spare.
-fn common_era() -> DateTime<Utc> {
-    DateTime::from_timestamp(-62_135_596_800, 0).unwrap_or(DateTime::UNIX_EPOCH)
+        .map_or(crate::rollup::common_era(), |at| {
+            at.max(crate::rollup::common_era())
+        })
 }
 
 /// How long the task may take to finish its pass at shutdown; a pass cut

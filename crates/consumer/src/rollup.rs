@@ -1,23 +1,26 @@
 //! Rollups: each site's probes summed per UTC hour and day
 //! (`metrics_hourly`, `metrics_daily`, V5__rollups.sql) once the hour has
-//! closed, rolled again when late metrics of an hour still kept raw arrive,
-//! and kept for `retention.rollups`. Run by the retention pass, which holds
-//! the lock that keeps two consumers from rolling at once.
+//! closed, rolled again when late metrics of an hour still kept raw arrive
+//! (found by the transaction that stored them), and kept for
+//! `retention.rollups`. Run by the retention pass, which holds the lock that
+//! keeps two consumers from rolling at once.
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use tokio_postgres::Client;
 
 const ROLL_UP: &str = include_str!("../sql/roll_up.sql");
-const ROLL_GUARD: &str = include_str!("../sql/roll_guard.sql");
+const LATE_BUCKETS: &str = include_str!("../sql/late_buckets.sql");
 const FIRST_PROBE: &str = include_str!("../sql/first_probe.sql");
+
+/// Every transaction below this one has ended: the rows it stored are all
+/// committed (or gone) and visible to any snapshot taken after.
+const XID_GUARD: &str = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint";
 
 /// The raw rows of every site in `[$1, $2)` of `started_at`.
 const SPAN: &str = "metrics m WHERE m.started_at >= $1 AND m.started_at < $2";
 
-/// Every raw row of each site and bucket that a row stored in `[$1, $2)`
-/// falls in, among the buckets from `$3` to before `$4`.
-const LATE: &str = "(SELECT DISTINCT website_id, date_trunc('{unit}', started_at, 'UTC') AS bucket \
-     FROM metrics WHERE stored_at >= $1 AND stored_at < $2 AND started_at >= $3 AND started_at < $4) late \
+/// Every raw row of each site and {unit} that `late_hours` names.
+const LATE: &str = "(SELECT DISTINCT website_id, date_trunc('{unit}', bucket, 'UTC') AS bucket FROM late_hours) late \
      JOIN metrics m ON m.website_id = late.website_id \
      AND m.started_at >= late.bucket AND m.started_at < late.bucket + interval '{width}'";
 
@@ -26,15 +29,21 @@ const LATE: &str = "(SELECT DISTINCT website_id, date_trunc('{unit}', started_at
 /// and the next one goes on.
 const MAX_STEPS: u32 = 200;
 
+/// How long after an hour closes it is rolled up: the probes of its last
+/// minutes are still on their way (in flight, in Kafka, in a batch), and
+/// each that comes after the roll makes the hour and its day roll again.
+const CLOSE_GRACE: TimeDelta = TimeDelta::minutes(5);
+
 /// What the rollups reached in one pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rolled {
     /// Every hour before this is rolled up; the raw partitions of days
     /// after it are kept until it passes them.
     pub until: DateTime<Utc>,
-    /// Hours (and days) rolled again for metrics that came after them.
+    /// Hours and days rolled again for metrics that came after them.
     pub rerolled: u64,
-    /// Whether every closed hour is rolled up (or the pass stopped at its bound).
+    /// Whether every hour closed (for a few minutes) is rolled up; false
+    /// when the pass stopped at its bound of steps.
     pub caught_up: bool,
 }
 
@@ -60,7 +69,7 @@ impl Bucket {
 }
 
 /// The UTC day `at` falls in.
-fn day_of(at: DateTime<Utc>) -> DateTime<Utc> {
+pub(crate) fn day_of(at: DateTime<Utc>) -> DateTime<Utc> {
     at.duration_trunc(TimeDelta::days(1)).unwrap_or(at)
 }
 
@@ -69,41 +78,64 @@ fn hour_of(at: DateTime<Utc>) -> DateTime<Utc> {
     at.duration_trunc(TimeDelta::hours(1)).unwrap_or(at)
 }
 
+/// Where the rollups stand (`rollup_progress`).
+#[derive(Debug, Clone, Copy)]
+struct Progress {
+    rolled_until: DateTime<Utc>,
+    xid_before: i64,
+    raw_complete_since: DateTime<Utc>,
+}
+
 /// Rolls up what is due: first the hours (and days) already rolled that
-/// got raw rows since the last pass, if they are still kept raw (from
-/// `raw_since`), then each closed hour not yet rolled; rollups older than
-/// `keep_since` are deleted. Each step is one transaction that moves the
-/// progress with it, so a pass cut short leaves no step half-done.
+/// got raw rows since the last pass, if their raw rows are all still kept,
+/// then each hour closed and not yet rolled; rollups from before
+/// `keep_since`'s day are deleted. Each step is one transaction that moves
+/// the progress with it, so a pass cut short leaves no step half-done.
 pub(crate) async fn roll(
     client: &mut Client,
     now: DateTime<Utc>,
-    raw_since: DateTime<Utc>,
     keep_since: DateTime<Utc>,
 ) -> Result<Rolled, tokio_postgres::Error> {
-    let guard: DateTime<Utc> = client.query_one(ROLL_GUARD, &[]).await?.try_get(0)?;
-    let (mut until, stored_before) = progress(client, guard, keep_since).await?;
+    let guard: i64 = client.query_one(XID_GUARD, &[]).await?.try_get(0)?;
+    let progress = progress(client, guard, now, keep_since).await?;
+    let mut until = progress.rolled_until;
 
     let mut rerolled = 0;
-    if stored_before < guard {
-        let raw_since = day_of(raw_since);
+    if progress.xid_before < guard {
         let tx = client.transaction().await?;
-        for (bucket, before) in [(Bucket::Hour, until), (Bucket::Day, day_of(until))] {
-            if raw_since < before {
-                rerolled += tx
-                    .execute(
-                        &bucket.statement(LATE),
-                        &[&stored_before, &guard, &raw_since, &before],
-                    )
-                    .await?;
-            }
+        tx.batch_execute(
+            "CREATE TEMP TABLE late_hours (website_id bigint, bucket timestamptz) ON COMMIT DROP",
+        )
+        .await?;
+        let late = tx
+            .execute(
+                LATE_BUCKETS,
+                &[
+                    &progress.xid_before,
+                    &guard,
+                    &progress.raw_complete_since,
+                    &until,
+                ],
+            )
+            .await?;
+        if late > 0 {
+            rerolled += tx.execute(&Bucket::Hour.statement(LATE), &[]).await?;
+            // A day is rolled once all of it is, and from its raw rows.
+            let _ = tx
+                .execute(
+                    "DELETE FROM late_hours WHERE bucket >= $1",
+                    &[&day_of(until)],
+                )
+                .await?;
+            rerolled += tx.execute(&Bucket::Day.statement(LATE), &[]).await?;
         }
         let _ = tx
-            .execute("UPDATE rollup_progress SET stored_before = $1", &[&guard])
+            .execute("UPDATE rollup_progress SET xid_before = $1", &[&guard])
             .await?;
         tx.commit().await?;
     }
 
-    let closed = hour_of(now);
+    let closed = hour_of(now - CLOSE_GRACE);
     let mut steps = 0;
     while until < closed && steps < MAX_STEPS {
         // An hour at a time once caught up; a whole day at a time (one
@@ -127,6 +159,8 @@ pub(crate) async fn roll(
         steps += 1;
     }
 
+    // Whole days, so that a day is never kept in hours but not as a day.
+    let keep_since = day_of(keep_since);
     let _ = client
         .execute("DELETE FROM metrics_hourly WHERE hour < $1", &[&keep_since])
         .await?;
@@ -140,35 +174,53 @@ pub(crate) async fn roll(
     })
 }
 
-/// Where the rollups stand, started at the first raw row's hour (or now's,
-/// or the oldest hour kept) when they never ran.
+/// Where the rollups stand; when they never ran, they start at the first
+/// raw row's hour (or now's, or the oldest hour kept), and the rows of
+/// transactions from `guard` on in hours before it are late.
 async fn progress(
     client: &Client,
-    guard: DateTime<Utc>,
+    guard: i64,
+    now: DateTime<Utc>,
     keep_since: DateTime<Utc>,
-) -> Result<(DateTime<Utc>, DateTime<Utc>), tokio_postgres::Error> {
-    if let Some(row) = client
-        .query_opt(
-            "SELECT rolled_until, stored_before FROM rollup_progress",
-            &[],
-        )
-        .await?
-    {
-        return Ok((row.try_get(0)?, row.try_get(1)?));
+) -> Result<Progress, tokio_postgres::Error> {
+    const READ: &str = "SELECT rolled_until, xid_before, raw_complete_since FROM rollup_progress";
+    if let Some(row) = client.query_opt(READ, &[]).await? {
+        return Ok(Progress {
+            rolled_until: row.try_get(0)?,
+            xid_before: row.try_get(1)?,
+            raw_complete_since: row.try_get(2)?,
+        });
     }
     let first: Option<DateTime<Utc>> = client.query_one(FIRST_PROBE, &[]).await?.try_get(0)?;
     // Rows dated ahead of now are rolled when their hour comes.
-    let start = hour_of(first.unwrap_or(guard).min(guard).max(keep_since));
-    // Rows stored before the guard in hours from `start` on are rolled by
-    // the steps to come; none of the hours before it is rolled.
+    let start = hour_of(first.unwrap_or(now).min(now).max(keep_since));
+    // Days dropped before the rollups ever ran have none to spoil: a late
+    // row of them is rolled up with what its day has.
+    let raw_complete_since = common_era();
     let _ = client
         .execute(
-            "INSERT INTO rollup_progress (rolled_until, stored_before) VALUES ($1, $2)",
-            &[&start, &guard],
+            "INSERT INTO rollup_progress (rolled_until, xid_before, raw_complete_since) VALUES ($1, $2, $3)",
+            &[&start, &guard, &raw_complete_since],
         )
         .await?;
-    Ok((start, guard))
+    Ok(Progress {
+        rolled_until: start,
+        xid_before: guard,
+        raw_complete_since,
+    })
 }
+
+/// The earliest time PostgreSQL and chrono both hold with room to spare:
+/// the first day of the Common Era.
+pub(crate) fn common_era() -> DateTime<Utc> {
+    DateTime::from_timestamp(-62_135_596_800, 0).unwrap_or(DateTime::UNIX_EPOCH)
+}
+
+/// Records, in the transaction that drops a partition, that raw rows before
+/// its end are no longer complete: a late row of those days (which makes
+/// their partition again) is not rolled up alone over what was rolled.
+pub(crate) const RAW_DROPPED_UNTIL: &str =
+    "UPDATE rollup_progress SET raw_complete_since = greatest(raw_complete_since, $1)";
 
 #[cfg(test)]
 mod tests {

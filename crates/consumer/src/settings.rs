@@ -256,6 +256,12 @@ impl ServiceSettings for Settings {
         if rollups > std::time::Duration::from_secs(1000 * 366 * 86_400) {
             return invalid("retention.rollups", "must be at most 1000 years");
         }
+        if rollups < retention {
+            return invalid(
+                "retention.rollups",
+                "must be at least retention.metrics: the rollups outlive the metrics they sum",
+            );
+        }
         if self.retention.partitions_ahead > 366 {
             return invalid("retention.partitions_ahead", "must be at most 366 days");
         }

@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use chrono::DurationRound;
 use common::{metrics, rows, wait_rows, wait_rows_past, Stack, TOPIC};
 use sitewatch_metric::Metric;
 use sitewatch_pgtest::child::{assert_help_names, signal};
@@ -43,7 +44,12 @@ fn start_with(stack: &Stack, grace: &str, short_timeouts: bool) -> Proc {
             "disable",
         ])
         // The tests' metrics are dated months back; none is to be dropped by age.
-        .args(["--retention-metrics", "100years"])
+        .args([
+            "--retention-metrics",
+            "100years",
+            "--retention-rollups",
+            "100years",
+        ])
         .args([
             "--batch-rows",
             "100",
@@ -295,21 +301,37 @@ async fn sigkill_mid_rollup_leaves_no_step_half_done_and_a_restart_finishes_them
     let mut db = connector.connect().await.expect("connect");
     // Ten days of a quarter-hourly probe of ten sites, one in nine timing out,
     // from before the consumer's rollups ever ran.
+    // One start for every statement, so that midnight passing changes nothing.
+    let first_day = chrono::Utc::now()
+        .duration_trunc(chrono::TimeDelta::days(1))
+        .expect("a day")
+        - chrono::TimeDelta::days(10);
     db.batch_execute(
-        "SET TimeZone = 'UTC';
-         INSERT INTO websites (url) SELECT 'https://site-' || s || '.example/' FROM generate_series(1, 10) s;
-         SELECT metrics_partition_for(d) FROM generate_series(date_trunc('day', now()) - interval '10 days', now(), interval '24 hours') d;
-         INSERT INTO metrics (probe_id, website_id, schema_version, scheduled_at, started_at, lateness_us,
-                              skipped_before, total_us, status, body_bytes, body_truncated, redirects,
-                              error_kind, kafka_topic, kafka_partition, kafka_offset)
-         SELECT gen_random_uuid(), w.id, 2, t.at, t.at, 0, 0, 1000 + (n * 7919 * w.id) % 90000,
-                CASE WHEN n % 9 <> 0 THEN 200 END, 0, false, 0,
-                CASE WHEN n % 9 = 0 THEN 'timeout' END, 'metrics', 0, n
-         FROM websites w, generate_series(0, 10 * 24 * 4 - 1) n,
-              LATERAL (SELECT date_trunc('day', now()) - interval '10 days' + n * interval '15 minutes' AS at) t",
+        "INSERT INTO websites (url) SELECT 'https://site-' || s || '.example/' FROM generate_series(1, 10) s",
     )
     .await
-    .expect("ten days of metrics");
+    .expect("sites");
+    let _ = db
+        .execute(
+            "SELECT metrics_partition_for(d) FROM generate_series($1::timestamptz, $1 + interval '10 days', interval '24 hours') d",
+            &[&first_day],
+        )
+        .await
+        .expect("partitions");
+    let _ = db
+        .execute(
+            "INSERT INTO metrics (probe_id, website_id, schema_version, scheduled_at, started_at, lateness_us,
+                                  skipped_before, total_us, status, body_bytes, body_truncated, redirects,
+                                  error_kind, kafka_topic, kafka_partition, kafka_offset)
+             SELECT gen_random_uuid(), w.id, 2, t.at, t.at, 0, 0, 1000 + (n * 7919 * w.id) % 90000,
+                    CASE WHEN n % 9 <> 0 THEN 200 END, 0, false, 0,
+                    CASE WHEN n % 9 = 0 THEN 'timeout' END, 'metrics', 0, n
+             FROM websites w, generate_series(0, 10 * 24 * 4 - 1) n,
+                  LATERAL (SELECT $1::timestamptz + n * interval '15 minutes' AS at) t",
+            &[&first_day],
+        )
+        .await
+        .expect("ten days of metrics");
 
     // Holds the pass inside its first step: after it rolled the first day's
     // hours, before it commits them with that day's rollup.
@@ -357,8 +379,8 @@ async fn sigkill_mid_rollup_leaves_no_step_half_done_and_a_restart_finishes_them
         let row = observer
             .query_one(
                 "SELECT (SELECT count(*) FROM metrics_hourly), (SELECT count(*) FROM metrics_daily),
-                        (SELECT rolled_until = date_trunc('day', now(), 'UTC') - interval '10 days' FROM rollup_progress)",
-                &[],
+                        (SELECT rolled_until = $1 FROM rollup_progress)",
+                &[&first_day],
             )
             .await
             .expect("what the killed pass left");
@@ -374,7 +396,8 @@ async fn sigkill_mid_rollup_leaves_no_step_half_done_and_a_restart_finishes_them
     wait_for(Duration::from_secs(60), "the rollups caught up", || async {
         observer
             .query_one(
-                "SELECT rolled_until >= date_trunc('hour', now(), 'UTC') FROM rollup_progress",
+                // Every hour closed a few minutes ago.
+                "SELECT rolled_until >= date_trunc('hour', now() - interval '10 minutes', 'UTC') FROM rollup_progress",
                 &[],
             )
             .await
@@ -390,10 +413,19 @@ async fn sigkill_mid_rollup_leaves_no_step_half_done_and_a_restart_finishes_them
         .expect("compared")
         .get(0);
     assert_eq!(differ, 0, "every hour rolled once, as its raw rows give");
-    let days: i64 = observer
-        .query_one("SELECT count(*) FROM metrics_daily", &[])
-        .await
-        .expect("days")
-        .get(0);
-    assert_eq!(days, 10 * 10, "ten closed days of ten sites");
+    let (days, closed): (i64, i64) = {
+        // The ten days, but for the last in the minutes after midnight.
+        let row = observer
+            .query_one(
+                "SELECT (SELECT count(*) FROM metrics_daily),
+                        (SELECT least(10, extract(day FROM date_trunc('day', rolled_until, 'UTC') - $1))::bigint
+                         FROM rollup_progress)",
+                &[&first_day],
+            )
+            .await
+            .expect("days");
+        (row.get(0), row.get(1))
+    };
+    assert!(closed >= 9, "{closed} days closed");
+    assert_eq!(days, 10 * closed, "each closed day of ten sites");
 }

@@ -216,13 +216,17 @@ async fn rollups_equal_the_aggregates_of_the_raw_rows_and_outlive_them() {
 
     let reached = rolled_by(&retention(&db, 14)).await;
     assert!(reached.caught_up, "{reached:?}");
-    assert!(reached.until >= Unit::Hour.of(now), "{reached:?}");
+    // Every hour closed a few minutes ago.
+    assert!(
+        reached.until >= Unit::Hour.of(now) - TimeDelta::hours(1),
+        "{reached:?}"
+    );
 
     let hourly = rolled(&db, Unit::Hour).await;
-    assert_eq!(hourly, expected(&all, Unit::Hour, now));
+    assert_eq!(hourly, expected(&all, Unit::Hour, reached.until));
     assert!(hourly.len() > 70, "{} hours", hourly.len());
     let daily = rolled(&db, Unit::Day).await;
-    assert_eq!(daily, expected(&all, Unit::Day, now));
+    assert_eq!(daily, expected(&all, Unit::Day, reached.until));
     let twenty_days_ago = Unit::Day.of(now - TimeDelta::days(20));
     assert!(
         daily.keys().any(|(_, day)| *day == twenty_days_ago),
@@ -233,6 +237,16 @@ async fn rollups_equal_the_aggregates_of_the_raw_rows_and_outlive_them() {
         600,
         "its raw rows are gone with its partition"
     );
+
+    // A probe of that day, late: its day is made again for it, but the
+    // rollups of the day stand (its other probes are gone, not missing).
+    let retention = retention(&db, 14);
+    let late = probes(700..701, |_| now - TimeDelta::days(20));
+    store(&writer, &late).await;
+    let _ = rolled_by(&retention).await;
+    let _ = rolled_by(&retention).await;
+    assert_eq!(rolled(&db, Unit::Day).await, daily);
+    assert_eq!(rolled(&db, Unit::Hour).await, hourly);
 }
 
 #[tokio::test]
@@ -244,10 +258,10 @@ async fn late_metrics_roll_their_hour_and_day_again() {
     let mut all = probes(0..100, |i| two_days_ago + TimeDelta::minutes(10 * i as i64));
     store(&writer, &all).await;
     let retention = retention(&db, 14);
-    let _ = rolled_by(&retention).await;
+    let reached = rolled_by(&retention).await;
     assert_eq!(
         rolled(&db, Unit::Hour).await,
-        expected(&all, Unit::Hour, now)
+        expected(&all, Unit::Hour, reached.until)
     );
 
     // Late probes of hours rolled already (a monitor's backlog, a consumer
@@ -261,22 +275,16 @@ async fn late_metrics_roll_their_hour_and_day_again() {
     all.extend(late);
     all.extend(ahead);
 
-    let hours = expected(&all, Unit::Hour, now);
-    let days = expected(&all, Unit::Day, now);
     wait_for(
         Duration::from_secs(20),
         "the late metrics' hours and day rolled again",
         || async {
-            let _ = rolled_by(&retention).await;
-            rolled(&db, Unit::Hour).await == hours && rolled(&db, Unit::Day).await == days
+            let reached = rolled_by(&retention).await;
+            rolled(&db, Unit::Hour).await == expected(&all, Unit::Hour, reached.until)
+                && rolled(&db, Unit::Day).await == expected(&all, Unit::Day, reached.until)
         },
     )
     .await;
-    assert_eq!(
-        rolled(&db, Unit::Hour).await.len(),
-        hours.len(),
-        "no hour to come"
-    );
 }
 
 #[tokio::test]
@@ -285,7 +293,11 @@ async fn the_uptime_of_any_range_counts_each_probe_once() {
     let writer = common::migrated_store(db.url(), WritePath::Copy, false).await;
     let now = Utc::now();
     let start = now - TimeDelta::days(5);
-    let all = probes(0..550, |i| start + TimeDelta::minutes(13 * i as i64));
+    let mut all = probes(0..550, |i| start + TimeDelta::minutes(13 * i as i64));
+    // And the minutes just past, which no rollup holds yet.
+    all.extend(probes(550..580, |i| {
+        now - TimeDelta::seconds(15 * (i as i64 - 549))
+    }));
     assert!(all.iter().all(|m| m.started_at < now));
     store(&writer, &all).await;
     // The days and hours closed come from the rollups, the hour under way
@@ -298,16 +310,25 @@ async fn the_uptime_of_any_range_counts_each_probe_once() {
         .connect()
         .await
         .expect("connect");
-    for since in [
-        now - TimeDelta::days(30),
-        start + TimeDelta::minutes(90),
-        Unit::Day.of(now) - TimeDelta::days(2),
-        Unit::Hour.of(now) - TimeDelta::hours(3),
-        now - TimeDelta::minutes(10),
+    for (since, until) in [
+        (now - TimeDelta::days(30), now),
+        (start + TimeDelta::minutes(90), now),
+        (Unit::Day.of(now) - TimeDelta::days(2), now),
+        (Unit::Hour.of(now) - TimeDelta::hours(3), now),
+        (now - TimeDelta::minutes(10), now),
+        // Ending inside hours rolled up long ago.
+        (start, start + TimeDelta::days(2) + TimeDelta::minutes(30)),
+        (
+            start + TimeDelta::hours(5),
+            start + TimeDelta::hours(5) + TimeDelta::minutes(40),
+        ),
     ] {
         let from = Unit::Hour.of(since);
         let mut want: BTreeMap<String, (i64, i64, i64)> = BTreeMap::new();
-        for m in all.iter().filter(|m| m.started_at >= from) {
+        for m in all
+            .iter()
+            .filter(|m| m.started_at >= from && m.started_at < until)
+        {
             let site = want.entry(m.url.clone()).or_default();
             site.0 += 1;
             site.1 += i64::from(m.verdict.up);
@@ -320,7 +341,7 @@ async fn the_uptime_of_any_range_counts_each_probe_once() {
         let got: BTreeMap<String, (i64, i64, i64)> = client
             .query(
                 "SELECT url, probes, up, (latency_max_ms * 10)::bigint FROM site_uptime($1, $2)",
-                &[&since, &now],
+                &[&since, &until],
             )
             .await
             .expect("site_uptime")
@@ -336,6 +357,39 @@ async fn the_uptime_of_any_range_counts_each_probe_once() {
                 )
             })
             .collect();
-        assert_eq!(got, want, "since {since}");
+        assert_eq!(got, want, "since {since} until {until}");
     }
+
+    // The hour under way has no rollup: its p95 is its raw rows'.
+    let hour = Unit::Hour.of(now);
+    let mut latencies: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for m in all
+        .iter()
+        .filter(|m| m.started_at >= hour && m.status.is_some())
+    {
+        latencies
+            .entry(m.url.clone())
+            .or_default()
+            .push(i64::try_from(m.timings.total_us).expect("small"));
+    }
+    let want: BTreeMap<String, i64> = latencies
+        .into_iter()
+        .map(|(url, mut values)| {
+            values.sort_unstable();
+            let p95 = percentile_disc(&values, 0.95).expect("a value");
+            (url, (p95 + 50) / 100)
+        })
+        .collect();
+    let got: BTreeMap<String, i64> = client
+        .query(
+            "SELECT url, (latency_p95_worst_ms * 10)::bigint FROM site_uptime($1, $2) \
+             WHERE latency_p95_worst_ms IS NOT NULL",
+            &[&hour, &now],
+        )
+        .await
+        .expect("site_uptime")
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(got, want, "p95 of the hour under way");
 }

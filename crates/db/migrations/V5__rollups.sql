@@ -45,28 +45,41 @@ ALTER TABLE metrics_daily
 CREATE INDEX metrics_daily_day ON metrics_daily (day)
     INCLUDE (website_id, probes, up, responses, latency_sum_us, latency_p95_us, latency_max_us);
 
+-- The transaction that stored each row (its 64-bit id): every row of a
+-- transaction below the oldest one still open is committed and visible, so
+-- the rollups can tell exactly which rows they have seen, whatever the
+-- clocks and the sessions they may read. Rows from before have none (NULL:
+-- nothing rewritten) and come from before the rollups.
+ALTER TABLE metrics ADD COLUMN stored_xid bigint;
+ALTER TABLE metrics ALTER COLUMN stored_xid SET DEFAULT pg_current_xact_id()::text::bigint;
+
 -- How far the rollups have come: every hour before `rolled_until` is rolled
--- up, and so is every raw row stored before `stored_before` (a row of an
--- hour already rolled, stored after it, marks that hour to roll again).
+-- up, with the rows stored by transactions before `xid_before` (a row of an
+-- hour already rolled, stored by a later transaction, marks that hour and its
+-- day to roll again, from `raw_complete_since` on: before it, a day's raw
+-- rows were dropped, and a late row would make a rollup of itself alone).
 CREATE TABLE rollup_progress (
-    only_row      boolean PRIMARY KEY DEFAULT true CHECK (only_row),
-    rolled_until  timestamptz NOT NULL,
-    stored_before timestamptz NOT NULL
+    only_row           boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    rolled_until       timestamptz NOT NULL,
+    xid_before         bigint NOT NULL,
+    raw_complete_since timestamptz NOT NULL
 );
 
--- Rows are appended in about the order of both times, so a block range
--- index finds an hour's rows, and the rows stored since a time, for a few
--- pages per partition.
-CREATE INDEX metrics_times ON metrics USING brin (started_at, stored_at);
+-- Rows are appended in about the order of both, so a block range index
+-- finds an hour's rows, and the rows stored since a transaction, for a few
+-- pages per partition; summarised as pages fill, not only at vacuum. (Built
+-- here over the metrics kept: one read of them, during which writes wait.)
+CREATE INDEX metrics_times ON metrics USING brin (started_at, stored_xid)
+    WITH (autosummarize = on);
 
 -- Each site's probes, uptime and latency from the hour `since` falls in to
--- `until`: whole days from `metrics_daily`, other hours rolled up from
--- `metrics_hourly`, and the raw rows of the hours not rolled up yet, so the
--- counts are exact whatever the range (metrics stored late count once their
--- hour is rolled again, at the next maintenance pass). A range of whole
--- days already rolled up reads only `metrics_daily`'s index. The mean
--- latency is exact; percentiles cannot be combined across hours or days,
--- so the worst p95 of the range is given.
+-- `until`: whole days from `metrics_daily`, the other hours rolled up from
+-- `metrics_hourly`, and the raw rows of the hours not rolled up yet, each
+-- read by an index range, so the counts are exact for any range the
+-- rollups reach (metrics stored late count once their hour is rolled again,
+-- at the next maintenance pass). The mean latency is exact; percentiles
+-- cannot be combined across hours or days, so the worst p95 of the range
+-- is given (the raw rows' own p95 among them).
 CREATE FUNCTION site_uptime(since timestamptz, until timestamptz DEFAULT now())
 RETURNS TABLE (
     url text,
@@ -78,29 +91,42 @@ RETURNS TABLE (
     latency_max_ms numeric
 )
 LANGUAGE sql STABLE AS $$
-WITH bounds AS (
+WITH rolled AS (
     SELECT date_trunc('hour', since, 'UTC') AS lo,
-           least(until, coalesce((SELECT rolled_until FROM rollup_progress), '-infinity')) AS rolled,
-           until AS hi
+           least(date_trunc('hour', until, 'UTC'),
+                 coalesce((SELECT rolled_until FROM rollup_progress), '-infinity')) AS upto
+), bounds AS (
+    -- Whole days from the first day that starts at or after `lo` to the day
+    -- `upto` falls in; the hours at either end come from `metrics_hourly`.
+    SELECT r.lo, greatest(r.upto, r.lo) AS upto, first.day AS days_from,
+           greatest(first.day, date_trunc('day', r.upto, 'UTC')) AS days_to
+    FROM rolled r
+    CROSS JOIN LATERAL (
+        SELECT CASE WHEN date_trunc('day', r.lo, 'UTC') = r.lo THEN r.lo
+                    ELSE date_trunc('day', r.lo, 'UTC') + interval '24 hours' END AS day
+    ) first
 ), parts AS (
     SELECT d.website_id, d.probes, d.up, d.responses, d.latency_sum_us, d.latency_p95_us, d.latency_max_us
     FROM metrics_daily d, bounds b
-    WHERE d.day >= b.lo AND d.day <= b.rolled - interval '24 hours'
+    WHERE d.day >= b.days_from AND d.day < b.days_to
     UNION ALL
     SELECT h.website_id, h.probes, h.up, h.responses, h.latency_sum_us, h.latency_p95_us, h.latency_max_us
     FROM metrics_hourly h, bounds b
-    WHERE h.hour >= b.lo AND h.hour <= b.rolled - interval '1 hour'
-      AND NOT (date_trunc('day', h.hour, 'UTC') >= b.lo
-               AND date_trunc('day', h.hour, 'UTC') <= b.rolled - interval '24 hours')
+    WHERE h.hour >= b.lo AND h.hour < least(b.days_from, b.upto)
     UNION ALL
-    SELECT m.website_id, 1,
-           coalesce(m.up, m.status < 400 AND m.error_kind IS NULL AND m.regex_matched IS NOT FALSE)::int,
-           (m.status IS NOT NULL)::int,
-           CASE WHEN m.status IS NOT NULL THEN m.total_us END,
-           CASE WHEN m.status IS NOT NULL THEN m.total_us END,
-           CASE WHEN m.status IS NOT NULL THEN m.total_us END
+    SELECT h.website_id, h.probes, h.up, h.responses, h.latency_sum_us, h.latency_p95_us, h.latency_max_us
+    FROM metrics_hourly h, bounds b
+    WHERE h.hour >= greatest(b.days_to, b.lo) AND h.hour < b.upto
+    UNION ALL
+    SELECT m.website_id, count(*),
+           count(*) FILTER (WHERE coalesce(m.up, m.status < 400 AND m.error_kind IS NULL AND m.regex_matched IS NOT FALSE)),
+           count(m.status),
+           sum(m.total_us) FILTER (WHERE m.status IS NOT NULL),
+           percentile_disc(0.95) WITHIN GROUP (ORDER BY m.total_us) FILTER (WHERE m.status IS NOT NULL),
+           max(m.total_us) FILTER (WHERE m.status IS NOT NULL)
     FROM metrics m, bounds b
-    WHERE m.started_at >= greatest(b.lo, b.rolled) AND m.started_at < b.hi
+    WHERE m.started_at >= b.upto AND m.started_at < until
+    GROUP BY m.website_id
 )
 SELECT w.url,
        sum(p.probes)::bigint,

@@ -10,7 +10,7 @@ use sitewatch_service::SecretString;
 use uuid::Uuid;
 
 /// The columns the database fills by itself, which the mapping leaves out.
-const FILLED_BY_THE_DATABASE: &[&str] = &["stored_at"];
+const FILLED_BY_THE_DATABASE: &[&str] = &["stored_at", "stored_xid"];
 
 /// A metric in which every field holds a value: the documented example with
 /// an error, and a verdict that lists failed conditions.

@@ -208,6 +208,7 @@ pub fn kafka_settings(bootstrap: &str, topic: &str, group: &str) -> Settings {
     s.kafka.properties.extend(group_timeouts());
     // The tests' metrics are dated months back; none is to be dropped by age.
     s.retention.metrics = RETAIN_ALL.into();
+    s.retention.rollups = RETAIN_ALL.into();
     s
 }
 
