@@ -11,10 +11,24 @@ use tokio_postgres::Client;
 const ROLL_UP: &str = include_str!("../sql/roll_up.sql");
 const LATE_BUCKETS: &str = include_str!("../sql/late_buckets.sql");
 const FIRST_PROBE: &str = include_str!("../sql/first_probe.sql");
+const CUMULATE_DAYS: &str = include_str!("../sql/cumulate_days.sql");
+
+/// The running totals of every site's days from `$1` on.
+fn cumulate_all() -> String {
+    CUMULATE_DAYS.replace("{sites}", "")
+}
+
+/// The running totals of the days from `$1` on of the sites that got late rows.
+fn cumulate_late() -> String {
+    CUMULATE_DAYS.replace(
+        "{sites}",
+        "AND x.website_id IN (SELECT website_id FROM late_hours)",
+    )
+}
 
 /// Every transaction below this one has ended: the rows it stored are all
 /// committed (or gone) and visible to any snapshot taken after.
-const XID_GUARD: &str = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint";
+const XID_GUARD: &str = "SELECT txid_snapshot_xmin(txid_current_snapshot())";
 
 /// The raw rows of every site in `[$1, $2)` of `started_at`.
 const SPAN: &str = "metrics m WHERE m.started_at >= $1 AND m.started_at < $2";
@@ -128,6 +142,16 @@ pub(crate) async fn roll(
                 )
                 .await?;
             rerolled += tx.execute(&Bucket::Day.statement(LATE), &[]).await?;
+            let first: Option<DateTime<Utc>> = tx
+                .query_one(
+                    "SELECT min(date_trunc('day', bucket, 'UTC')) FROM late_hours",
+                    &[],
+                )
+                .await?
+                .try_get(0)?;
+            if let Some(first) = first {
+                let _ = tx.execute(&cumulate_late(), &[&first]).await?;
+            }
         }
         let _ = tx
             .execute("UPDATE rollup_progress SET xid_before = $1", &[&guard])
@@ -150,6 +174,7 @@ pub(crate) async fn roll(
             let _ = tx
                 .execute(&Bucket::Day.statement(SPAN), &[&day, &end])
                 .await?;
+            let _ = tx.execute(&cumulate_all(), &[&day]).await?;
         }
         let _ = tx
             .execute("UPDATE rollup_progress SET rolled_until = $1", &[&end])
@@ -231,6 +256,13 @@ mod tests {
         let at: DateTime<Utc> = "2026-03-29T01:59:59.999Z".parse().expect("time");
         assert_eq!(hour_of(at).to_rfc3339(), "2026-03-29T01:00:00+00:00");
         assert_eq!(day_of(at).to_rfc3339(), "2026-03-29T00:00:00+00:00");
+    }
+
+    #[test]
+    fn the_running_totals_leave_nothing_to_fill() {
+        for sql in [cumulate_all(), cumulate_late()] {
+            assert!(!sql.contains('{'), "a placeholder left: {sql}");
+        }
     }
 
     #[test]

@@ -126,12 +126,7 @@ async fn rolled(db: &Postgres, unit: Unit) -> Rollups {
          FROM {table} r JOIN websites w ON w.id = r.website_id",
         errors.join(", ")
     );
-    let client = common::pg_settings(db.url())
-        .connector()
-        .expect("connector")
-        .connect()
-        .await
-        .expect("connect");
+    let client = sitewatch_pgtest::sql::client(db).await;
     client
         .query(&sql, &[])
         .await
@@ -238,6 +233,29 @@ async fn rollups_equal_the_aggregates_of_the_raw_rows_and_outlive_them() {
         "its raw rows are gone with its partition"
     );
 
+    // A range whose first and last days hold no probes reads the days
+    // between from their running totals all the same.
+    let (since, until) = (now - TimeDelta::days(25), now - TimeDelta::days(10));
+    let client = sitewatch_pgtest::sql::client(&db).await;
+    let got: BTreeMap<String, i64> = client
+        .query(
+            "SELECT url, probes FROM site_uptime($1, $2)",
+            &[&since, &until],
+        )
+        .await
+        .expect("site_uptime")
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let mut want: BTreeMap<String, i64> = BTreeMap::new();
+    for m in all
+        .iter()
+        .filter(|m| m.started_at >= since && m.started_at < until)
+    {
+        *want.entry(m.url.clone()).or_default() += 1;
+    }
+    assert_eq!(got, want);
+
     // A probe of that day, late: its day is made again for it, but the
     // rollups of the day stand (its other probes are gone, not missing).
     let retention = retention(&db, 14);
@@ -254,8 +272,12 @@ async fn late_metrics_roll_their_hour_and_day_again() {
     let db = common::postgres();
     let writer = common::migrated_store(db.url(), WritePath::Copy, false).await;
     let now = Utc::now();
-    let two_days_ago = Unit::Day.of(now) - TimeDelta::days(2);
-    let mut all = probes(0..100, |i| two_days_ago + TimeDelta::minutes(10 * i as i64));
+    let three_days_ago = Unit::Day.of(now) - TimeDelta::days(3);
+    // Over three days, so that the running totals of the last follow the
+    // middle one's late probes.
+    let mut all = probes(0..100, |i| {
+        three_days_ago + TimeDelta::minutes(40 * i as i64)
+    });
     store(&writer, &all).await;
     let retention = retention(&db, 14);
     let reached = rolled_by(&retention).await;
@@ -267,7 +289,7 @@ async fn late_metrics_roll_their_hour_and_day_again() {
     // Late probes of hours rolled already (a monitor's backlog, a consumer
     // that was down), and probes of an hour to come, which wait for it.
     let late = probes(100..130, |i| {
-        two_days_ago + TimeDelta::minutes(37 * (i % 5) as i64 + 1)
+        three_days_ago + TimeDelta::days(1) + TimeDelta::minutes(37 * (i % 5) as i64 + 1)
     });
     let ahead = probes(130..135, |_| now + TimeDelta::hours(2));
     store(&writer, &late).await;
@@ -285,6 +307,20 @@ async fn late_metrics_roll_their_hour_and_day_again() {
         },
     )
     .await;
+    // The days' running totals moved with them: the whole history, read
+    // from them, counts every probe.
+    let client = sitewatch_pgtest::sql::client(&db).await;
+    let day = Unit::Day.of(now);
+    let counted: i64 = client
+        .query_one(
+            "SELECT sum(probes)::bigint FROM site_uptime('-infinity', $1)",
+            &[&day],
+        )
+        .await
+        .expect("site_uptime")
+        .get(0);
+    let before_today = all.iter().filter(|m| m.started_at < day).count();
+    assert_eq!(counted, i64::try_from(before_today).expect("small"));
 }
 
 #[tokio::test]
@@ -304,12 +340,7 @@ async fn the_uptime_of_any_range_counts_each_probe_once() {
     // from the raw rows.
     let _ = rolled_by(&retention(&db, 14)).await;
 
-    let client = common::pg_settings(db.url())
-        .connector()
-        .expect("connector")
-        .connect()
-        .await
-        .expect("connect");
+    let client = sitewatch_pgtest::sql::client(&db).await;
     for (since, until) in [
         (now - TimeDelta::days(30), now),
         (start + TimeDelta::minutes(90), now),
@@ -324,23 +355,35 @@ async fn the_uptime_of_any_range_counts_each_probe_once() {
         ),
     ] {
         let from = Unit::Hour.of(since);
-        let mut want: BTreeMap<String, (i64, i64, i64)> = BTreeMap::new();
+        // Probes, up, and the responses' latency summed and counted.
+        let mut sums: BTreeMap<String, (i64, i64, i64, i64)> = BTreeMap::new();
         for m in all
             .iter()
             .filter(|m| m.started_at >= from && m.started_at < until)
         {
-            let site = want.entry(m.url.clone()).or_default();
+            let site = sums.entry(m.url.clone()).or_default();
             site.0 += 1;
             site.1 += i64::from(m.verdict.up);
             if m.status.is_some() {
-                // In tenths of a millisecond, as the function rounds.
-                let tenths = (i64::try_from(m.timings.total_us).expect("small") + 50) / 100;
-                site.2 = site.2.max(tenths);
+                site.2 += i64::try_from(m.timings.total_us).expect("small");
+                site.3 += 1;
             }
         }
+        // The mean in tenths of a millisecond, rounded as the function does.
+        let want: BTreeMap<String, (i64, i64, i64)> = sums
+            .into_iter()
+            .map(|(url, (probes, up, sum, n))| {
+                let tenths = if n == 0 {
+                    0
+                } else {
+                    (sum + n * 50) / (n * 100)
+                };
+                (url, (probes, up, tenths))
+            })
+            .collect();
         let got: BTreeMap<String, (i64, i64, i64)> = client
             .query(
-                "SELECT url, probes, up, (latency_max_ms * 10)::bigint FROM site_uptime($1, $2)",
+                "SELECT url, probes, up, (latency_avg_ms * 10)::bigint FROM site_uptime($1, $2)",
                 &[&since, &until],
             )
             .await
@@ -359,37 +402,4 @@ async fn the_uptime_of_any_range_counts_each_probe_once() {
             .collect();
         assert_eq!(got, want, "since {since} until {until}");
     }
-
-    // The hour under way has no rollup: its p95 is its raw rows'.
-    let hour = Unit::Hour.of(now);
-    let mut latencies: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    for m in all
-        .iter()
-        .filter(|m| m.started_at >= hour && m.status.is_some())
-    {
-        latencies
-            .entry(m.url.clone())
-            .or_default()
-            .push(i64::try_from(m.timings.total_us).expect("small"));
-    }
-    let want: BTreeMap<String, i64> = latencies
-        .into_iter()
-        .map(|(url, mut values)| {
-            values.sort_unstable();
-            let p95 = percentile_disc(&values, 0.95).expect("a value");
-            (url, (p95 + 50) / 100)
-        })
-        .collect();
-    let got: BTreeMap<String, i64> = client
-        .query(
-            "SELECT url, (latency_p95_worst_ms * 10)::bigint FROM site_uptime($1, $2) \
-             WHERE latency_p95_worst_ms IS NOT NULL",
-            &[&hour, &now],
-        )
-        .await
-        .expect("site_uptime")
-        .iter()
-        .map(|row| (row.get(0), row.get(1)))
-        .collect();
-    assert_eq!(got, want, "p95 of the hour under way");
 }

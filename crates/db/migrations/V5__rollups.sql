@@ -34,16 +34,21 @@ CREATE TABLE metrics_hourly (
 CREATE INDEX metrics_hourly_hour ON metrics_hourly (hour);
 
 -- The same per UTC day (`day` is the day's first instant), computed from the
--- raw rows, not from the hours, so that its percentiles are the day's.
+-- raw rows, not from the hours, so that its percentiles are the day's. Each
+-- row also holds the site's running totals up to and with its day (`cum_*`):
+-- the totals of any run of whole days are the last day's running totals
+-- less the first day's before it, so a month for every site reads two rows
+-- per site, not thirty.
 CREATE TABLE metrics_daily (LIKE metrics_hourly INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
 ALTER TABLE metrics_daily RENAME COLUMN hour TO day;
 ALTER TABLE metrics_daily
+    ADD COLUMN cum_probes         bigint NOT NULL DEFAULT 0,
+    ADD COLUMN cum_up             bigint NOT NULL DEFAULT 0,
+    ADD COLUMN cum_responses      bigint NOT NULL DEFAULT 0,
+    ADD COLUMN cum_latency_sum_us bigint NOT NULL DEFAULT 0,
     ADD PRIMARY KEY (website_id, day),
     ADD FOREIGN KEY (website_id) REFERENCES websites (id) ON DELETE CASCADE;
--- A range of days for every site, the status page's question, reads only
--- this index.
-CREATE INDEX metrics_daily_day ON metrics_daily (day)
-    INCLUDE (website_id, probes, up, responses, latency_sum_us, latency_p95_us, latency_max_us);
+CREATE INDEX metrics_daily_day ON metrics_daily (day);
 
 -- The transaction that stored each row (its 64-bit id): every row of a
 -- transaction below the oldest one still open is committed and visible, so
@@ -51,7 +56,8 @@ CREATE INDEX metrics_daily_day ON metrics_daily (day)
 -- clocks and the sessions they may read. Rows from before have none (NULL:
 -- nothing rewritten) and come from before the rollups.
 ALTER TABLE metrics ADD COLUMN stored_xid bigint;
-ALTER TABLE metrics ALTER COLUMN stored_xid SET DEFAULT pg_current_xact_id()::text::bigint;
+-- (txid_current() is pg_current_xact_id() as a bigint, without a cast per row.)
+ALTER TABLE metrics ALTER COLUMN stored_xid SET DEFAULT txid_current();
 
 -- How far the rollups have come: every hour before `rolled_until` is rolled
 -- up, with the rows stored by transactions before `xid_before` (a row of an
@@ -72,25 +78,23 @@ CREATE TABLE rollup_progress (
 CREATE INDEX metrics_times ON metrics USING brin (started_at, stored_xid)
     WITH (autosummarize = on);
 
--- Each site's probes, uptime and latency from the hour `since` falls in to
--- `until`: whole days from `metrics_daily`, the other hours rolled up from
+-- Each site's probes, uptime and mean latency (of the probes that got a
+-- response) from the hour `since` falls in to `until`: whole days from the
+-- running totals of `metrics_daily`, the other hours rolled up from
 -- `metrics_hourly`, and the raw rows of the hours not rolled up yet, each
--- read by an index range, so the counts are exact for any range the
--- rollups reach (metrics stored late count once their hour is rolled again,
--- at the next maintenance pass). The mean latency is exact; percentiles
--- cannot be combined across hours or days, so the worst p95 of the range
--- is given (the raw rows' own p95 among them).
+-- read by an index, so the counts are exact for any range the rollups reach
+-- (metrics stored late count once their hour is rolled again, at the next
+-- maintenance pass). Percentiles cannot be combined across hours or days:
+-- they are in the rollup tables, per hour and per day.
 CREATE FUNCTION site_uptime(since timestamptz, until timestamptz DEFAULT now())
 RETURNS TABLE (
     url text,
     probes bigint,
     up bigint,
     uptime_pct numeric,
-    latency_avg_ms numeric,
-    latency_p95_worst_ms numeric,
-    latency_max_ms numeric
+    latency_avg_ms numeric
 )
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
 WITH rolled AS (
     SELECT date_trunc('hour', since, 'UTC') AS lo,
            least(date_trunc('hour', until, 'UTC'),
@@ -106,38 +110,76 @@ WITH rolled AS (
                     ELSE date_trunc('day', r.lo, 'UTC') + interval '24 hours' END AS day
     ) first
 ), parts AS (
-    SELECT d.website_id, d.probes, d.up, d.responses, d.latency_sum_us, d.latency_p95_us, d.latency_max_us
-    FROM metrics_daily d, bounds b
-    WHERE d.day >= b.days_from AND d.day < b.days_to
+    -- Each site's running totals on the range's last day less those before
+    -- its first: for most sites both rows are read by one range of the day
+    -- index; a site without a row on either day has it looked up.
+    SELECT w.id AS website_id,
+           coalesce(n.e_probes, e.cum_probes) - coalesce(n.f_probes, f.cum_probes - f.probes) AS probes,
+           coalesce(n.e_up, e.cum_up) - coalesce(n.f_up, f.cum_up - f.up) AS up,
+           coalesce(n.e_responses, e.cum_responses) - coalesce(n.f_responses, f.cum_responses - f.responses) AS responses,
+           coalesce(n.e_latency, e.cum_latency_sum_us)
+               - coalesce(n.f_latency, f.cum_latency_sum_us - coalesce(f.latency_sum_us, 0)) AS latency_sum_us
+    FROM websites w
+    CROSS JOIN bounds b
+    LEFT JOIN (
+        SELECT d.website_id,
+               max(d.cum_probes) FILTER (WHERE d.day = b.days_to - interval '24 hours') AS e_probes,
+               max(d.cum_up) FILTER (WHERE d.day = b.days_to - interval '24 hours') AS e_up,
+               max(d.cum_responses) FILTER (WHERE d.day = b.days_to - interval '24 hours') AS e_responses,
+               max(d.cum_latency_sum_us) FILTER (WHERE d.day = b.days_to - interval '24 hours') AS e_latency,
+               max(d.cum_probes - d.probes) FILTER (WHERE d.day = b.days_from) AS f_probes,
+               max(d.cum_up - d.up) FILTER (WHERE d.day = b.days_from) AS f_up,
+               max(d.cum_responses - d.responses) FILTER (WHERE d.day = b.days_from) AS f_responses,
+               max(d.cum_latency_sum_us - coalesce(d.latency_sum_us, 0)) FILTER (WHERE d.day = b.days_from) AS f_latency
+        FROM metrics_daily d, bounds b
+        WHERE d.day IN (b.days_from, b.days_to - interval '24 hours')
+        GROUP BY d.website_id
+    ) n ON n.website_id = w.id
+    LEFT JOIN LATERAL (
+        SELECT d.cum_probes, d.cum_up, d.cum_responses, d.cum_latency_sum_us
+        FROM metrics_daily d
+        WHERE n.e_probes IS NULL
+          AND d.website_id = w.id AND d.day >= b.days_from AND d.day < b.days_to
+        ORDER BY d.day DESC LIMIT 1
+    ) e ON true
+    LEFT JOIN LATERAL (
+        SELECT d.cum_probes, d.cum_up, d.cum_responses, d.cum_latency_sum_us,
+               d.probes, d.up, d.responses, d.latency_sum_us
+        FROM metrics_daily d
+        WHERE n.f_probes IS NULL
+          AND d.website_id = w.id AND d.day >= b.days_from AND d.day < b.days_to
+        ORDER BY d.day LIMIT 1
+    ) f ON true
+    WHERE b.days_from < b.days_to
+      AND coalesce(n.e_probes, e.cum_probes) IS NOT NULL
     UNION ALL
-    SELECT h.website_id, h.probes, h.up, h.responses, h.latency_sum_us, h.latency_p95_us, h.latency_max_us
+    SELECT h.website_id, h.probes, h.up, h.responses, h.latency_sum_us
     FROM metrics_hourly h, bounds b
     WHERE h.hour >= b.lo AND h.hour < least(b.days_from, b.upto)
     UNION ALL
-    SELECT h.website_id, h.probes, h.up, h.responses, h.latency_sum_us, h.latency_p95_us, h.latency_max_us
+    SELECT h.website_id, h.probes, h.up, h.responses, h.latency_sum_us
     FROM metrics_hourly h, bounds b
     WHERE h.hour >= greatest(b.days_to, b.lo) AND h.hour < b.upto
     UNION ALL
-    SELECT m.website_id, count(*),
-           count(*) FILTER (WHERE coalesce(m.up, m.status < 400 AND m.error_kind IS NULL AND m.regex_matched IS NOT FALSE)),
-           count(m.status),
-           sum(m.total_us) FILTER (WHERE m.status IS NOT NULL),
-           percentile_disc(0.95) WITHIN GROUP (ORDER BY m.total_us) FILTER (WHERE m.status IS NOT NULL),
-           max(m.total_us) FILTER (WHERE m.status IS NOT NULL)
+    SELECT m.website_id, 1,
+           coalesce(m.up, m.status < 400 AND m.error_kind IS NULL AND m.regex_matched IS NOT FALSE)::int,
+           (m.status IS NOT NULL)::int,
+           CASE WHEN m.status IS NOT NULL THEN m.total_us END
     FROM metrics m, bounds b
     WHERE m.started_at >= b.upto AND m.started_at < until
-    GROUP BY m.website_id
+), sites AS (
+    SELECT website_id, sum(probes) AS probes, sum(up) AS up,
+           sum(responses) AS responses, sum(latency_sum_us) AS latency_sum_us
+    FROM parts
+    GROUP BY website_id
 )
 SELECT w.url,
-       sum(p.probes)::bigint,
-       sum(p.up)::bigint,
-       round(100.0 * sum(p.up) / nullif(sum(p.probes), 0), 3),
-       round(sum(p.latency_sum_us) / nullif(sum(p.responses), 0) / 1000.0, 1),
-       round(max(p.latency_p95_us) / 1000.0, 1),
-       round(max(p.latency_max_us) / 1000.0, 1)
-FROM parts p
-JOIN websites w ON w.id = p.website_id
-GROUP BY w.url
+       s.probes::bigint,
+       s.up::bigint,
+       round(100.0 * s.up / nullif(s.probes, 0), 3),
+       round(s.latency_sum_us / nullif(s.responses, 0) / 1000.0, 1)
+FROM sites s
+JOIN websites w ON w.id = s.website_id
 $$;
 
 -- The view's totals now come from the rollups where they exist: "so far"
