@@ -3,6 +3,9 @@
 # release binaries, and runs target/release/bench with the arguments given
 # (none: the quick set, a few minutes; --full: the sizes the goals are set
 # at; --scenario NAME: one scenario; --json FILE: keep the summary).
+# BASELINE=<git revision> also builds that revision's consumer (in a worktree
+# under build/baseline) and has the ingest scenario drain with it in the same
+# runs, as the figure of the release before.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,4 +28,10 @@ if ((${#missing[@]})); then
 fi
 
 cargo build --release --locked --bins
+if [[ -n ${BASELINE:-} ]]; then
+  tree=build/baseline/$BASELINE
+  [[ -d $tree ]] || git worktree add --detach "$tree" "$BASELINE"
+  (cd "$tree" && CARGO_TARGET_DIR="$PWD/../target" cargo build --release --locked -p sitewatch-consumer --bin consumer)
+  export BENCH_BASELINE_CONSUMER="$PWD/build/baseline/target/release/consumer"
+fi
 exec target/release/bench "$@"

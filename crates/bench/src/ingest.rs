@@ -5,7 +5,9 @@
 //! with `--track-state false`, alternating which goes first. Then the rows
 //! the drain with state tracking stored, exported by psql, are loaded by
 //! psql's `\copy` into an identical table (same columns, defaults, checks,
-//! indexes and foreign key) as the raw limit, in the same run.
+//! indexes and foreign key) as the raw limit, and into a table partitioned
+//! as `metrics` is, in the same run. With `BENCH_BASELINE_CONSUMER` set to
+//! another release's `consumer` binary, each run drains a third time with it.
 //!
 //! Rates come from PostgreSQL's own commit timestamps
 //! (`track_commit_timestamp`), so polling for completion adds nothing to them.
@@ -66,9 +68,43 @@ pub async fn run(options: &Options) -> anyhow::Result<ScenarioReport> {
     );
 
     let settings = ConsumerShape::from_env();
+    // Another release's consumer, drained in the same runs: the figure of
+    // the release before a change, measured beside it.
+    let baseline = std::env::var_os("BENCH_BASELINE_CONSUMER").map(std::path::PathBuf::from);
+    if let Some(program) = &baseline {
+        if !program.is_file() {
+            bail!(
+                "BENCH_BASELINE_CONSUMER: {} is not a file",
+                program.display()
+            );
+        }
+    }
     let mut runs = Vec::new();
     for run in 0..options.runs {
-        let measured = measure(options, &store, &broker, &preload, rows, run).await?;
+        let measured = measure(
+            options,
+            &store,
+            &broker,
+            &preload,
+            rows,
+            run,
+            baseline.as_deref(),
+        )
+        .await?;
+        eprintln!(
+            "bench: ingest run {}: raw COPY into a partitioned table {:.0} rows/s, consumer / that {:.2}; {:.0} bytes per stored row{}",
+            run + 1,
+            measured.part_rate,
+            measured.consumer_rate / measured.part_rate,
+            measured.bytes_per_row,
+            measured
+                .baseline_rate
+                .map(|b| format!(
+                    "; baseline consumer {b:.0} rows/s, consumer / baseline {:.2}",
+                    measured.consumer_rate / b
+                ))
+                .unwrap_or_default(),
+        );
         eprintln!(
             "bench: ingest run {}: consumer {:.0} rows/s, raw COPY {:.0} rows/s, ratio {:.2}",
             run + 1,
@@ -81,7 +117,7 @@ pub async fn run(options: &Options) -> anyhow::Result<ScenarioReport> {
             run + 1,
             measured.stateless_rate,
             measured.consumer_rate / measured.stateless_rate,
-            if measured.state_first { "first" } else { "second" },
+            if measured.state_first { "first" } else { "not first" },
             measured.state.incidents,
             measured.state.open,
             measured.state.sites
@@ -126,6 +162,27 @@ pub async fn run(options: &Options) -> anyhow::Result<ScenarioReport> {
         )
         .goal(Goal::AtLeast(0.6)),
         Figure::new(
+            "raw psql \\copy rows/s, partitioned table",
+            med(|m| m.part_rate),
+            "rows/s",
+        ),
+        Figure::new(
+            "consumer / raw COPY into the partitioned table",
+            med(|m| m.consumer_rate / m.part_rate),
+            "x",
+        )
+        .goal(Goal::AtLeast(0.8)),
+        Figure::new(
+            "raw COPY partitioned / unpartitioned",
+            med(|m| m.part_rate / m.raw_rate),
+            "x",
+        ),
+        Figure::new(
+            "stored row on disk (heap and indexes)",
+            med(|m| m.bytes_per_row),
+            "bytes",
+        ),
+        Figure::new(
             "consumer CPU per 100k rows",
             med(|m| m.cpu.consumer * 100_000.0 / m.rows),
             "s",
@@ -161,10 +218,38 @@ pub async fn run(options: &Options) -> anyhow::Result<ScenarioReport> {
         "raw limit: the same rows (exported with psql \\copy TO, text format) loaded by one psql \\copy FROM into CREATE TABLE metrics_raw (LIKE metrics INCLUDING ALL) plus the same foreign key: one transaction, no conflict check".to_owned(),
     );
     report.notes.push(format!(
-        "state tracking: each run drains the topic twice, each time into a fresh database by a consumer in a new group, with state tracking (the default: site_state and incidents moved in each batch's transaction) and with --track-state false, alternating which goes first (run 1 with state first); every consumer figure but the two 'without state' ones is the drain with state tracking; 'with state / without' is the median of the per-run ratios. CPU per 100k rows without state tracking (median): consumer {:.2} s, PostgreSQL {:.2} s",
+        "state tracking: each run drains the topic twice, each time into a fresh database by a consumer in a new group, with state tracking (the default: site_state and incidents moved in each batch's transaction) and with --track-state false (and with the baseline consumer, if given), the order turning with each run (run 1 with state first); every consumer figure but the two 'without state' ones is the drain with state tracking; 'with state / without' is the median of the per-run ratios. CPU per 100k rows without state tracking (median): consumer {:.2} s, PostgreSQL {:.2} s",
         med(|m| m.stateless_cpu.consumer * 100_000.0 / m.rows),
         med(|m| m.stateless_cpu.postgres * 100_000.0 / m.rows),
     ));
+    if let Some(program) = &baseline {
+        let ratios: Vec<f64> = runs
+            .iter()
+            .filter_map(|m| m.baseline_rate.map(|b| m.consumer_rate / b))
+            .collect();
+        let rates: Vec<f64> = runs.iter().filter_map(|m| m.baseline_rate).collect();
+        report.figures.push(Figure::new(
+            "baseline consumer rows/s",
+            median(rates),
+            "rows/s",
+        ));
+        report.figures.push(
+            Figure::new("consumer / baseline consumer", median(ratios.clone()), "x")
+                .goal(Goal::AtLeast(0.9)),
+        );
+        report.notes.push(format!(
+            "baseline: the consumer binary {} (BENCH_BASELINE_CONSUMER), its defaults, drained into a fresh database of its own schema in each run, the three drains' order turning with the run; consumer / baseline per run: {}",
+            program.display(),
+            ratios
+                .iter()
+                .map(|r| format!("{r:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    report.notes.push(
+        "raw limit into a partitioned table: the same rows loaded by one psql \\copy into CREATE TABLE metrics_part (LIKE metrics INCLUDING ALL) PARTITION BY RANGE (started_at), one partition per UTC day the rows fall on, plus the same foreign key".to_owned(),
+    );
     if let Some(last) = runs.last() {
         let same = runs.iter().all(|m| m.state == last.state);
         report.notes.push(format!(
@@ -386,6 +471,28 @@ pub(crate) fn sample_metric(i: u64, base: DateTime<Utc>) -> Metric {
     metric
 }
 
+/// Which consumer drains the topic, and how.
+#[derive(Debug, Clone, Copy)]
+enum Drainer<'a> {
+    /// This release, with state tracking (its default).
+    State,
+    /// This release, `--track-state false`.
+    NoState,
+    /// Another release's binary (`BENCH_BASELINE_CONSUMER`), its defaults.
+    Baseline(&'a Path),
+}
+
+/// A table partitioned as `metrics` is (same columns, indexes, foreign key;
+/// one partition per UTC day the stored rows fall on), for the raw COPY.
+const PARTITIONED_COPY: &str = "CREATE TABLE metrics_part (LIKE metrics INCLUDING ALL) PARTITION BY RANGE (started_at);
+ALTER TABLE metrics_part ADD FOREIGN KEY (website_id) REFERENCES websites (id);
+DO $$ DECLARE day timestamptz; BEGIN
+    FOR day IN SELECT DISTINCT date_trunc('day', started_at, 'UTC') FROM metrics LOOP
+        EXECUTE format('CREATE TABLE %I PARTITION OF metrics_part FOR VALUES FROM (%L) TO (%L)',
+                       'metrics_part_' || to_char(day AT TIME ZONE 'UTC', 'YYYYMMDD'), day, day + interval '24 hours');
+    END LOOP;
+END $$;";
+
 /// CPU seconds spent by each part while the consumer drained the topic.
 #[derive(Debug, Clone, Copy, Default)]
 struct CpuSplit {
@@ -410,6 +517,12 @@ struct Measured {
     start_rate: f64,
     raw_rate: f64,
     no_fk_rate: f64,
+    /// Raw COPY into a table partitioned by day as `metrics` is.
+    part_rate: f64,
+    /// The baseline consumer's drain, when one was given.
+    baseline_rate: Option<f64>,
+    /// Disk of the stored rows (heap and indexes of every partition) per row.
+    bytes_per_row: f64,
     drain_secs: f64,
     cpu: CpuSplit,
     raw_pg_cpu: f64,
@@ -432,18 +545,35 @@ async fn measure(
     preload: &Preload,
     rows: u64,
     run: usize,
+    baseline: Option<&Path>,
 ) -> anyhow::Result<Measured> {
     let pg = &store.pg;
-    let state_first = run % 2 == 0;
-    let (with, without) = if state_first {
-        let with = drain(options, store, broker, preload, rows, run, true).await?;
-        let without = drain(options, store, broker, preload, rows, run, false).await?;
-        (with, without)
-    } else {
-        let without = drain(options, store, broker, preload, rows, run, false).await?;
-        let with = drain(options, store, broker, preload, rows, run, true).await?;
-        (with, without)
+    // The drain that goes first tends to lose: the order turns with each run.
+    let mut order = vec![Drainer::State, Drainer::NoState];
+    if let Some(program) = baseline {
+        order.push(Drainer::Baseline(program));
+    }
+    let turn = run % order.len();
+    order.rotate_left(turn);
+    let state_first = matches!(order.first(), Some(Drainer::State));
+    let (mut with, mut without, mut before) = (None, None, None);
+    for drainer in order {
+        let drained = drain(options, store, broker, preload, rows, run, drainer).await?;
+        match drainer {
+            Drainer::State => with = Some(drained),
+            Drainer::NoState => without = Some(drained),
+            Drainer::Baseline(_) => before = Some(drained),
+        }
+    }
+    let (Some(with), Some(without)) = (with, without) else {
+        bail!("a drain did not run");
     };
+    let baseline_rate = before.as_ref().map(|drained| drained.consumer_rate);
+    if let Some(before) = before {
+        drop(before.client);
+        tokio::task::block_in_place(|| pg.drop_database(&before.db.name))
+            .context("cannot drop the baseline's database")?;
+    }
     let state = state_rows(&with.client).await?;
     if state.sites == 0 {
         bail!("the drain with state tracking left site_state empty");
@@ -461,15 +591,24 @@ async fn measure(
     // The raw limit: the same rows, as stored, loaded by psql into an identical table.
     let file = store.dir.join("rows.tsv");
     let postmaster = store.postmaster_pid()?;
-    let (raw_secs, raw_pg_cpu, no_fk_secs) =
-        tokio::task::block_in_place(|| -> anyhow::Result<(f64, f64, f64)> {
+    let bytes_per_row: f64 = client
+        .query_one(
+            "SELECT sum(pg_total_relation_size(inhrelid))::float8 FROM pg_inherits WHERE inhparent = 'metrics'::regclass",
+            &[],
+        )
+        .await?
+        .get::<_, f64>(0)
+        / rows as f64;
+    let (raw_secs, raw_pg_cpu, no_fk_secs, part_secs) =
+        tokio::task::block_in_place(|| -> anyhow::Result<(f64, f64, f64, f64)> {
             let _ = pg.psql(
                 &db.name,
                 &format!(
                     "CREATE TABLE metrics_raw (LIKE metrics INCLUDING ALL);\n\
                      ALTER TABLE metrics_raw ADD FOREIGN KEY (website_id) REFERENCES websites (id);\n\
                      CREATE TABLE metrics_no_fk (LIKE metrics INCLUDING ALL);\n\
-                     \\copy metrics TO {}\n",
+                     {PARTITIONED_COPY}\n\
+                     \\copy (SELECT * FROM metrics) TO {}\n",
                     quote(&file)
                 ),
             )?;
@@ -483,7 +622,9 @@ async fn measure(
             let (raw_secs, raw_pg_cpu) = timed("metrics_raw")?;
             // The same without the foreign key, to show what its per-row check costs.
             let (no_fk_secs, _) = timed("metrics_no_fk")?;
-            Ok((raw_secs, raw_pg_cpu, no_fk_secs))
+            // Into a table partitioned as metrics is: the partitioned table's raw limit.
+            let (part_secs, _) = timed("metrics_part")?;
+            Ok((raw_secs, raw_pg_cpu, no_fk_secs, part_secs))
         })
         .context("the raw COPY failed")?;
     let _ = std::fs::remove_file(&file);
@@ -508,6 +649,9 @@ async fn measure(
         start_rate: with.start_rate,
         raw_rate: rows as f64 / raw_secs,
         no_fk_rate: rows as f64 / no_fk_secs,
+        part_rate: rows as f64 / part_secs,
+        baseline_rate,
+        bytes_per_row,
         drain_secs: with.drain_secs,
         cpu: with.cpu,
         raw_pg_cpu,
@@ -541,18 +685,23 @@ async fn drain(
     preload: &Preload,
     rows: u64,
     run: usize,
-    track_state: bool,
+    drainer: Drainer<'_>,
 ) -> anyhow::Result<Drain> {
     let pg = &store.pg;
-    let (db, suffix, extra, label): (_, _, &[&str], _) = if track_state {
-        (store.database(run)?, "", &[], "with state tracking")
-    } else {
-        (
+    let (db, suffix, extra, label): (_, _, &[&str], _) = match drainer {
+        Drainer::State => (store.database(run)?, "", &[], "with state tracking"),
+        Drainer::NoState => (
             store.named_database(format!("sitewatch_{run}_no_state"))?,
             "-no-state",
             &["--track-state", "false"],
             "without state tracking",
-        )
+        ),
+        Drainer::Baseline(_) => (
+            store.named_database(format!("sitewatch_{run}_baseline"))?,
+            "-baseline",
+            &[],
+            "the baseline consumer",
+        ),
     };
     tokio::task::block_in_place(|| -> anyhow::Result<()> {
         let _ = pg.psql(
@@ -574,14 +723,13 @@ async fn drain(
     let broker_clock = CpuClock::process(broker.proc.pid())?;
     let started = SystemTime::now();
     let group = format!("bench-ingest-{}-{run}{suffix}", std::process::id());
-    let mut consumer = stack::start_consumer(
-        options,
-        broker,
-        &group,
-        &db.url,
-        extra,
-        &store.dir.join(format!("run-{run}{suffix}")),
-    )?;
+    let log_dir = store.dir.join(format!("run-{run}{suffix}"));
+    let mut consumer = match drainer {
+        Drainer::Baseline(program) => {
+            stack::start_consumer_binary(program, broker, &group, &db.url, extra, &log_dir)?
+        }
+        _ => stack::start_consumer(options, broker, &group, &db.url, extra, &log_dir)?,
+    };
     let consumer_clock = CpuClock::process(consumer.pid())?;
 
     // Done when each partition's last message is stored and the count is whole;

@@ -177,11 +177,25 @@ pub(crate) fn start_consumer(
     extra: &[&str],
     log_dir: &Path,
 ) -> anyhow::Result<Proc> {
+    let program = procs::release_binary(&options.bin_dir, "consumer")?;
+    start_consumer_binary(&program, broker, group, db_url, extra, log_dir)
+}
+
+/// [`start_consumer`] with the `consumer` binary at `program` (another
+/// release's, say).
+pub(crate) fn start_consumer_binary(
+    program: &Path,
+    broker: &Broker,
+    group: &str,
+    db_url: &str,
+    extra: &[&str],
+    log_dir: &Path,
+) -> anyhow::Result<Proc> {
     let mut args = broker.flags().to_vec();
     args.extend(["--group-id", group, "--log-format", "json"]);
     args.extend(["--postgres-url", db_url, "--postgres-sslmode", "disable"]);
     args.extend_from_slice(extra);
-    Proc::release(&options.bin_dir, "consumer", args, &[], log_dir)
+    Proc::spawn("consumer", program, args, &[], log_dir)
 }
 
 /// What the scenarios that write to PostgreSQL start first: their scratch

@@ -83,6 +83,9 @@ enum Case {
     /// The same into an unpartitioned table of the same columns, indexes
     /// and foreign key: what partitioning by day costs a COPY.
     RawFlat,
+    /// Binary COPY into each day's partition by name, not through the
+    /// partitioned table: what routing rows to their day costs a COPY.
+    RawPartition,
 }
 
 async fn run_path(db: &Postgres, name: &str, case: Case, rows: &[Row], batch: usize) -> f64 {
@@ -93,7 +96,9 @@ async fn run_path(db: &Postgres, name: &str, case: Case, rows: &[Row], batch: us
         .expect("schema");
     let (path, track_state) = match case {
         Case::Path(path) => (path, false),
-        Case::State | Case::Raw | Case::RawFlat => (WritePath::Copy, matches!(case, Case::State)),
+        Case::State | Case::Raw | Case::RawFlat | Case::RawPartition => {
+            (WritePath::Copy, matches!(case, Case::State))
+        }
     };
     let store = Store::new(
         s.pool().expect("pool"),
@@ -129,14 +134,21 @@ async fn run_path(db: &Postgres, name: &str, case: Case, rows: &[Row], batch: us
                 let _ = store.write(chunk, &[]).await.expect("write");
             }
         }
-        Case::Raw | Case::RawFlat => {
-            let client = s
+        Case::Raw | Case::RawFlat | Case::RawPartition => {
+            let mut client = s
                 .connector()
                 .expect("connector")
                 .connect()
                 .await
                 .expect("connect");
-            copy_raw(&client, rows, batch, table).await;
+            copy_raw(
+                &mut client,
+                rows,
+                batch,
+                table,
+                matches!(case, Case::RawPartition),
+            )
+            .await;
         }
     }
     let took = start.elapsed();
@@ -155,7 +167,14 @@ async fn run_path(db: &Postgres, name: &str, case: Case, rows: &[Row], batch: us
 
 /// Rows by binary COPY straight into `table` in chunks of `batch`, one
 /// transaction each, without the consumer around it; their sites exist.
-async fn copy_raw(client: &tokio_postgres::Client, rows: &[Row], batch: usize, table: &str) {
+/// `by_day`: each chunk's rows into their day's partition by name instead.
+async fn copy_raw(
+    client: &mut tokio_postgres::Client,
+    rows: &[Row],
+    batch: usize,
+    table: &str,
+    by_day: bool,
+) {
     let urls: Vec<&str> = rows.iter().map(|r| r.metric.url.as_str()).collect();
     let known: std::collections::HashMap<String, i64> = client
         .query(
@@ -182,24 +201,46 @@ async fn copy_raw(client: &tokio_postgres::Client, rows: &[Row], batch: usize, t
     }
     let copy = columns::copy_into(table);
     for chunk in rows.chunks(batch.max(1)) {
-        let refs = chunk.iter().map(|row| RowRef {
-            metric: &row.metric,
-            website_id: known.get(&row.metric.url).copied().unwrap_or(-1),
-            topic: &row.origin.topic,
-            partition: row.origin.partition,
-            offset: row.origin.offset,
-        });
-        let sink = client.copy_in(&copy).await.expect("copy");
-        let _ = columns::copy_rows(sink, refs).await.expect("raw copy");
+        let mut parts: Vec<(String, Vec<&Row>)> = Vec::new();
+        for row in chunk {
+            let target = if by_day {
+                row.metric.started_at.format("metrics_p%Y%m%d").to_string()
+            } else {
+                table.to_owned()
+            };
+            match parts.last_mut() {
+                Some((name, rows)) if *name == target => rows.push(row),
+                _ => parts.push((target, vec![row])),
+            }
+        }
+        let tx = client.transaction().await.expect("transaction");
+        for (target, part) in parts {
+            let refs = part.into_iter().map(|row| RowRef {
+                metric: &row.metric,
+                website_id: known.get(&row.metric.url).copied().unwrap_or(-1),
+                topic: &row.origin.topic,
+                partition: row.origin.partition,
+                offset: row.origin.offset,
+            });
+            let statement = if by_day {
+                columns::copy_into(&target)
+            } else {
+                copy.clone()
+            };
+            let sink = tx.copy_in(&statement).await.expect("copy");
+            let _ = columns::copy_rows(sink, refs).await.expect("raw copy");
+        }
+        tx.commit().await.expect("commit");
     }
 }
 
 /// The last is the reference the others are compared with.
-const CASES: [(&str, Case); 5] = [
+const CASES: [(&str, Case); 6] = [
     ("copy", Case::Path(WritePath::Copy)),
     ("copy_state", Case::State),
     ("unnest", Case::Path(WritePath::Unnest)),
     ("raw_flat", Case::RawFlat),
+    ("raw_partition", Case::RawPartition),
     ("raw_copy", Case::Raw),
 ];
 
