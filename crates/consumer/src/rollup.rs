@@ -184,14 +184,17 @@ pub(crate) async fn roll(
         steps += 1;
     }
 
-    // Whole days, so that a day is never kept in hours but not as a day.
+    // Whole days, both at once, so that a day is never kept in hours but
+    // not as a day.
     let keep_since = day_of(keep_since);
-    let _ = client
+    let tx = client.transaction().await?;
+    let _ = tx
         .execute("DELETE FROM metrics_hourly WHERE hour < $1", &[&keep_since])
         .await?;
-    let _ = client
+    let _ = tx
         .execute("DELETE FROM metrics_daily WHERE day < $1", &[&keep_since])
         .await?;
+    tx.commit().await?;
     Ok(Rolled {
         until,
         rerolled,
@@ -200,7 +203,7 @@ pub(crate) async fn roll(
 }
 
 /// Where the rollups stand; when they never ran, they start at the first
-/// raw row's hour (or now's, or the oldest hour kept), and the rows of
+/// raw row's day (or today, or the oldest day kept), and the rows of
 /// transactions from `guard` on in hours before it are late.
 async fn progress(
     client: &Client,
@@ -217,8 +220,9 @@ async fn progress(
         });
     }
     let first: Option<DateTime<Utc>> = client.query_one(FIRST_PROBE, &[]).await?.try_get(0)?;
-    // Rows dated ahead of now are rolled when their hour comes.
-    let start = hour_of(first.unwrap_or(now).min(now).max(keep_since));
+    // From a day's start, so that the day's hours are rolled as its day is
+    // (from all its raw rows); rows dated ahead of now wait for their hour.
+    let start = day_of(first.unwrap_or(now).min(now).max(keep_since));
     // Days dropped before the rollups ever ran have none to spoil: a late
     // row of them is rolled up with what its day has.
     let raw_complete_since = common_era();

@@ -99,6 +99,8 @@ WITH rolled AS (
     SELECT date_trunc('hour', since, 'UTC') AS lo,
            least(date_trunc('hour', until, 'UTC'),
                  coalesce((SELECT rolled_until FROM rollup_progress), '-infinity')) AS upto
+    -- No range, no rows (least and greatest would pass over a NULL).
+    WHERE since IS NOT NULL AND until IS NOT NULL
 ), bounds AS (
     -- Whole days from the first day that starts at or after `lo` to the day
     -- `upto` falls in; the hours at either end come from `metrics_hourly`.
