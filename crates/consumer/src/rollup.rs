@@ -5,6 +5,8 @@
 //! `retention.rollups`. Run by the retention pass, which holds the lock that
 //! keeps two consumers from rolling at once.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use tokio_postgres::Client;
 
@@ -14,17 +16,22 @@ const FIRST_PROBE: &str = include_str!("../sql/first_probe.sql");
 const CUMULATE_DAYS: &str = include_str!("../sql/cumulate_days.sql");
 
 /// The running totals of every site's days from `$1` on.
-fn cumulate_all() -> String {
-    CUMULATE_DAYS.replace("{sites}", "")
-}
+static CUMULATE_ALL: LazyLock<String> = LazyLock::new(|| CUMULATE_DAYS.replace("{sites}", ""));
 
 /// The running totals of the days from `$1` on of the sites that got late rows.
-fn cumulate_late() -> String {
+static CUMULATE_LATE: LazyLock<String> = LazyLock::new(|| {
     CUMULATE_DAYS.replace(
         "{sites}",
         "AND x.website_id IN (SELECT website_id FROM late_hours)",
     )
-}
+});
+
+/// Each closed span's hours, and each closed day, from all their raw rows.
+static HOURS_OF_SPAN: LazyLock<String> = LazyLock::new(|| Bucket::Hour.statement(SPAN));
+static DAY_OF_SPAN: LazyLock<String> = LazyLock::new(|| Bucket::Day.statement(SPAN));
+/// The hours, and closed days, that got late rows, from all their raw rows.
+static LATE_HOURS: LazyLock<String> = LazyLock::new(|| Bucket::Hour.statement(LATE));
+static LATE_DAYS: LazyLock<String> = LazyLock::new(|| Bucket::Day.statement(LATE));
 
 /// Every transaction below this one has ended: the rows it stored are all
 /// committed (or gone) and visible to any snapshot taken after.
@@ -83,7 +90,7 @@ impl Bucket {
 }
 
 /// The UTC day `at` falls in.
-pub(crate) fn day_of(at: DateTime<Utc>) -> DateTime<Utc> {
+fn day_of(at: DateTime<Utc>) -> DateTime<Utc> {
     at.duration_trunc(TimeDelta::days(1)).unwrap_or(at)
 }
 
@@ -133,7 +140,7 @@ pub(crate) async fn roll(
             )
             .await?;
         if late > 0 {
-            rerolled += tx.execute(&Bucket::Hour.statement(LATE), &[]).await?;
+            rerolled += tx.execute(LATE_HOURS.as_str(), &[]).await?;
             // A day is rolled once all of it is, and from its raw rows.
             let _ = tx
                 .execute(
@@ -141,7 +148,7 @@ pub(crate) async fn roll(
                     &[&day_of(until)],
                 )
                 .await?;
-            rerolled += tx.execute(&Bucket::Day.statement(LATE), &[]).await?;
+            rerolled += tx.execute(LATE_DAYS.as_str(), &[]).await?;
             let first: Option<DateTime<Utc>> = tx
                 .query_one(
                     "SELECT min(date_trunc('day', bucket, 'UTC')) FROM late_hours",
@@ -150,7 +157,7 @@ pub(crate) async fn roll(
                 .await?
                 .try_get(0)?;
             if let Some(first) = first {
-                let _ = tx.execute(&cumulate_late(), &[&first]).await?;
+                let _ = tx.execute(CUMULATE_LATE.as_str(), &[&first]).await?;
             }
         }
         let _ = tx
@@ -167,14 +174,10 @@ pub(crate) async fn roll(
         let day = day_of(until);
         let end = (day + TimeDelta::days(1)).min(closed);
         let tx = client.transaction().await?;
-        let _ = tx
-            .execute(&Bucket::Hour.statement(SPAN), &[&until, &end])
-            .await?;
+        let _ = tx.execute(HOURS_OF_SPAN.as_str(), &[&until, &end]).await?;
         if end == day + TimeDelta::days(1) {
-            let _ = tx
-                .execute(&Bucket::Day.statement(SPAN), &[&day, &end])
-                .await?;
-            let _ = tx.execute(&cumulate_all(), &[&day]).await?;
+            let _ = tx.execute(DAY_OF_SPAN.as_str(), &[&day, &end]).await?;
+            let _ = tx.execute(CUMULATE_ALL.as_str(), &[&day]).await?;
         }
         let _ = tx
             .execute("UPDATE rollup_progress SET rolled_until = $1", &[&end])
@@ -264,7 +267,7 @@ mod tests {
 
     #[test]
     fn the_running_totals_leave_nothing_to_fill() {
-        for sql in [cumulate_all(), cumulate_late()] {
+        for sql in [&*CUMULATE_ALL, &*CUMULATE_LATE] {
             assert!(!sql.contains('{'), "a placeholder left: {sql}");
         }
     }
