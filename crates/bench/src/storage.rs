@@ -301,6 +301,7 @@ async fn rollup_an_hour(
         RetentionSettings {
             metrics: Duration::from_secs(100 * 366 * 86_400).into(),
             rollups: Duration::from_secs(1000 * 86_400).into(),
+            partition: std::time::Duration::from_secs(86_400).into(),
             partitions_ahead: 3,
             every: Duration::from_secs(600).into(),
         },

@@ -1,3 +1,4 @@
--- Makes the partition of `metrics` for the day $1 falls on, unless one
--- covers it already (V4__partitioned_metrics.sql).
-SELECT metrics_partition_for($1)
+-- The bounds of the partition of `metrics` that holds $1 (NULL where it has
+-- none), made $2 seconds wide unless one holds it already
+-- (V6__partition_width.sql).
+SELECT lower, upper FROM metrics_partition_for($1, $2::bigint * interval '1 second')

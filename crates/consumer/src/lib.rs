@@ -129,7 +129,8 @@ pub async fn run(
         settings.write_path,
         settings.write_timeout.get(),
         settings.track_state,
-    );
+    )
+    .partitioned_by(settings.retention.partition.get());
     let webhooks = settings
         .alert
         .webhooks()

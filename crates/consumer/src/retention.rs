@@ -1,7 +1,7 @@
-//! Bounded storage: the days of `metrics` older than the retention dropped
+//! Bounded storage: the partitions of `metrics` older than the retention dropped
 //! whole (a DROP of their partition, not a DELETE of their rows) once they
 //! are rolled up, the rollups made and kept for their own retention, and the
-//! days ahead made before they come, by one consumer at a time.
+//! partitions ahead made before they come, by one consumer at a time.
 
 use std::time::Duration;
 
@@ -13,9 +13,9 @@ use tokio_postgres::error::SqlState;
 use tokio_util::sync::CancellationToken;
 
 use crate::rollup::Rolled;
+use crate::store::partitions::ensure;
 
 const EXPIRED_PARTITIONS: &str = include_str!("../sql/expired_partitions.sql");
-const ENSURE_PARTITION: &str = include_str!("../sql/ensure_partition.sql");
 
 /// Any number that no other advisory lock of sitewatch uses: held by the
 /// consumer whose pass runs, so that two never run one at once.
@@ -29,7 +29,7 @@ const DROP_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '2s'";
 #[derive(Debug, Clone, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionSettings {
-    /// How long metrics, and notifications sent, are kept: a day's partition is dropped once all of it is older than this (and rolled up)
+    /// How long metrics, and notifications sent, are kept: a partition is dropped once all of it is older than this (and its days are rolled up)
     #[arg(
         id = "retention.metrics",
         long = "retention-metrics",
@@ -47,7 +47,16 @@ pub struct RetentionSettings {
         default_value = "400days"
     )]
     pub rollups: TimeSpan,
-    /// Days of metrics partitions made ahead of today
+    /// How much time one partition of metrics holds, in whole hours: made ahead, and dropped whole once all of it is past retention.metrics; a change applies to partitions made after it
+    #[arg(
+        id = "retention.partition",
+        long = "retention-partition",
+        env = "CONSUMER_RETENTION_PARTITION",
+        value_name = "DURATION",
+        default_value = "1day"
+    )]
+    pub partition: TimeSpan,
+    /// Partitions of metrics made ahead of the one now is in
     #[arg(
         id = "retention.partitions_ahead",
         long = "retention-partitions-ahead",
@@ -186,11 +195,14 @@ impl Retention {
         client
             .batch_execute("SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SET statement_timeout = 0")
             .await?;
-        let ensure = client.prepare(ENSURE_PARTITION).await?;
         let now = chrono::Utc::now();
-        for day in 0..=i64::from(self.settings.partitions_ahead) {
-            let at = now + chrono::TimeDelta::days(day);
-            let _ = client.execute(&ensure, &[&at]).await?;
+        let mut at = now;
+        for _ in 0..=self.settings.partitions_ahead {
+            let made = ensure(&client, at, self.settings.partition.get()).await?;
+            match made.upper {
+                Some(upper) => at = upper,
+                None => break,
+            }
         }
         let cutoff = before(now, &self.settings.metrics);
         let rollups_cutoff = before(now, &self.settings.rollups);
@@ -210,9 +222,11 @@ impl Retention {
             )
             .await?;
         let (mut dropped, mut left, mut failed) = (Vec::new(), Vec::new(), Vec::new());
-        // Raw days are dropped only once rolled up.
+        // Raw rows are dropped only once their day is rolled up (a day's
+        // rollup is made from its raw rows, once all its hours are).
+        let rolled_days = crate::rollup::day_of(rolled.until);
         let expired: Vec<(String, DateTime<Utc>)> = client
-            .query(EXPIRED_PARTITIONS, &[&cutoff.min(rolled.until)])
+            .query(EXPIRED_PARTITIONS, &[&cutoff.min(rolled_days)])
             .await?
             .iter()
             .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))

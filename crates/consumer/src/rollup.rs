@@ -90,7 +90,7 @@ impl Bucket {
 }
 
 /// The UTC day `at` falls in.
-fn day_of(at: DateTime<Utc>) -> DateTime<Utc> {
+pub(crate) fn day_of(at: DateTime<Utc>) -> DateTime<Utc> {
     at.duration_trunc(TimeDelta::days(1)).unwrap_or(at)
 }
 
@@ -248,11 +248,12 @@ pub(crate) fn common_era() -> DateTime<Utc> {
     DateTime::from_timestamp(-62_135_596_800, 0).unwrap_or(DateTime::UNIX_EPOCH)
 }
 
-/// Records, in the transaction that drops a partition, that raw rows before
-/// its end are no longer complete: a late row of those days (which makes
-/// their partition again) is not rolled up alone over what was rolled.
-pub(crate) const RAW_DROPPED_UNTIL: &str =
-    "UPDATE rollup_progress SET raw_complete_since = greatest(raw_complete_since, $1)";
+/// Records, in the transaction that drops a partition, that raw rows of the
+/// days up to its end are no longer complete (a partition may end inside a
+/// day): a late row of those days (which makes their partition again) is not
+/// rolled up alone over what was rolled.
+pub(crate) const RAW_DROPPED_UNTIL: &str = "UPDATE rollup_progress SET raw_complete_since = \
+     greatest(raw_complete_since, date_trunc('day', $1::timestamptz - interval '1 microsecond', 'UTC') + interval '1 day')";
 
 #[cfg(test)]
 mod tests {

@@ -262,8 +262,21 @@ impl ServiceSettings for Settings {
                 "must be at least retention.metrics: the rollups outlive the metrics they sum",
             );
         }
-        if self.retention.partitions_ahead > 366 {
-            return invalid("retention.partitions_ahead", "must be at most 366 days");
+        let partition = self.retention.partition.get();
+        if partition.as_secs() < 3600
+            || partition.as_secs() % 3600 != 0
+            || partition.subsec_nanos() != 0
+        {
+            return invalid(
+                "retention.partition",
+                "must be a whole number of hours (1h, 6h, 1day, 7days, ...)",
+            );
+        }
+        if partition > std::time::Duration::from_secs(366 * 86_400) {
+            return invalid("retention.partition", "must be at most 366 days");
+        }
+        if self.retention.partitions_ahead > 1000 {
+            return invalid("retention.partitions_ahead", "must be at most 1000");
         }
         if self.retention.every.is_zero() {
             return invalid("retention.every", "must be longer than zero");
@@ -350,6 +363,14 @@ mod tests {
         let err = Settings::load(&check::cli(command(), &["--writers", "4"]))
             .expect_err("pool too small");
         assert!(err.to_string().contains("`postgres.pool_size`"), "{err}");
+        for width in ["30m", "90m", "400days"] {
+            let err = Settings::load(&check::cli(command(), &["--retention-partition", width]))
+                .expect_err("not a whole number of hours up to a year");
+            assert!(err.to_string().contains("`retention.partition`"), "{err}");
+        }
+        let hourly = Settings::load(&check::cli(command(), &["--retention-partition", "1h"]))
+            .expect("an hour");
+        assert_eq!(hourly.retention.partition.get(), Duration::from_secs(3600));
         let err = check::file_error::<Settings>(command(), "[postgres]\nsslmode = \"sometimes\"\n");
         assert!(err.contains("sslmode"), "{err}");
     }

@@ -161,6 +161,7 @@ fn retention(db: &Postgres, keep_days: u64) -> Retention {
         RetentionSettings {
             metrics: Duration::from_secs(keep_days * 86_400).into(),
             rollups: Duration::from_secs(400 * 86_400).into(),
+            partition: std::time::Duration::from_secs(86_400).into(),
             partitions_ahead: 3,
             every: Duration::from_secs(600).into(),
         },

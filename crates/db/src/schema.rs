@@ -1,5 +1,5 @@
 //! The schema both services use: `websites` (sites, and the monitor's
-//! targets), `metrics` (one row per probe, partitioned by day),
+//! targets), `metrics` (one row per probe, partitioned by time),
 //! `dead_letters`, site state, incidents and the alert outbox, the hourly
 //! and daily rollups, the `site_uptime` function and the `site_status`
 //! view, as numbered migrations embedded in the binaries.

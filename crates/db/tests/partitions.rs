@@ -168,3 +168,88 @@ async fn a_new_installation_has_today_and_the_days_ahead_and_makes_any_day_once(
         "{said}"
     );
 }
+
+#[tokio::test]
+async fn partitions_of_any_width_start_at_its_multiples_and_hold_the_edges() {
+    let db = Postgres::start_temp().expect("postgres");
+    let connector = connector(&db);
+    sitewatch_db::schema::migrate(&connector)
+        .await
+        .expect("schema");
+    let client = connector.connect().await.expect("connect");
+    let bounds = |at: &'static str, width: &'static str| {
+        let client = &client;
+        async move {
+            let row = client
+                .query_one(
+                    "SELECT lower::text, upper::text FROM metrics_partition_for($1::text::timestamptz, $2::text::interval)",
+                    &[&at, &width],
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{at} by {width}: {}", sitewatch_db::describe_error(&e)));
+            (row.get::<_, String>(0), row.get::<_, String>(1))
+        }
+    };
+    let pair = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+    // A microsecond before the edge, and the edge itself, as floating point
+    // cannot tell them apart.
+    assert_eq!(
+        bounds("2031-03-04 23:59:59.999999+00", "1 day").await,
+        pair("2031-03-04 00:00:00+00", "2031-03-05 00:00:00+00")
+    );
+    assert_eq!(
+        bounds("2031-03-05 00:00:00+00", "1 day").await,
+        pair("2031-03-05 00:00:00+00", "2031-03-06 00:00:00+00")
+    );
+    // An hour is asked for inside a day that has its partition: the day's.
+    assert_eq!(
+        bounds("2031-03-05 13:00:00+00", "1 hour").await,
+        pair("2031-03-05 00:00:00+00", "2031-03-06 00:00:00+00")
+    );
+    assert_eq!(
+        bounds("2031-03-06 13:59:59.999999+00", "1 hour").await,
+        pair("2031-03-06 13:00:00+00", "2031-03-06 14:00:00+00")
+    );
+    // Weeks start on 1970-01-01's weekday (a Thursday), cut short by the
+    // day and the hour made above.
+    assert_eq!(
+        bounds("2031-03-03 08:00:00+00", "7 days").await,
+        pair("2031-02-27 00:00:00+00", "2031-03-04 00:00:00+00")
+    );
+    assert_eq!(
+        bounds("2031-03-06 12:00:00+00", "7 days").await,
+        pair("2031-03-06 00:00:00+00", "2031-03-06 13:00:00+00")
+    );
+    assert_eq!(
+        bounds("2031-03-06 15:00:00+00", "7 days").await,
+        pair("2031-03-06 14:00:00+00", "2031-03-13 00:00:00+00")
+    );
+    // Before 1970 too.
+    assert_eq!(
+        bounds("1969-12-31 23:59:59+00", "6 hours").await,
+        pair("1969-12-31 18:00:00+00", "1970-01-01 00:00:00+00")
+    );
+    let names = partitions(&client).await;
+    for name in [
+        "metrics_p20310227",
+        "metrics_p20310306",
+        "metrics_p20310306_130000",
+        "metrics_p20310306_140000",
+        "metrics_p19691231_180000",
+    ] {
+        assert!(names.contains(&name.to_owned()), "{name}: {names:?}");
+    }
+    for (at, width) in [("2031-01-01", "30 seconds"), ("infinity", "1 day")] {
+        let err = client
+            .query_one(
+                "SELECT * FROM metrics_partition_for($1::text::timestamptz, $2::text::interval)",
+                &[&at, &width],
+            )
+            .await
+            .expect_err("refused");
+        assert!(
+            sitewatch_db::describe_error(&err).contains("metrics_partition_for"),
+            "{err}"
+        );
+    }
+}

@@ -5,7 +5,7 @@
 //! metric and a row; the schema from `sitewatch_db::schema`.
 
 mod error;
-mod partitions;
+pub(crate) mod partitions;
 mod sites;
 pub(crate) mod state;
 
@@ -79,11 +79,19 @@ impl Store {
             pool,
             path,
             sites: SiteIds::default(),
-            partitions: Partitions::default(),
+            partitions: Partitions::new(partitions::DEFAULT_WIDTH),
             timeout,
             track_state,
             states: StateCache::default(),
             outbox: None,
+        }
+    }
+
+    /// The same store, making the partitions of `metrics` it needs `width` wide.
+    pub fn partitioned_by(self, width: Duration) -> Store {
+        Store {
+            partitions: Partitions::new(width),
+            ..self
         }
     }
 

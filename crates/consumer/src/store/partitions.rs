@@ -1,9 +1,9 @@
-//! The partitions of `metrics` a batch needs, one per UTC day: made on
-//! demand (the migration makes today's and the next few), so that a metric
-//! of any date is stored, never dead-lettered for its date.
+//! The partitions of `metrics` a batch needs: made on demand (the migrations
+//! and the retention pass make the current one and the next few), so that a
+//! metric of any date is stored, never dead-lettered for its date.
 
-use std::collections::HashSet;
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
@@ -12,53 +12,86 @@ use crate::store::StoreError;
 
 const ENSURE_PARTITION: &str = include_str!("../../sql/ensure_partition.sql");
 
-const SECONDS_PER_DAY: i64 = 86_400;
+/// How much time a partition made by the store holds, unless set.
+pub(crate) const DEFAULT_WIDTH: Duration = Duration::from_secs(86_400);
 
-/// The days known to have a partition, as days since 1970-01-01 UTC.
-#[derive(Debug, Default)]
-pub(super) struct Partitions(Mutex<HashSet<i64>>);
+/// The time a partition holds: from `lower` (none: since ever) to before
+/// `upper` (none: from then on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Bounds {
+    pub(crate) lower: Option<DateTime<Utc>>,
+    pub(crate) upper: Option<DateTime<Utc>>,
+}
+
+impl Bounds {
+    fn holds(&self, at: DateTime<Utc>) -> bool {
+        self.lower.is_none_or(|lower| lower <= at) && self.upper.is_none_or(|upper| at < upper)
+    }
+}
+
+/// The partition that holds `at`, made `width` wide (cut short by its
+/// neighbours) unless one holds it already.
+pub(crate) async fn ensure(
+    client: &tokio_postgres::Client,
+    at: DateTime<Utc>,
+    width: Duration,
+) -> Result<Bounds, tokio_postgres::Error> {
+    let seconds = i64::try_from(width.as_secs()).unwrap_or(i64::MAX);
+    let row = client.query_one(ENSURE_PARTITION, &[&at, &seconds]).await?;
+    Ok(Bounds {
+        lower: row.try_get(0)?,
+        upper: row.try_get(1)?,
+    })
+}
+
+/// The partitions known to exist, and the width of those this store makes.
+#[derive(Debug)]
+pub(super) struct Partitions {
+    width: Duration,
+    known: Mutex<Vec<Bounds>>,
+}
 
 impl Partitions {
-    /// Makes sure each day the rows were probed on has its partition,
-    /// asking PostgreSQL only for days this process has not seen; each
-    /// partition is made in a transaction of its own, before the batch's.
+    /// Partitions `width` wide.
+    pub(super) fn new(width: Duration) -> Partitions {
+        Partitions {
+            width,
+            known: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Makes sure each time the rows were probed at has its partition,
+    /// asking PostgreSQL only for times no partition this process has seen
+    /// holds; each partition is made in a transaction of its own, before
+    /// the batch's.
     pub(super) async fn ensure(
         &self,
         client: &deadpool_postgres::Client,
         rows: &[Row],
     ) -> Result<(), StoreError> {
-        let mut days: Vec<i64> = rows.iter().map(|r| day_of(r.metric.started_at)).collect();
-        days.sort_unstable();
-        days.dedup();
-        days.retain(|day| !self.lock().contains(day));
-        if days.is_empty() {
-            return Ok(());
-        }
-        let statement = client.prepare_cached(ENSURE_PARTITION).await?;
-        for day in days {
-            let start = DateTime::from_timestamp(day.saturating_mul(SECONDS_PER_DAY), 0)
-                .unwrap_or_default();
-            let _ = client.execute(&statement, &[&start]).await?;
-            let _ = self.lock().insert(day);
+        let mut times: Vec<DateTime<Utc>> = rows.iter().map(|r| r.metric.started_at).collect();
+        times.sort_unstable();
+        times.dedup();
+        for at in times {
+            if self.lock().iter().any(|b| b.holds(at)) {
+                continue;
+            }
+            let bounds = ensure(client, at, self.width).await?;
+            self.lock().push(bounds);
         }
         Ok(())
     }
 
-    /// Forgets every day: a partition was dropped since (by retention, or
-    /// by an operator), so each is asked for again.
+    /// Forgets every partition: one was dropped since (by retention, or by
+    /// an operator), so each time is asked for again.
     pub(super) fn forget(&self) {
         self.lock().clear();
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashSet<i64>> {
-        // Days are inserted whole; a panicking holder leaves nothing half done.
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, Vec<Bounds>> {
+        // Bounds are pushed whole; a panicking holder leaves nothing half done.
+        self.known.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-/// The UTC day `at` falls on, as days since 1970-01-01.
-fn day_of(at: DateTime<Utc>) -> i64 {
-    at.timestamp().div_euclid(SECONDS_PER_DAY)
 }
 
 #[cfg(test)]
@@ -66,12 +99,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn days_are_utc_days_before_and_after_1970() {
+    fn bounds_hold_their_start_not_their_end_and_none_is_unbounded() {
         let at = |s: &str| s.parse::<DateTime<Utc>>().expect("a time");
-        assert_eq!(day_of(at("1970-01-01T00:00:00Z")), 0);
-        assert_eq!(day_of(at("1970-01-01T23:59:59.999Z")), 0);
-        assert_eq!(day_of(at("1969-12-31T23:59:59Z")), -1);
-        assert_eq!(day_of(at("2026-12-07T00:00:00Z")), 20_794);
-        assert_eq!(day_of(at("2026-12-07T23:30:00-02:00")), 20_795);
+        let day = Bounds {
+            lower: Some(at("2026-12-07T00:00:00Z")),
+            upper: Some(at("2026-12-08T00:00:00Z")),
+        };
+        assert!(day.holds(at("2026-12-07T00:00:00Z")));
+        assert!(day.holds(at("2026-12-07T23:59:59.999999Z")));
+        assert!(!day.holds(at("2026-12-08T00:00:00Z")));
+        assert!(!day.holds(at("2026-12-06T23:59:59Z")));
+        let before = Bounds {
+            lower: None,
+            upper: Some(at("2026-12-08T00:00:00Z")),
+        };
+        assert!(before.holds(at("1970-01-01T00:00:00Z")));
+        assert!(!before.holds(at("2026-12-08T00:00:00Z")));
     }
 }
