@@ -118,8 +118,20 @@ pub(crate) async fn roll(
     keep_since: DateTime<Utc>,
 ) -> Result<Rolled, tokio_postgres::Error> {
     let guard: i64 = client.query_one(XID_GUARD, &[]).await?.try_get(0)?;
-    let progress = progress(client, guard, now, keep_since).await?;
+    let mut progress = progress(client, guard, now, keep_since).await?;
     let mut until = progress.rolled_until;
+    if guard < progress.xid_before {
+        // Transaction ids started again: the database was restored from a
+        // dump, or moved by logical replication, into another cluster. Every
+        // row stored in this cluster may be late (the restored rows keep the
+        // old cluster's ids, which this cluster's pass later, and re-rolls).
+        tracing::warn!(
+            xid_before = progress.xid_before,
+            guard,
+            "rollups: the database's transaction ids are behind those the rollups last saw (a restore or a move to another cluster?); every row stored here is checked for late hours"
+        );
+        progress.xid_before = 0;
+    }
 
     let mut rerolled = 0;
     if progress.xid_before < guard {

@@ -330,6 +330,28 @@ async fn late_metrics_roll_their_hour_and_day_again() {
         .get(0);
     let before_today = all.iter().filter(|m| m.started_at < day).count();
     assert_eq!(counted, i64::try_from(before_today).expect("small"));
+
+    // Restored into another cluster, whose transaction ids are far behind
+    // the ones the rollups saw: late probes are still found.
+    client
+        .batch_execute("UPDATE rollup_progress SET xid_before = xid_before + 1000000000")
+        .await
+        .expect("the old cluster's ids");
+    let late = probes(135..140, |i| {
+        three_days_ago + TimeDelta::hours(30) + TimeDelta::minutes(i as i64 - 135)
+    });
+    store(&writer, &late).await;
+    all.extend(late);
+    wait_for(
+        Duration::from_secs(20),
+        "the late metrics after a restore rolled",
+        || async {
+            let reached = rolled_by(&retention).await;
+            rolled(&db, Unit::Hour).await == expected(&all, Unit::Hour, reached.until)
+                && rolled(&db, Unit::Day).await == expected(&all, Unit::Day, reached.until)
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
