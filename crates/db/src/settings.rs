@@ -159,7 +159,7 @@ pub struct PgSettings {
         default_value = "10s"
     )]
     pub connect_timeout: TimeSpan,
-    /// Longest a statement may run on the server before it is cancelled (0s: no limit)
+    /// Longest a statement may run on the server before it is cancelled (0s: no limit); a transaction left idle 10 s longer than this (its client gone) is ended
     #[arg(
         id = "postgres.statement_timeout",
         long = "postgres-statement-timeout",
@@ -246,6 +246,10 @@ impl Connector {
         Ok(client)
     }
 }
+
+/// How much longer than a statement may run a transaction may stay idle:
+/// a batch waits for its turn, holding its transaction, for a few seconds.
+const IDLE_IN_TRANSACTION_MARGIN: Duration = Duration::from_secs(10);
 
 impl PgSettings {
     /// A description safe for logs: no password, no URL.
@@ -338,15 +342,24 @@ impl PgSettings {
     /// for: a statement by `statement_timeout` (server side), unacknowledged
     /// data by `tcp_user_timeout`, an idle connection to a vanished server by
     /// keepalives probing at the same pace.
+    ///
+    /// And the other way round, what a vanished client can hold on the
+    /// server: a session whose client is gone (a network cut, a container
+    /// killed without its TCP connection closed) keeps its transaction, and
+    /// the rows it wrote stay locked against the consumer that takes its
+    /// partitions over, until the server notices. The server's own
+    /// keepalives notice at the client's pace, and a transaction left idle
+    /// longer than a statement may run, and the pauses a writer makes
+    /// between its statements (waiting for its turn), is ended.
     fn bound_waits(&self, config: &mut tokio_postgres::Config) {
+        let mut options = Vec::new();
         let statement = self.statement_timeout.get();
         if !statement.is_zero() {
-            let options = format!("-c statement_timeout={}", statement.as_millis());
-            let options = match config.get_options() {
-                Some(given) => format!("{given} {options}"),
-                None => options,
-            };
-            let _ = config.options(options);
+            options.push(format!("-c statement_timeout={}", statement.as_millis()));
+            options.push(format!(
+                "-c idle_in_transaction_session_timeout={}",
+                (statement + IDLE_IN_TRANSACTION_MARGIN).as_millis()
+            ));
         }
         let user = self.tcp_user_timeout.get();
         if !user.is_zero() {
@@ -357,6 +370,21 @@ impl PgSettings {
                 .keepalives_idle(probe_every)
                 .keepalives_interval(probe_every)
                 .keepalives_retries(3);
+            options.push(format!("-c tcp_user_timeout={}", user.as_millis()));
+            options.push(format!("-c tcp_keepalives_idle={}", probe_every.as_secs()));
+            options.push(format!(
+                "-c tcp_keepalives_interval={}",
+                probe_every.as_secs()
+            ));
+            options.push("-c tcp_keepalives_count=3".to_owned());
+        }
+        if !options.is_empty() {
+            let options = options.join(" ");
+            let options = match config.get_options() {
+                Some(given) => format!("{given} {options}"),
+                None => options,
+            };
+            let _ = config.options(options);
         }
     }
 

@@ -156,3 +156,63 @@ async fn two_consumers_migrating_an_empty_database_at_once_both_succeed() {
         "each migration applied once"
     );
 }
+
+#[tokio::test]
+async fn a_transaction_its_client_left_idle_ends_and_frees_its_rows() {
+    let db = Postgres::start_temp().expect("postgres");
+    let with = |statement_timeout: u64| PgSettings {
+        url: Some(SecretString::from(db.url())),
+        sslmode: SslMode::Disable,
+        statement_timeout: std::time::Duration::from_secs(statement_timeout).into(),
+        tcp_user_timeout: std::time::Duration::from_secs(9).into(),
+        ..PgSettings::default()
+    };
+    let quiet = with(2).connector().expect("connector");
+    let quiet = quiet.connect().await.expect("connect");
+    let show = |name: &'static str| {
+        let quiet = &quiet;
+        async move {
+            let row = quiet
+                .query_one(&format!("SHOW {name}"), &[])
+                .await
+                .expect(name);
+            row.get::<_, String>(0)
+        }
+    };
+    // The server probes a silent client as often as the client probes it.
+    assert_eq!(show("tcp_keepalives_idle").await, "3");
+    assert_eq!(show("tcp_keepalives_interval").await, "3");
+    assert_eq!(show("tcp_keepalives_count").await, "3");
+    assert_eq!(show("tcp_user_timeout").await, "9000");
+    assert_eq!(
+        show("idle_in_transaction_session_timeout").await,
+        "12s",
+        "a statement's 2 s, and the pauses between a writer's statements"
+    );
+
+    quiet
+        .batch_execute("CREATE TABLE held (k int PRIMARY KEY)")
+        .await
+        .expect("a table");
+    quiet
+        .batch_execute("BEGIN; INSERT INTO held VALUES (1)")
+        .await
+        .expect("a row written, its transaction left open");
+    // Another writer of the same key, which would wait on it for as long
+    // as the transaction stays open.
+    let other = with(0).connector().expect("connector");
+    let other = other.connect().await.expect("connect");
+    let inserted = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        other.execute("INSERT INTO held VALUES (1) ON CONFLICT DO NOTHING", &[]),
+    )
+    .await
+    .expect("the other writer no longer waits")
+    .expect("insert");
+    assert_eq!(inserted, 1, "the idle transaction was rolled back");
+    quiet
+        .batch_execute("COMMIT")
+        .await
+        .expect_err("the idle session was ended; its transaction cannot commit");
+    assert!(quiet.is_closed());
+}
