@@ -81,8 +81,10 @@ enum Case {
     /// Binary COPY straight into the table, no conflict check: the limit.
     Raw,
     /// The same into an unpartitioned table of the same columns, indexes
-    /// and foreign key: what partitioning by day costs a COPY.
-    RawFlat,
+    /// and foreign key (what partitioning by day costs a COPY), less what
+    /// the statements given take away from it (what each part of the
+    /// schema costs a COPY).
+    RawFlat(&'static [&'static str]),
     /// Binary COPY into each day's partition by name, not through the
     /// partitioned table: what routing rows to their day costs a COPY.
     RawPartition,
@@ -96,7 +98,7 @@ async fn run_path(db: &Postgres, name: &str, case: Case, rows: &[Row], batch: us
         .expect("schema");
     let (path, track_state) = match case {
         Case::Path(path) => (path, false),
-        Case::State | Case::Raw | Case::RawFlat | Case::RawPartition => {
+        Case::State | Case::Raw | Case::RawFlat(_) | Case::RawPartition => {
             (WritePath::Copy, matches!(case, Case::State))
         }
     };
@@ -115,12 +117,15 @@ async fn run_path(db: &Postgres, name: &str, case: Case, rows: &[Row], batch: us
         .expect("truncate");
     store.partitions_changed();
     let table = match case {
-        Case::RawFlat => {
+        Case::RawFlat(less) => {
             let _ = db
                 .psql(
                     name,
-                    "CREATE TABLE metrics_flat (LIKE metrics INCLUDING ALL); \
-                     ALTER TABLE metrics_flat ADD FOREIGN KEY (website_id) REFERENCES websites (id)",
+                    &format!(
+                        "CREATE TABLE metrics_flat (LIKE metrics INCLUDING ALL); \
+                         ALTER TABLE metrics_flat ADD FOREIGN KEY (website_id) REFERENCES websites (id); {}",
+                        less.join(" ")
+                    ),
                 )
                 .expect("an unpartitioned table");
             "metrics_flat"
@@ -134,7 +139,7 @@ async fn run_path(db: &Postgres, name: &str, case: Case, rows: &[Row], batch: us
                 let _ = store.write(chunk, &[]).await.expect("write");
             }
         }
-        Case::Raw | Case::RawFlat | Case::RawPartition => {
+        Case::Raw | Case::RawFlat(_) | Case::RawPartition => {
             let mut client = s
                 .connector()
                 .expect("connector")
@@ -235,11 +240,27 @@ async fn copy_raw(
 }
 
 /// The last is the reference the others are compared with.
-const CASES: [(&str, Case); 6] = [
+/// What the release before partitioning did not have: the block-range
+/// index, the storing transaction's default, the key's second column.
+const NO_BRIN: &str = "DO $$ DECLARE i regclass; BEGIN \
+    FOR i IN SELECT x.indexrelid::regclass FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid \
+             JOIN pg_am a ON a.oid = c.relam WHERE x.indrelid = 'metrics_flat'::regclass AND a.amname = 'brin' \
+    LOOP EXECUTE format('DROP INDEX %s', i); END LOOP; END $$;";
+const NO_XID_DEFAULT: &str = "ALTER TABLE metrics_flat ALTER COLUMN stored_xid DROP DEFAULT;";
+const NARROW_KEY: &str =
+    "ALTER TABLE metrics_flat DROP CONSTRAINT metrics_flat_pkey, ADD PRIMARY KEY (probe_id);";
+const CASES: [(&str, Case); 10] = [
     ("copy", Case::Path(WritePath::Copy)),
     ("copy_state", Case::State),
     ("unnest", Case::Path(WritePath::Unnest)),
-    ("raw_flat", Case::RawFlat),
+    ("raw_flat", Case::RawFlat(&[])),
+    ("flat_no_brin", Case::RawFlat(&[NO_BRIN])),
+    ("flat_no_xid", Case::RawFlat(&[NO_XID_DEFAULT])),
+    ("flat_narrow_key", Case::RawFlat(&[NARROW_KEY])),
+    (
+        "flat_as_before",
+        Case::RawFlat(&[NO_BRIN, NO_XID_DEFAULT, NARROW_KEY]),
+    ),
     ("raw_partition", Case::RawPartition),
     ("raw_copy", Case::Raw),
 ];
@@ -285,7 +306,7 @@ fn main() {
     }
     println!("{total} rows, batches of {batch}, one connection, PostgreSQL with fsync on; median (min-max) of {ROUNDS} rounds; ratios are medians of per-round ratios");
     println!(
-        "{:<11} {:>24} {:>8} {:>9}",
+        "{:<15} {:>24} {:>8} {:>9}",
         "path", "rows/s", "vs raw", "vs copy"
     );
     let spread = |values: Vec<f64>| {
@@ -301,7 +322,7 @@ fn main() {
     for (c, (name, _)) in CASES.iter().enumerate() {
         let (median, min, max) = spread(results.iter().map(|r| r[c]).collect());
         println!(
-            "{name:<11} {median:>8.0} ({min:>6.0}-{max:>6.0}) {:>7.2}x {:>8.2}x",
+            "{name:<15} {median:>8.0} ({min:>6.0}-{max:>6.0}) {:>7.2}x {:>8.2}x",
             ratio(c, raw),
             ratio(c, 0)
         );

@@ -72,12 +72,22 @@ impl Partitions {
         let mut times: Vec<DateTime<Utc>> = rows.iter().map(|r| r.metric.started_at).collect();
         times.sort_unstable();
         times.dedup();
+        // Sorted, most times fall in the partition the one before did.
+        let mut last: Option<Bounds> = None;
         for at in times {
-            if self.lock().iter().any(|b| b.holds(at)) {
+            if last.is_some_and(|b| b.holds(at)) {
                 continue;
             }
-            let bounds = ensure(client, at, self.width).await?;
-            self.lock().push(bounds);
+            let known = self.lock().iter().find(|b| b.holds(at)).copied();
+            let bounds = match known {
+                Some(bounds) => bounds,
+                None => {
+                    let made = ensure(client, at, self.width).await?;
+                    self.lock().push(made);
+                    made
+                }
+            };
+            last = Some(bounds);
         }
         Ok(())
     }
