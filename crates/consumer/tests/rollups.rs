@@ -175,6 +175,17 @@ async fn rolled_by(retention: &Retention) -> Rolled {
     }
 }
 
+/// Waits, a pass at a time, until the hourly and daily rollups are those
+/// of `all` up to where the passes reached.
+async fn all_rolled(db: &Postgres, retention: &Retention, all: &[Metric], what: &str) {
+    wait_for(Duration::from_secs(20), what, || async {
+        let reached = rolled_by(retention).await;
+        rolled(db, Unit::Hour).await == expected(all, Unit::Hour, reached.until)
+            && rolled(db, Unit::Day).await == expected(all, Unit::Day, reached.until)
+    })
+    .await;
+}
+
 /// Metrics `common::metric(i, 3)` for each `i`, probed at `at(i)`.
 fn probes(range: std::ops::Range<u64>, at: impl Fn(u64) -> DateTime<Utc>) -> Vec<Metric> {
     range
@@ -306,14 +317,11 @@ async fn late_metrics_roll_their_hour_and_day_again() {
     all.extend(late);
     all.extend(ahead);
 
-    wait_for(
-        Duration::from_secs(20),
+    all_rolled(
+        &db,
+        &retention,
+        &all,
         "the late metrics' hours and day rolled again",
-        || async {
-            let reached = rolled_by(&retention).await;
-            rolled(&db, Unit::Hour).await == expected(&all, Unit::Hour, reached.until)
-                && rolled(&db, Unit::Day).await == expected(&all, Unit::Day, reached.until)
-        },
     )
     .await;
     // The days' running totals moved with them: the whole history, read
@@ -342,14 +350,11 @@ async fn late_metrics_roll_their_hour_and_day_again() {
     });
     store(&writer, &late).await;
     all.extend(late);
-    wait_for(
-        Duration::from_secs(20),
+    all_rolled(
+        &db,
+        &retention,
+        &all,
         "the late metrics after a restore rolled",
-        || async {
-            let reached = rolled_by(&retention).await;
-            rolled(&db, Unit::Hour).await == expected(&all, Unit::Hour, reached.until)
-                && rolled(&db, Unit::Day).await == expected(&all, Unit::Day, reached.until)
-        },
     )
     .await;
 }

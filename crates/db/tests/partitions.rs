@@ -177,58 +177,78 @@ async fn partitions_of_any_width_start_at_its_multiples_and_hold_the_edges() {
         .await
         .expect("schema");
     let client = connector.connect().await.expect("connect");
-    let bounds = |at: &'static str, width: &'static str| {
-        let client = &client;
-        async move {
-            let row = client
-                .query_one(
-                    "SELECT lower::text, upper::text FROM metrics_partition_for($1::text::timestamptz, $2::text::interval)",
-                    &[&at, &width],
-                )
-                .await
-                .unwrap_or_else(|e| panic!("{at} by {width}: {}", sitewatch_db::describe_error(&e)));
-            (row.get::<_, String>(0), row.get::<_, String>(1))
-        }
-    };
-    let pair = |a: &str, b: &str| (a.to_owned(), b.to_owned());
-    // A microsecond before the edge, and the edge itself, as floating point
-    // cannot tell them apart.
-    assert_eq!(
-        bounds("2031-03-04 23:59:59.999999+00", "1 day").await,
-        pair("2031-03-04 00:00:00+00", "2031-03-05 00:00:00+00")
-    );
-    assert_eq!(
-        bounds("2031-03-05 00:00:00+00", "1 day").await,
-        pair("2031-03-05 00:00:00+00", "2031-03-06 00:00:00+00")
-    );
-    // An hour is asked for inside a day that has its partition: the day's.
-    assert_eq!(
-        bounds("2031-03-05 13:00:00+00", "1 hour").await,
-        pair("2031-03-05 00:00:00+00", "2031-03-06 00:00:00+00")
-    );
-    assert_eq!(
-        bounds("2031-03-06 13:59:59.999999+00", "1 hour").await,
-        pair("2031-03-06 13:00:00+00", "2031-03-06 14:00:00+00")
-    );
-    // Weeks start on 1970-01-01's weekday (a Thursday), cut short by the
-    // day and the hour made above.
-    assert_eq!(
-        bounds("2031-03-03 08:00:00+00", "7 days").await,
-        pair("2031-02-27 00:00:00+00", "2031-03-04 00:00:00+00")
-    );
-    assert_eq!(
-        bounds("2031-03-06 12:00:00+00", "7 days").await,
-        pair("2031-03-06 00:00:00+00", "2031-03-06 13:00:00+00")
-    );
-    assert_eq!(
-        bounds("2031-03-06 15:00:00+00", "7 days").await,
-        pair("2031-03-06 14:00:00+00", "2031-03-13 00:00:00+00")
-    );
-    // Before 1970 too.
-    assert_eq!(
-        bounds("1969-12-31 23:59:59+00", "6 hours").await,
-        pair("1969-12-31 18:00:00+00", "1970-01-01 00:00:00+00")
-    );
+    // (time asked for, width, the partition's bounds), in this order: each
+    // partition made stays for those after it.
+    let asked = [
+        // A microsecond before the edge, and the edge itself, as floating
+        // point cannot tell them apart.
+        (
+            "2031-03-04 23:59:59.999999+00",
+            "1 day",
+            "2031-03-04 00:00:00+00",
+            "2031-03-05 00:00:00+00",
+        ),
+        (
+            "2031-03-05 00:00:00+00",
+            "1 day",
+            "2031-03-05 00:00:00+00",
+            "2031-03-06 00:00:00+00",
+        ),
+        // An hour inside a day that has its partition: the day's.
+        (
+            "2031-03-05 13:00:00+00",
+            "1 hour",
+            "2031-03-05 00:00:00+00",
+            "2031-03-06 00:00:00+00",
+        ),
+        (
+            "2031-03-06 13:59:59.999999+00",
+            "1 hour",
+            "2031-03-06 13:00:00+00",
+            "2031-03-06 14:00:00+00",
+        ),
+        // Weeks start on 1970-01-01's weekday (a Thursday), cut short by
+        // the day and the hour made above.
+        (
+            "2031-03-03 08:00:00+00",
+            "7 days",
+            "2031-02-27 00:00:00+00",
+            "2031-03-04 00:00:00+00",
+        ),
+        (
+            "2031-03-06 12:00:00+00",
+            "7 days",
+            "2031-03-06 00:00:00+00",
+            "2031-03-06 13:00:00+00",
+        ),
+        (
+            "2031-03-06 15:00:00+00",
+            "7 days",
+            "2031-03-06 14:00:00+00",
+            "2031-03-13 00:00:00+00",
+        ),
+        // Before 1970 too.
+        (
+            "1969-12-31 23:59:59+00",
+            "6 hours",
+            "1969-12-31 18:00:00+00",
+            "1970-01-01 00:00:00+00",
+        ),
+    ];
+    for (at, width, lower, upper) in asked {
+        let row = client
+            .query_one(
+                "SELECT lower::text, upper::text FROM metrics_partition_for($1::text::timestamptz, $2::text::interval)",
+                &[&at, &width],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{at} by {width}: {}", sitewatch_db::describe_error(&e)));
+        assert_eq!(
+            (row.get::<_, String>(0), row.get::<_, String>(1)),
+            (lower.to_owned(), upper.to_owned()),
+            "{at} by {width}"
+        );
+    }
     let names = partitions(&client).await;
     for name in [
         "metrics_p20310227",
