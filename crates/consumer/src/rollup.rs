@@ -120,16 +120,20 @@ pub(crate) async fn roll(
     let guard: i64 = client.query_one(XID_GUARD, &[]).await?.try_get(0)?;
     let mut progress = progress(client, guard, now, keep_since).await?;
     let mut until = progress.rolled_until;
+    // The rows the old cluster stored after its last pass, when the ids
+    // started again.
+    let mut moved_from: Option<i64> = None;
     if guard < progress.xid_before {
         // Transaction ids started again: the database was restored from a
         // dump, or moved by logical replication, into another cluster. Every
-        // row stored in this cluster may be late (the restored rows keep the
-        // old cluster's ids, which this cluster's pass later, and re-rolls).
+        // row stored in this cluster may be late, and so may the restored
+        // rows the old cluster stored after its last pass (they keep its ids).
         tracing::warn!(
             xid_before = progress.xid_before,
             guard,
             "rollups: the database's transaction ids are behind those the rollups last saw (a restore or a move to another cluster?); every row stored here is checked for late hours"
         );
+        moved_from = Some(progress.xid_before);
         progress.xid_before = 0;
     }
 
@@ -148,6 +152,7 @@ pub(crate) async fn roll(
                     &guard,
                     &progress.raw_complete_since,
                     &until,
+                    &moved_from,
                 ],
             )
             .await?;

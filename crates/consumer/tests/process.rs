@@ -337,7 +337,10 @@ async fn sigkill_mid_rollup_leaves_no_step_half_done_and_a_restart_finishes_them
     // hours, before it commits them with that day's rollup.
     let blocker = db.transaction().await.expect("transaction");
     blocker
-        .batch_execute("LOCK TABLE metrics_daily IN EXCLUSIVE MODE")
+        // Idle in its transaction for as long as the test takes.
+        .batch_execute(
+            "SET LOCAL idle_in_transaction_session_timeout = 0; LOCK TABLE metrics_daily IN EXCLUSIVE MODE",
+        )
         .await
         .expect("lock");
     let consumer = start(&stack);

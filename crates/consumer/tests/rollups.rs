@@ -340,16 +340,27 @@ async fn late_metrics_roll_their_hour_and_day_again() {
     assert_eq!(counted, i64::try_from(before_today).expect("small"));
 
     // Restored into another cluster, whose transaction ids are far behind
-    // the ones the rollups saw: late probes are still found.
-    client
-        .batch_execute("UPDATE rollup_progress SET xid_before = xid_before + 1000000000")
-        .await
-        .expect("the old cluster's ids");
-    let late = probes(135..140, |i| {
+    // the ones the rollups saw: the late probes the old cluster stored after
+    // its last pass (which keep its ids), and those stored here since, are
+    // found.
+    let stored_there = probes(135..138, |i| {
         three_days_ago + TimeDelta::hours(30) + TimeDelta::minutes(i as i64 - 135)
     });
-    store(&writer, &late).await;
-    all.extend(late);
+    store(&writer, &stored_there).await;
+    client
+        .batch_execute(
+            "UPDATE rollup_progress SET xid_before = xid_before + 1000000000;
+             UPDATE metrics SET stored_xid = stored_xid + 1000000000
+             WHERE stored_xid >= (SELECT xid_before - 1000000000 FROM rollup_progress)",
+        )
+        .await
+        .expect("the old cluster's ids");
+    let stored_here = probes(138..141, |i| {
+        three_days_ago + TimeDelta::hours(31) + TimeDelta::minutes(i as i64 - 138)
+    });
+    store(&writer, &stored_here).await;
+    all.extend(stored_there);
+    all.extend(stored_here);
     all_rolled(
         &db,
         &retention,

@@ -22,11 +22,10 @@ LANGUAGE sql STABLE SET TimeZone = 'UTC' SET DateStyle = 'ISO' AS $$
       AND b.def <> 'DEFAULT'
 $$;
 
-DROP FUNCTION metrics_partition_for(timestamptz);
-
 -- The partition that holds `at`, and its bounds: the one that covers it, or
--- a new one of `width` (whole multiples of it since 1970-01-01 UTC, so that
--- an hour, a day and a week start where readers expect), cut short where a
+-- a new one of `width` (whole multiples of it since 1970-01-01 UTC: hours
+-- and days start on the hour and at midnight UTC, weeks on a Thursday, the
+-- weekday of 1970-01-01), cut short where a
 -- partition of another width is in the way. Several consumers may ask for
 -- the same time at once: an advisory lock takes them in turn. CREATE ...
 -- (LIKE) then ATTACH takes only a SHARE UPDATE EXCLUSIVE lock on `metrics`,
@@ -34,7 +33,7 @@ DROP FUNCTION metrics_partition_for(timestamptz);
 -- them); the new partition gets the parent's indexes and foreign key. A
 -- partition that starts a UTC day is named `metrics_pYYYYMMDD`, any other
 -- `metrics_pYYYYMMDD_HH24MISS`.
-CREATE FUNCTION metrics_partition_for(at timestamptz, width interval DEFAULT interval '1 day')
+CREATE FUNCTION metrics_partition_holding(at timestamptz, width interval)
 RETURNS TABLE (lower timestamptz, upper timestamptz)
 LANGUAGE plpgsql SET TimeZone = 'UTC' SET DateStyle = 'ISO' AS $$
 DECLARE
@@ -43,10 +42,10 @@ DECLARE
     name text;
 BEGIN
     IF at IS NULL OR NOT isfinite(at) THEN
-        RAISE EXCEPTION 'metrics_partition_for: % is not a time a metric can have', coalesce(at::text, 'NULL');
+        RAISE EXCEPTION 'metrics_partition_holding: % is not a time a metric can have', coalesce(at::text, 'NULL');
     END IF;
     IF width IS NULL OR seconds < 60 THEN
-        RAISE EXCEPTION 'metrics_partition_for: a partition must hold at least a minute, not %', coalesce(width::text, 'NULL');
+        RAISE EXCEPTION 'metrics_partition_holding: a partition must hold at least a minute, not %', coalesce(width::text, 'NULL');
     END IF;
     PERFORM pg_advisory_xact_lock(hashtext('sitewatch: metrics partitions'));
     RETURN QUERY
@@ -82,3 +81,11 @@ BEGIN
                    name, lower, upper);
     RETURN NEXT;
 END $$;
+
+-- V4's function, kept under its name and type (a consumer of the release
+-- before, still running, has it prepared and would fail on another result
+-- type): a day's partition, by the function above.
+CREATE OR REPLACE FUNCTION metrics_partition_for(at timestamptz) RETURNS void
+LANGUAGE sql AS $$
+    SELECT FROM metrics_partition_holding(at, interval '1 day')
+$$;

@@ -238,7 +238,7 @@ async fn partitions_of_any_width_start_at_its_multiples_and_hold_the_edges() {
     for (at, width, lower, upper) in asked {
         let row = client
             .query_one(
-                "SELECT lower::text, upper::text FROM metrics_partition_for($1::text::timestamptz, $2::text::interval)",
+                "SELECT lower::text, upper::text FROM metrics_partition_holding($1::text::timestamptz, $2::text::interval)",
                 &[&at, &width],
             )
             .await
@@ -262,13 +262,13 @@ async fn partitions_of_any_width_start_at_its_multiples_and_hold_the_edges() {
     for (at, width) in [("2031-01-01", "30 seconds"), ("infinity", "1 day")] {
         let err = client
             .query_one(
-                "SELECT * FROM metrics_partition_for($1::text::timestamptz, $2::text::interval)",
+                "SELECT * FROM metrics_partition_holding($1::text::timestamptz, $2::text::interval)",
                 &[&at, &width],
             )
             .await
             .expect_err("refused");
         assert!(
-            sitewatch_db::describe_error(&err).contains("metrics_partition_for"),
+            sitewatch_db::describe_error(&err).contains("metrics_partition_holding"),
             "{err}"
         );
     }

@@ -78,7 +78,8 @@ impl Partitions {
             if last.is_some_and(|b| b.holds(at)) {
                 continue;
             }
-            let known = self.lock().iter().find(|b| b.holds(at)).copied();
+            // Newest first: the partitions of now were made last.
+            let known = self.lock().iter().rev().find(|b| b.holds(at)).copied();
             let bounds = match known {
                 Some(bounds) => bounds,
                 None => {
