@@ -19,6 +19,15 @@ async fn one(client: &tokio_postgres::Client, sql: &str) -> i64 {
     client.query_one(sql, &[]).await.expect(sql).get(0)
 }
 
+/// A client of `db` with the whole schema.
+async fn migrated(db: &Postgres) -> tokio_postgres::Client {
+    let connector = connector(db);
+    sitewatch_db::schema::migrate(&connector)
+        .await
+        .expect("schema");
+    connector.connect().await.expect("connect")
+}
+
 /// The partitions of `metrics`, by name.
 async fn partitions(client: &tokio_postgres::Client) -> Vec<String> {
     client
@@ -119,11 +128,7 @@ async fn rows_stored_before_partitioning_survive_the_upgrade_and_stay_one_per_ke
 #[tokio::test]
 async fn a_new_installation_has_today_and_the_days_ahead_and_makes_any_day_once() {
     let db = Postgres::start_temp().expect("postgres");
-    let connector = connector(&db);
-    sitewatch_db::schema::migrate(&connector)
-        .await
-        .expect("schema");
-    let client = connector.connect().await.expect("connect");
+    let client = migrated(&db).await;
     let made = partitions(&client).await;
     assert_eq!(made.len(), 4, "today and 3 days ahead: {made:?}");
     assert!(
@@ -172,11 +177,7 @@ async fn a_new_installation_has_today_and_the_days_ahead_and_makes_any_day_once(
 #[tokio::test]
 async fn partitions_of_any_width_start_at_its_multiples_and_hold_the_edges() {
     let db = Postgres::start_temp().expect("postgres");
-    let connector = connector(&db);
-    sitewatch_db::schema::migrate(&connector)
-        .await
-        .expect("schema");
-    let client = connector.connect().await.expect("connect");
+    let client = migrated(&db).await;
     // (time asked for, width, the partition's bounds), in this order: each
     // partition made stays for those after it.
     let asked = [
