@@ -246,6 +246,34 @@ pub async fn run(options: &Options) -> anyhow::Result<ScenarioReport> {
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
+        let cpu = |f: fn(&CpuSplit) -> f64| {
+            median(
+                runs.iter()
+                    .filter_map(|m| {
+                        m.baseline_cpu
+                            .as_ref()
+                            .map(|(c, _)| f(c) * 100_000.0 / m.rows)
+                    })
+                    .collect(),
+            )
+        };
+        report.figures.extend([
+            Figure::new(
+                "baseline consumer CPU per 100k rows",
+                cpu(|c| c.consumer),
+                "s",
+            ),
+            Figure::new(
+                "PostgreSQL CPU per 100k rows (baseline consumer)",
+                cpu(|c| c.postgres),
+                "s",
+            ),
+        ]);
+        if let Some((_, statements)) = runs.last().and_then(|m| m.baseline_cpu.as_ref()) {
+            report.notes.push(format!(
+                "database time by statement (pg_stat_statements, last run, baseline consumer): {statements}"
+            ));
+        }
     }
     report.notes.push(
         "raw limit into a partitioned table: the same rows loaded by one psql \\copy into CREATE TABLE metrics_part (LIKE metrics INCLUDING ALL) PARTITION BY RANGE (started_at), one partition per UTC day the rows fall on, plus the same foreign key".to_owned(),
@@ -521,6 +549,8 @@ struct Measured {
     part_rate: f64,
     /// The baseline consumer's drain, when one was given.
     baseline_rate: Option<f64>,
+    /// Its CPU, and the statements its database time went to.
+    baseline_cpu: Option<(CpuSplit, String)>,
     /// Disk of the stored rows (heap and indexes of every partition) per row.
     bytes_per_row: f64,
     drain_secs: f64,
@@ -569,11 +599,15 @@ async fn measure(
         bail!("a drain did not run");
     };
     let baseline_rate = before.as_ref().map(|drained| drained.consumer_rate);
-    if let Some(before) = before {
-        drop(before.client);
-        tokio::task::block_in_place(|| pg.drop_database(&before.db.name))
-            .context("cannot drop the baseline's database")?;
-    }
+    let baseline_cpu = match before {
+        Some(before) => {
+            drop(before.client);
+            tokio::task::block_in_place(|| pg.drop_database(&before.db.name))
+                .context("cannot drop the baseline's database")?;
+            Some((before.cpu, before.statements))
+        }
+        None => None,
+    };
     let state = state_rows(&with.client).await?;
     if state.sites == 0 {
         bail!("the drain with state tracking left site_state empty");
@@ -651,6 +685,7 @@ async fn measure(
         no_fk_rate: rows as f64 / no_fk_secs,
         part_rate: rows as f64 / part_secs,
         baseline_rate,
+        baseline_cpu,
         bytes_per_row,
         drain_secs: with.drain_secs,
         cpu: with.cpu,

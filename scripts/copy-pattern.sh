@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# The consumer's write pattern without the consumer: 1,000,000 metrics rows
+# (UUIDv7-like ids, 5,000 sites, in time order) in 200 files of 5,000, loaded
+# by `\copy` of the consumer's columns, one transaction per file, from two
+# psql sessions at once, into a fresh database made by the migrations up to
+# each version given. Rounds take the versions by turns, the order turning
+# each round; each load prints its wall time and PostgreSQL's CPU, and the
+# end prints each version's median and its per-round ratio to the first.
+#
+#   scripts/copy-pattern.sh [ROUNDS] [VERSION...]    (default: 5 V3 V7)
+#
+# A version is the last migration applied (V3: the release before
+# partitioning). Needs PostgreSQL 15 (scripts/setup.sh installs it); runs
+# the server as the `postgres` user in a temporary folder, port 15433.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rounds=${1:-5}
+shift || true
+versions=("$@")
+((${#versions[@]})) || versions=(V3 V7)
+
+bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+dir=$(mktemp -d /tmp/copy-pattern.XXXXXX)
+chown postgres "$dir"
+as_pg() { su postgres -s /bin/bash -c "$*"; }
+as_pg "$bin/initdb -D $dir/data -A trust -U postgres" >/dev/null
+as_pg "$bin/pg_ctl -D $dir/data -o '-p 15433 -k $dir -c listen_addresses=' -l $dir/log -w start" >/dev/null
+trap 'as_pg "$bin/pg_ctl -D $dir/data stop -m fast" >/dev/null; rm -rf "$dir"' EXIT
+psql_() { psql -h "$dir" -p 15433 -U postgres -q -v ON_ERROR_STOP=1 "$@"; }
+
+# A database with the migrations up to $2 and the sites the rows refer to.
+make_db() {
+  local db=$1 last=$2
+  psql_ -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" 2>/dev/null
+  for file in $(ls crates/db/migrations/V*__*.sql | sort -V); do
+    psql_ -d "$db" -1 -f "$file"
+    [[ $(basename "$file") == "${last}__"* ]] && break
+  done
+  psql_ -d "$db" -c "INSERT INTO websites (url) SELECT 'https://site-' || i || '.example/' FROM generate_series(1, 5000) i"
+}
+
+# The rows, made once in a V3 database and exported in time order.
+cols=probe_id,website_id,schema_version,scheduled_at,started_at,lateness_us,skipped_before,dns_us,connect_us,ttfb_us,body_us,total_us,status,body_bytes,body_truncated,regex,regex_matched,regex_match,final_url,redirects,tls_expires_at,error_kind,error_message,kafka_topic,kafka_partition,kafka_offset,up,failed,failure_threshold,success_threshold
+make_db rows V3
+psql_ -d rows -c "INSERT INTO metrics ($cols)
+  SELECT (lpad(to_hex((extract(epoch FROM t) * 1000)::bigint), 12, '0') || '7' || substr(md5(i::text), 1, 19))::uuid,
+         1 + i % 5000, 1, t - interval '300 us', t, 300, 0, 200, 3000, 20000, 400, 23600 + i % 997, 200, 1234, false,
+         CASE WHEN i % 3 = 0 THEN 'ok' END, CASE WHEN i % 3 = 0 THEN true END, NULL, NULL, 0,
+         now() + interval '60 days', NULL, NULL, 'bench', i % 50, i / 50, true, NULL, 3, 2
+  FROM generate_series(1, 1000000) i, LATERAL (SELECT now() - interval '20 min' + i * interval '1 ms' AS t) x"
+mkdir -p "$dir/files"
+chmod 777 "$dir" "$dir/files"
+psql_ -d rows -c "\\copy (SELECT $cols FROM metrics ORDER BY started_at) TO '$dir/all.tsv'"
+(cd "$dir/files" && split -l 5000 -d -a 3 "$dir/all.tsv" b)
+psql_ -c "DROP DATABASE rows"
+for w in 0 1; do
+  i=0
+  for f in "$dir"/files/b*; do
+    if ((i++ % 2 == w)); then echo "\\copy metrics ($cols) FROM '$f'"; fi
+  done >"$dir/w$w.sql"
+done
+
+# CPU ticks of every PostgreSQL process, and of those already reaped.
+ticks() {
+  local total=0 pm fields
+  pm=$(head -1 "$dir/data/postmaster.pid")
+  for p in $(pgrep -u postgres); do
+    read -ra fields <<<"$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null || echo)"
+    ((${#fields[@]} > 12)) && total=$((total + fields[11] + fields[12]))
+  done
+  read -ra fields <<<"$(sed 's/.*) //' "/proc/$pm/stat")"
+  echo $((total + fields[13] + fields[14]))
+}
+
+declare -A walls
+for ((r = 0; r < rounds; r++)); do
+  order=("${versions[@]}")
+  for ((k = 0; k < r % ${#versions[@]}; k++)); do order=("${order[@]:1}" "${order[0]}"); done
+  for v in "${order[@]}"; do
+    make_db "load_${v,,}" "$v"
+    psql_ -d "load_${v,,}" -c CHECKPOINT
+    c0=$(ticks)
+    t0=$(date +%s.%N)
+    psql_ -d "load_${v,,}" -f "$dir/w0.sql" &
+    psql_ -d "load_${v,,}" -f "$dir/w1.sql" &
+    wait
+    t1=$(date +%s.%N)
+    c1=$(ticks)
+    n=$(psql_ -d "load_${v,,}" -At -c "SELECT count(*) FROM metrics")
+    [[ $n == 1000000 ]] || { echo "copy-pattern: $v holds $n rows, not 1000000" >&2; exit 1; }
+    wall=$(awk "BEGIN { print $t1 - $t0 }")
+    walls[$v]+="$wall "
+    printf 'round %d %s: %.2f s, PostgreSQL CPU %.2f s\n' $((r + 1)) "$v" "$wall" "$(awk "BEGIN { print ($c1 - $c0) / $(getconf CLK_TCK) }")"
+    psql_ -c "DROP DATABASE load_${v,,}"
+  done
+done
+
+median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+first=${versions[0]}
+read -ra base <<<"${walls[$first]}"
+for v in "${versions[@]}"; do
+  read -ra these <<<"${walls[$v]}"
+  ratios=""
+  for ((r = 0; r < rounds; r++)); do ratios+="$(printf '%.2f' "$(awk "BEGIN { print ${base[r]} / ${these[r]} }")") "; done
+  printf '%s: median %.2f s; rate / %s per round: %s(median %.2f)\n' "$v" "$(echo "${walls[$v]}" | median)" "$first" "$ratios" "$(echo "$ratios" | median)"
+done
