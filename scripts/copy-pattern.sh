@@ -10,8 +10,10 @@
 #   scripts/copy-pattern.sh [ROUNDS] [VERSION...]    (default: 5 V3 V7)
 #
 # A version is the last migration applied (V3: the release before
-# partitioning). Needs PostgreSQL 15 (scripts/setup.sh installs it); runs
-# the server as the `postgres` user in a temporary folder, port 15433.
+# partitioning), optionally followed by a colon and SQL run after the
+# migrations, to take a part away: 'V7:DROP INDEX metrics_times'. Needs PostgreSQL 15 (scripts/setup.sh installs it); runs
+# the server as the `postgres` user in a temporary folder, port 15433, with
+# its defaults and PG_OPTS (e.g. PG_OPTS='-c autovacuum=off').
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,18 +27,21 @@ dir=$(mktemp -d /tmp/copy-pattern.XXXXXX)
 chown postgres "$dir"
 as_pg() { su postgres -s /bin/bash -c "$*"; }
 as_pg "$bin/initdb -D $dir/data -A trust -U postgres" >/dev/null
-as_pg "$bin/pg_ctl -D $dir/data -o '-p 15433 -k $dir -c listen_addresses=' -l $dir/log -w start" >/dev/null
+as_pg "$bin/pg_ctl -D $dir/data -o '-p 15433 -k $dir -c listen_addresses= ${PG_OPTS:-}' -l $dir/log -w start" >/dev/null
 trap 'as_pg "$bin/pg_ctl -D $dir/data stop -m fast" >/dev/null; rm -rf "$dir"' EXIT
 psql_() { psql -h "$dir" -p 15433 -U postgres -q -v ON_ERROR_STOP=1 "$@"; }
 
-# A database with the migrations up to $2 and the sites the rows refer to.
+# A database with the migrations up to version $2 (and its SQL after them)
+# and the sites the rows refer to.
 make_db() {
-  local db=$1 last=$2
+  local db=$1 last=${2%%:*} after=
+  [[ $2 == *:* ]] && after=${2#*:}
   psql_ -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" 2>/dev/null
   for file in $(ls crates/db/migrations/V*__*.sql | sort -V); do
     psql_ -d "$db" -1 -f "$file"
     [[ $(basename "$file") == "${last}__"* ]] && break
   done
+  [[ -z $after ]] || psql_ -d "$db" -c "$after"
   psql_ -d "$db" -c "INSERT INTO websites (url) SELECT 'https://site-' || i || '.example/' FROM generate_series(1, 5000) i"
 }
 
@@ -75,24 +80,29 @@ ticks() {
 
 declare -A walls
 for ((r = 0; r < rounds; r++)); do
-  order=("${versions[@]}")
-  for ((k = 0; k < r % ${#versions[@]}; k++)); do order=("${order[@]:1}" "${order[0]}"); done
-  for v in "${order[@]}"; do
-    make_db "load_${v,,}" "$v"
-    psql_ -d "load_${v,,}" -c CHECKPOINT
+  for ((k = 0; k < ${#versions[@]}; k++)); do
+    v=${versions[(k + r) % ${#versions[@]}]}
+    db=load_$(((k + r) % ${#versions[@]}))
+    make_db "$db" "$v"
+    psql_ -d "$db" -c CHECKPOINT
+    # WAL written, and checkpoints its volume forced (each makes the next
+    # change of every page log the whole page).
+    read -r lsn0 forced0 <<<"$(psql_ -d "$db" -At -F ' ' -c "SELECT pg_current_wal_lsn(), checkpoints_req FROM pg_stat_bgwriter")"
     c0=$(ticks)
     t0=$(date +%s.%N)
-    psql_ -d "load_${v,,}" -f "$dir/w0.sql" &
-    psql_ -d "load_${v,,}" -f "$dir/w1.sql" &
+    psql_ -d "$db" -f "$dir/w0.sql" &
+    psql_ -d "$db" -f "$dir/w1.sql" &
     wait
     t1=$(date +%s.%N)
     c1=$(ticks)
-    n=$(psql_ -d "load_${v,,}" -At -c "SELECT count(*) FROM metrics")
-    [[ $n == 1000000 ]] || { echo "copy-pattern: $v holds $n rows, not 1000000" >&2; exit 1; }
+    read -r wal forced <<<"$(psql_ -d "$db" -At -F ' ' -c "SELECT pg_current_wal_lsn() - '$lsn0', checkpoints_req - $forced0 FROM pg_stat_bgwriter")"
+    n=$(psql_ -d "$db" -At -c "SELECT count(*) FROM metrics")
+    [[ $n == 1000000 ]] || { echo "copy-pattern: '$v' holds $n rows, not 1000000" >&2; exit 1; }
     wall=$(awk "BEGIN { print $t1 - $t0 }")
     walls[$v]+="$wall "
-    printf 'round %d %s: %.2f s, PostgreSQL CPU %.2f s\n' $((r + 1)) "$v" "$wall" "$(awk "BEGIN { print ($c1 - $c0) / $(getconf CLK_TCK) }")"
-    psql_ -c "DROP DATABASE load_${v,,}"
+    printf "round %d '%s': %.2f s, PostgreSQL CPU %.2f s, WAL %d MB, %d checkpoints forced by WAL\n" $((r + 1)) "$v" "$wall" \
+      "$(awk "BEGIN { print ($c1 - $c0) / $(getconf CLK_TCK) }")" $((wal / 1000000)) "$forced"
+    psql_ -c "DROP DATABASE $db"
   done
 done
 
@@ -103,5 +113,5 @@ for v in "${versions[@]}"; do
   read -ra these <<<"${walls[$v]}"
   ratios=""
   for ((r = 0; r < rounds; r++)); do ratios+="$(printf '%.2f' "$(awk "BEGIN { print ${base[r]} / ${these[r]} }")") "; done
-  printf '%s: median %.2f s; rate / %s per round: %s(median %.2f)\n' "$v" "$(echo "${walls[$v]}" | median)" "$first" "$ratios" "$(echo "$ratios" | median)"
+  printf "'%s': median %.2f s; rate / '%s' per round: %s(median %.2f)\n" "$v" "$(echo "${walls[$v]}" | median)" "$first" "$ratios" "$(echo "$ratios" | median)"
 done
