@@ -27,6 +27,7 @@ const RETENTION_PASSES: &str = "sitewatch_consumer_retention_passes_total";
 const PARTITIONS_DROPPED: &str = "sitewatch_consumer_partitions_dropped_total";
 const RETENTION_DURATION: &str = "sitewatch_consumer_retention_pass_duration_seconds";
 const ROLLED_UNTIL: &str = "sitewatch_consumer_rollups_rolled_until_timestamp_seconds";
+const GUARD_SINCE: &str = "sitewatch_consumer_rollups_guard_since_timestamp_seconds";
 
 /// Describes every metric, once at start.
 pub fn describe() {
@@ -68,12 +69,13 @@ pub fn describe() {
         ),
         (POOL_WAITING, "Writes waiting for a PostgreSQL connection."),
         (ROLLED_UNTIL, "The end of the hours rolled up, as of this member's last pass; the newest of all members' is the rollups' progress."),
+        (GUARD_SINCE, "When this member's passes first saw the oldest transaction still open in the database: metrics stored after it began are rolled up again only once it ends; the oldest of all members' says how long one has been open."),
     ] {
         metrics::describe_gauge!(name, help);
     }
 }
 
-/// Sets the data path's counters to `totals`, and the rollups' progress, before a scrape.
+/// Sets the data path's counters to `totals`, and the rollups' progress and guard, before a scrape.
 pub fn totals(totals: &Totals) {
     for (name, value) in [
         (READ, &totals.read),
@@ -83,9 +85,14 @@ pub fn totals(totals: &Totals) {
     ] {
         metrics::counter!(name).absolute(value.load(Ordering::Relaxed));
     }
-    let rolled_until = ROLLED_UNTIL_AT.load(Ordering::Relaxed);
-    if rolled_until > 0 {
-        metrics::gauge!(ROLLED_UNTIL).set(rolled_until as f64);
+    for (name, at) in [
+        (ROLLED_UNTIL, &ROLLED_UNTIL_AT),
+        (GUARD_SINCE, &GUARD_SINCE_AT),
+    ] {
+        let at = at.load(Ordering::Relaxed);
+        if at > 0 {
+            metrics::gauge!(name).set(at as f64);
+        }
     }
 }
 
@@ -156,3 +163,12 @@ pub fn retention_pass(
 /// again at each scrape: passes are minutes apart, longer than a gauge not
 /// set stays on `/metrics`.
 static ROLLED_UNTIL_AT: AtomicI64 = AtomicI64::new(0);
+
+/// Records when this member's passes first saw the rollups' guard (the
+/// oldest transaction open) at the value it has now, in seconds since 1970.
+pub fn rollups_guard_since(at: i64) {
+    GUARD_SINCE_AT.store(at, Ordering::Relaxed);
+}
+
+/// As of this member's last pass (0: none yet), set again at each scrape.
+static GUARD_SINCE_AT: AtomicI64 = AtomicI64::new(0);

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use serde::Deserialize;
 use sitewatch_db::Connector;
 use sitewatch_service::settings::TimeSpan;
@@ -119,6 +119,7 @@ impl Retention {
     /// the rollups are catching up; a pass under way when it comes is
     /// finished (each of its steps is one transaction).
     pub async fn run(self, shutdown: CancellationToken) {
+        let mut guard = GuardWatch::default();
         while !shutdown.is_cancelled() {
             let mut behind = false;
             let began = std::time::Instant::now();
@@ -149,6 +150,12 @@ impl Retention {
                             rerolled = rolled.rerolled,
                             "rollups: hours and days rolled again for metrics that came late"
                         );
+                    }
+                    let now = Utc::now();
+                    let since = guard.seen(rolled.guard, now);
+                    crate::measure::rollups_guard_since(since.timestamp());
+                    if now - since > GUARD_WARN_AFTER {
+                        tracing::warn!(%since, xid = rolled.guard, "rollups: a transaction has been open in PostgreSQL since at least then; metrics stored after it began are not rolled up again until it ends: find it in pg_stat_activity (backend_xid or backend_xmin, xact_start) and end it if nothing needs it");
                     }
                     if !rolled.caught_up {
                         tracing::info!(until = %rolled.until, "rollups: catching up; the next pass follows at once");
@@ -266,6 +273,29 @@ impl Retention {
     }
 }
 
+/// How long the rollups' guard may stay put before the passes warn: an
+/// idle installation moves it at least once an hour, when an hour is
+/// rolled up.
+const GUARD_WARN_AFTER: TimeDelta = TimeDelta::hours(2);
+
+/// When the passes first saw the rollups' guard (the oldest transaction
+/// open) at its current value.
+#[derive(Debug, Default)]
+struct GuardWatch(Option<(i64, DateTime<Utc>)>);
+
+impl GuardWatch {
+    /// Since when `guard` has been the guard, as of `now`: `now` for a new one.
+    fn seen(&mut self, guard: i64, now: DateTime<Utc>) -> DateTime<Utc> {
+        match self.0 {
+            Some((seen, since)) if seen == guard => since,
+            _ => {
+                self.0 = Some((guard, now));
+                now
+            }
+        }
+    }
+}
+
 /// The time `keep` before `now`, or the first day of the Common Era for a
 /// retention reaching before it (settings bound it well within).
 fn before(now: DateTime<Utc>, keep: &TimeSpan) -> DateTime<Utc> {
@@ -280,3 +310,35 @@ fn before(now: DateTime<Utc>, keep: &TimeSpan) -> DateTime<Utc> {
 /// How long the task may take to finish its pass at shutdown; a pass cut
 /// short leaves each step done or not (one transaction each).
 pub(crate) const RETENTION_EXIT: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guard_is_dated_from_the_first_pass_that_saw_it() {
+        let at = |s: &str| s.parse::<DateTime<Utc>>().expect("a time");
+        let mut watch = GuardWatch::default();
+        assert_eq!(
+            watch.seen(100, at("2026-12-07T10:00:00Z")),
+            at("2026-12-07T10:00:00Z")
+        );
+        assert_eq!(
+            watch.seen(100, at("2026-12-07T10:10:00Z")),
+            at("2026-12-07T10:00:00Z")
+        );
+        assert_eq!(
+            watch.seen(100, at("2026-12-07T13:00:00Z")),
+            at("2026-12-07T10:00:00Z")
+        );
+        assert_eq!(
+            watch.seen(180, at("2026-12-07T13:10:00Z")),
+            at("2026-12-07T13:10:00Z")
+        );
+        // Behind (a restore into another cluster) is another guard too.
+        assert_eq!(
+            watch.seen(5, at("2026-12-07T13:20:00Z")),
+            at("2026-12-07T13:20:00Z")
+        );
+    }
+}

@@ -66,6 +66,10 @@ pub struct Rolled {
     /// Whether every hour closed (for a few minutes) is rolled up; false
     /// when the pass stopped at its bound of steps.
     pub caught_up: bool,
+    /// The oldest transaction open when the pass began (its 64-bit id):
+    /// rows stored by it and after it are checked for late hours by a
+    /// later pass, once it has ended.
+    pub guard: i64,
 }
 
 /// A bucket of rollups: the table, its unit and its width.
@@ -219,6 +223,7 @@ pub(crate) async fn roll(
         until,
         rerolled,
         caught_up: until >= closed,
+        guard,
     })
 }
 

@@ -371,6 +371,51 @@ async fn late_metrics_roll_their_hour_and_day_again() {
 }
 
 #[tokio::test]
+async fn a_transaction_left_open_holds_the_guard_until_it_ends() {
+    let db = common::postgres();
+    let _writer = common::migrated_store(db.url(), WritePath::Copy, false).await;
+    let connector = common::pg_settings(db.url())
+        .connector()
+        .expect("connector");
+    let other = connector.connect().await.expect("connect");
+    let mut holder = connector.connect().await.expect("connect");
+    let retention = retention(&db, 14);
+    // A transaction of its own that takes an id, as every write does.
+    let write = || async {
+        let _ = other
+            .query_one("SELECT txid_current()", &[])
+            .await
+            .expect("a write");
+    };
+    let before = rolled_by(&retention).await.guard;
+    write().await;
+    assert!(
+        rolled_by(&retention).await.guard > before,
+        "the guard moves while no transaction is left open"
+    );
+    let open = holder.transaction().await.expect("begin");
+    let held: i64 = open
+        .query_one("SELECT txid_current()", &[])
+        .await
+        .expect("an id")
+        .get(0);
+    for _ in 0..2 {
+        write().await;
+        assert_eq!(
+            rolled_by(&retention).await.guard,
+            held,
+            "the transaction left open holds the guard"
+        );
+    }
+    open.commit().await.expect("commit");
+    write().await;
+    assert!(
+        rolled_by(&retention).await.guard > held,
+        "the guard moves on once the transaction ends"
+    );
+}
+
+#[tokio::test]
 async fn the_uptime_of_any_range_counts_each_probe_once() {
     let db = common::postgres();
     let writer = common::migrated_store(db.url(), WritePath::Copy, false).await;
