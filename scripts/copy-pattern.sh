@@ -16,19 +16,29 @@
 # its defaults and PG_OPTS (e.g. PG_OPTS='-c autovacuum=off').
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export LC_ALL=C
 
 rounds=${1:-5}
+[[ $rounds =~ ^[1-9][0-9]*$ ]] || { echo "copy-pattern: ROUNDS must be a whole number, not '$rounds'" >&2; exit 2; }
 shift || true
 versions=("$@")
 ((${#versions[@]})) || versions=(V3 V7)
+for v in "${versions[@]}"; do
+  ls crates/db/migrations/"${v%%:*}"__*.sql >/dev/null 2>&1 ||
+    { echo "copy-pattern: no migration ${v%%:*} in crates/db/migrations" >&2; exit 2; }
+done
 
-bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+# PostgreSQL 15, as the compose image runs (the WAL figures read
+# pg_stat_bgwriter's checkpoint count, which later versions moved).
+bin=/usr/lib/postgresql/15/bin
+[[ -x $bin/postgres ]] || { echo "copy-pattern: PostgreSQL 15 not found in $bin (scripts/setup.sh installs it)" >&2; exit 2; }
 dir=$(mktemp -d /tmp/copy-pattern.XXXXXX)
-chown postgres "$dir"
 as_pg() { su postgres -s /bin/bash -c "$*"; }
+trap 'as_pg "$bin/pg_ctl -D $dir/data stop -m fast" >/dev/null 2>&1 || true; rm -rf "$dir"' EXIT
+chown postgres "$dir"
 as_pg "$bin/initdb -D $dir/data -A trust -U postgres" >/dev/null
 as_pg "$bin/pg_ctl -D $dir/data -o '-p 15433 -k $dir -c listen_addresses= ${PG_OPTS:-}' -l $dir/log -w start" >/dev/null
-trap 'as_pg "$bin/pg_ctl -D $dir/data stop -m fast" >/dev/null; rm -rf "$dir"' EXIT
+pm=$(head -1 "$dir/data/postmaster.pid")
 psql_() { psql -h "$dir" -p 15433 -U postgres -q -v ON_ERROR_STOP=1 "$@"; }
 
 # A database with the migrations up to version $2 (and its SQL after them)
@@ -36,7 +46,7 @@ psql_() { psql -h "$dir" -p 15433 -U postgres -q -v ON_ERROR_STOP=1 "$@"; }
 make_db() {
   local db=$1 last=${2%%:*} after=
   [[ $2 == *:* ]] && after=${2#*:}
-  psql_ -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" 2>/dev/null
+  psql_ -c "CREATE DATABASE $db"
   for file in $(ls crates/db/migrations/V*__*.sql | sort -V); do
     psql_ -d "$db" -1 -f "$file"
     [[ $(basename "$file") == "${last}__"* ]] && break
@@ -45,7 +55,9 @@ make_db() {
   psql_ -d "$db" -c "INSERT INTO websites (url) SELECT 'https://site-' || i || '.example/' FROM generate_series(1, 5000) i"
 }
 
-# The rows, made once in a V3 database and exported in time order.
+# The rows, made once in a V3 database and exported in time order; dated
+# tomorrow, which every version's partitions made ahead hold, whenever the
+# databases are made.
 cols=probe_id,website_id,schema_version,scheduled_at,started_at,lateness_us,skipped_before,dns_us,connect_us,ttfb_us,body_us,total_us,status,body_bytes,body_truncated,regex,regex_matched,regex_match,final_url,redirects,tls_expires_at,error_kind,error_message,kafka_topic,kafka_partition,kafka_offset,up,failed,failure_threshold,success_threshold
 make_db rows V3
 psql_ -d rows -c "INSERT INTO metrics ($cols)
@@ -53,7 +65,7 @@ psql_ -d rows -c "INSERT INTO metrics ($cols)
          1 + i % 5000, 1, t - interval '300 us', t, 300, 0, 200, 3000, 20000, 400, 23600 + i % 997, 200, 1234, false,
          CASE WHEN i % 3 = 0 THEN 'ok' END, CASE WHEN i % 3 = 0 THEN true END, NULL, NULL, 0,
          now() + interval '60 days', NULL, NULL, 'bench', i % 50, i / 50, true, NULL, 3, 2
-  FROM generate_series(1, 1000000) i, LATERAL (SELECT now() - interval '20 min' + i * interval '1 ms' AS t) x"
+  FROM generate_series(1, 1000000) i, LATERAL (SELECT date_trunc('day', now(), 'UTC') + interval '25 hours' + i * interval '1 ms' AS t) x"
 mkdir -p "$dir/files"
 chmod 777 "$dir" "$dir/files"
 psql_ -d rows -c "\\copy (SELECT $cols FROM metrics ORDER BY started_at) TO '$dir/all.tsv'"
@@ -66,11 +78,10 @@ for w in 0 1; do
   done >"$dir/w$w.sql"
 done
 
-# CPU ticks of every PostgreSQL process, and of those already reaped.
+# CPU ticks of this server's processes, and of those already reaped.
 ticks() {
-  local total=0 pm fields
-  pm=$(head -1 "$dir/data/postmaster.pid")
-  for p in $(pgrep -u postgres); do
+  local total=0 fields
+  for p in $(pgrep -P "$pm"); do
     read -ra fields <<<"$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null || echo)"
     ((${#fields[@]} > 12)) && total=$((total + fields[11] + fields[12]))
   done
@@ -78,11 +89,13 @@ ticks() {
   echo $((total + fields[13] + fields[14]))
 }
 
+# Wall times per version, by its place in the list (a version may be given twice, to see the spread).
 declare -A walls
 for ((r = 0; r < rounds; r++)); do
   for ((k = 0; k < ${#versions[@]}; k++)); do
-    v=${versions[(k + r) % ${#versions[@]}]}
-    db=load_$(((k + r) % ${#versions[@]}))
+    x=$(((k + r) % ${#versions[@]}))
+    v=${versions[x]}
+    db=load_$x
     make_db "$db" "$v"
     psql_ -d "$db" -c CHECKPOINT
     # WAL written, and checkpoints its volume forced (each makes the next
@@ -94,12 +107,14 @@ for ((r = 0; r < rounds; r++)); do
     psql_ -d "$db" -f "$dir/w1.sql" &
     wait
     t1=$(date +%s.%N)
+    # The loaders' sessions gone, so that each is counted once, reaped.
+    while pgrep -P "$pm" -f " $db " >/dev/null; do sleep 0.05; done
     c1=$(ticks)
     read -r wal forced <<<"$(psql_ -d "$db" -At -F ' ' -c "SELECT pg_current_wal_lsn() - '$lsn0', checkpoints_req - $forced0 FROM pg_stat_bgwriter")"
     n=$(psql_ -d "$db" -At -c "SELECT count(*) FROM metrics")
     [[ $n == 1000000 ]] || { echo "copy-pattern: '$v' holds $n rows, not 1000000" >&2; exit 1; }
     wall=$(awk "BEGIN { print $t1 - $t0 }")
-    walls[$v]+="$wall "
+    walls[$x]+="$wall "
     printf "round %d '%s': %.2f s, PostgreSQL CPU %.2f s, WAL %d MB, %d checkpoints forced by WAL\n" $((r + 1)) "$v" "$wall" \
       "$(awk "BEGIN { print ($c1 - $c0) / $(getconf CLK_TCK) }")" $((wal / 1000000)) "$forced"
     psql_ -c "DROP DATABASE $db"
@@ -107,11 +122,10 @@ for ((r = 0; r < rounds; r++)); do
 done
 
 median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
-first=${versions[0]}
-read -ra base <<<"${walls[$first]}"
-for v in "${versions[@]}"; do
-  read -ra these <<<"${walls[$v]}"
+read -ra base <<<"${walls[0]}"
+for x in "${!versions[@]}"; do
+  read -ra these <<<"${walls[$x]}"
   ratios=""
   for ((r = 0; r < rounds; r++)); do ratios+="$(printf '%.2f' "$(awk "BEGIN { print ${base[r]} / ${these[r]} }")") "; done
-  printf "'%s': median %.2f s; rate / '%s' per round: %s(median %.2f)\n" "$v" "$(echo "${walls[$v]}" | median)" "$first" "$ratios" "$(echo "$ratios" | median)"
+  printf "'%s': median %.2f s; rate / '%s' per round: %s(median %.2f)\n" "${versions[x]}" "$(echo "${walls[$x]}" | median)" "${versions[0]}" "$ratios" "$(echo "$ratios" | median)"
 done

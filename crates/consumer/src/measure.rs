@@ -69,7 +69,7 @@ pub fn describe() {
         ),
         (POOL_WAITING, "Writes waiting for a PostgreSQL connection."),
         (ROLLED_UNTIL, "The end of the hours rolled up, as of this member's last pass; the newest of all members' is the rollups' progress."),
-        (GUARD_SINCE, "When this member's passes first saw the oldest transaction still open in the database: metrics stored after it began are rolled up again only once it ends; the oldest of all members' says how long one has been open."),
+        (GUARD_SINCE, "When this member's passes first saw the oldest transaction holding an id still open in the PostgreSQL cluster (absent after a pass that did not run): metrics stored after it began are rolled up again only once it ends; the oldest of all members' says how long one has been open."),
     ] {
         metrics::describe_gauge!(name, help);
     }
@@ -165,10 +165,12 @@ pub fn retention_pass(
 static ROLLED_UNTIL_AT: AtomicI64 = AtomicI64::new(0);
 
 /// Records when this member's passes first saw the rollups' guard (the
-/// oldest transaction open) at the value it has now, in seconds since 1970.
-pub fn rollups_guard_since(at: i64) {
-    GUARD_SINCE_AT.store(at, Ordering::Relaxed);
+/// oldest transaction holding an id) at the value it has now, in seconds
+/// since 1970; none after a pass that did not run, so that the gauge ages
+/// off instead of repeating a time the member no longer checks.
+pub fn rollups_guard_since(at: Option<i64>) {
+    GUARD_SINCE_AT.store(at.unwrap_or(0), Ordering::Relaxed);
 }
 
-/// As of this member's last pass (0: none yet), set again at each scrape.
+/// As of this member's last pass (0: none, or it did not run), set again at each scrape.
 static GUARD_SINCE_AT: AtomicI64 = AtomicI64::new(0);

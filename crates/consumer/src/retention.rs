@@ -153,9 +153,10 @@ impl Retention {
                     }
                     let now = Utc::now();
                     let since = guard.seen(rolled.guard, now);
-                    crate::measure::rollups_guard_since(since.timestamp());
+                    crate::measure::rollups_guard_since(Some(since.timestamp()));
                     if now - since > GUARD_WARN_AFTER {
-                        tracing::warn!(%since, xid = rolled.guard, "rollups: a transaction has been open in PostgreSQL since at least then; metrics stored after it began are not rolled up again until it ends: find it in pg_stat_activity (backend_xid or backend_xmin, xact_start) and end it if nothing needs it");
+                        // pg_stat_activity shows the 32-bit id, without the epoch.
+                        tracing::warn!(%since, backend_xid = rolled.guard & 0xFFFF_FFFF, "rollups: a transaction holding a transaction id has been open in the PostgreSQL cluster since at least then; metrics stored after it began are not rolled up again until it ends: find it with SELECT pid, usename, application_name, xact_start, state FROM pg_stat_activity WHERE backend_xid IS NOT NULL ORDER BY age(backend_xid) DESC (or in pg_prepared_xacts) and end it if nothing needs it");
                     }
                     if !rolled.caught_up {
                         tracing::info!(until = %rolled.until, "rollups: catching up; the next pass follows at once");
@@ -164,10 +165,13 @@ impl Retention {
                 }
                 Ok(Pass::Skipped) => {
                     crate::measure::retention_pass("skipped", began.elapsed(), 0, None);
+                    // What this member saw last is stale; the member whose pass ran says.
+                    crate::measure::rollups_guard_since(None);
                     tracing::debug!("retention: another consumer's pass is running");
                 }
                 Err(err) => {
                     crate::measure::retention_pass("failed", began.elapsed(), 0, None);
+                    crate::measure::rollups_guard_since(None);
                     tracing::warn!(error = %err, "retention: the pass failed; the next one tries again");
                 }
             }
@@ -273,13 +277,14 @@ impl Retention {
     }
 }
 
-/// How long the rollups' guard may stay put before the passes warn: an
-/// idle installation moves it at least once an hour, when an hour is
-/// rolled up.
+/// How long the rollups' guard may stay put before the passes warn. Each
+/// pass records the guard it read in a transaction of its own, which takes
+/// an id, so even an idle installation moves it from pass to pass: only a
+/// transaction left open holds it.
 const GUARD_WARN_AFTER: TimeDelta = TimeDelta::hours(2);
 
 /// When the passes first saw the rollups' guard (the oldest transaction
-/// open) at its current value.
+/// holding an id) at its current value.
 #[derive(Debug, Default)]
 struct GuardWatch(Option<(i64, DateTime<Utc>)>);
 

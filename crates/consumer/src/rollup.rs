@@ -66,7 +66,8 @@ pub struct Rolled {
     /// Whether every hour closed (for a few minutes) is rolled up; false
     /// when the pass stopped at its bound of steps.
     pub caught_up: bool,
-    /// The oldest transaction open when the pass began (its 64-bit id):
+    /// The oldest transaction holding an id open in the cluster when the
+    /// pass began (its 64-bit id, the epoch in the high half):
     /// rows stored by it and after it are checked for late hours by a
     /// later pass, once it has ended.
     pub guard: i64,
