@@ -13,7 +13,10 @@
 # partitioning), optionally followed by a colon and SQL run after the
 # migrations, to take a part away: 'V7:DROP INDEX metrics_times'. Needs PostgreSQL 15 (scripts/setup.sh installs it); runs
 # the server as the `postgres` user in a temporary folder, port 15433, with
-# its defaults and PG_OPTS (e.g. PG_OPTS='-c autovacuum=off').
+# its defaults and PG_OPTS (e.g. PG_OPTS='-c autovacuum=off'). ORDER=kafka
+# orders each file's rows as a consumer's batch holds them: a run from each
+# of 50 Kafka partitions in turn, so that times go back and forth (default:
+# time order).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export LC_ALL=C
@@ -68,7 +71,13 @@ psql_ -d rows -c "INSERT INTO metrics ($cols)
   FROM generate_series(1, 1000000) i, LATERAL (SELECT date_trunc('day', now(), 'UTC') + interval '25 hours' + i * interval '1 ms' AS t) x"
 mkdir -p "$dir/files"
 chmod 777 "$dir" "$dir/files"
-psql_ -d rows -c "\\copy (SELECT $cols FROM metrics ORDER BY started_at) TO '$dir/all.tsv'"
+case ${ORDER:-time} in
+  time) order="started_at" ;;
+  # 5,000 rows are 100 offsets of each of the 50 partitions.
+  kafka) order="kafka_offset / 100, kafka_partition, kafka_offset" ;;
+  *) echo "copy-pattern: ORDER is time or kafka, not '$ORDER'" >&2; exit 2 ;;
+esac
+psql_ -d rows -c "\\copy (SELECT $cols FROM metrics ORDER BY $order) TO '$dir/all.tsv'"
 (cd "$dir/files" && split -l 5000 -d -a 3 "$dir/all.tsv" b)
 psql_ -c "DROP DATABASE rows"
 for w in 0 1; do
