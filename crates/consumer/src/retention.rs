@@ -324,26 +324,21 @@ mod tests {
     fn the_guard_is_dated_from_the_first_pass_that_saw_it() {
         let at = |s: &str| s.parse::<DateTime<Utc>>().expect("a time");
         let mut watch = GuardWatch::default();
-        assert_eq!(
-            watch.seen(100, at("2026-12-07T10:00:00Z")),
-            at("2026-12-07T10:00:00Z")
-        );
-        assert_eq!(
-            watch.seen(100, at("2026-12-07T10:10:00Z")),
-            at("2026-12-07T10:00:00Z")
-        );
-        assert_eq!(
-            watch.seen(100, at("2026-12-07T13:00:00Z")),
-            at("2026-12-07T10:00:00Z")
-        );
-        assert_eq!(
-            watch.seen(180, at("2026-12-07T13:10:00Z")),
-            at("2026-12-07T13:10:00Z")
-        );
-        // Behind (a restore into another cluster) is another guard too.
-        assert_eq!(
-            watch.seen(5, at("2026-12-07T13:20:00Z")),
-            at("2026-12-07T13:20:00Z")
-        );
+        // (the guard a pass read, when, since when it is dated), in order.
+        let passes = [
+            (100, "2026-12-07T10:00:00Z", "2026-12-07T10:00:00Z"),
+            (100, "2026-12-07T10:10:00Z", "2026-12-07T10:00:00Z"),
+            (100, "2026-12-07T13:00:00Z", "2026-12-07T10:00:00Z"),
+            (180, "2026-12-07T13:10:00Z", "2026-12-07T13:10:00Z"),
+            // Behind (a restore into another cluster) is another guard too.
+            (5, "2026-12-07T13:20:00Z", "2026-12-07T13:20:00Z"),
+        ];
+        for (guard, now, since) in passes {
+            assert_eq!(
+                watch.seen(guard, at(now)),
+                at(since),
+                "guard {guard} at {now}"
+            );
+        }
     }
 }
