@@ -16,7 +16,8 @@
 # its defaults and PG_OPTS (e.g. PG_OPTS='-c autovacuum=off'). ORDER=kafka
 # orders each file's rows as a consumer's batch holds them: a run from each
 # of 50 Kafka partitions in turn, so that times go back and forth (default:
-# time order).
+# time order). FORMAT=binary loads the files in COPY's binary format, as the
+# consumer sends them (default: text).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export LC_ALL=C
@@ -77,13 +78,20 @@ case ${ORDER:-time} in
   kafka) order="kafka_offset / 100, kafka_partition, kafka_offset" ;;
   *) echo "copy-pattern: ORDER is time or kafka, not '$ORDER'" >&2; exit 2 ;;
 esac
-psql_ -d rows -c "\\copy (SELECT $cols FROM metrics ORDER BY $order) TO '$dir/all.tsv'"
-(cd "$dir/files" && split -l 5000 -d -a 3 "$dir/all.tsv" b)
+case ${FORMAT:-text} in
+  text | binary) ;;
+  *) echo "copy-pattern: FORMAT is text or binary, not '$FORMAT'" >&2; exit 2 ;;
+esac
+# The rows numbered in the load's order, exported 5,000 to a file.
+psql_ -d rows -c "CREATE TABLE ordered AS SELECT row_number() OVER (ORDER BY $order) AS n, $cols FROM metrics; CREATE INDEX ON ordered (n)"
+for ((f = 0; f < 200; f++)); do
+  echo "\\copy (SELECT $cols FROM ordered WHERE n > $((f * 5000)) AND n <= $(((f + 1) * 5000)) ORDER BY n) TO '$dir/files/b$(printf %03d $f)' WITH (FORMAT ${FORMAT:-text})"
+done | psql_ -d rows
 psql_ -c "DROP DATABASE rows"
 for w in 0 1; do
   i=0
   for f in "$dir"/files/b*; do
-    if ((i++ % 2 == w)); then echo "\\copy metrics ($cols) FROM '$f'"; fi
+    if ((i++ % 2 == w)); then echo "\\copy metrics ($cols) FROM '$f' WITH (FORMAT ${FORMAT:-text})"; fi
   done >"$dir/w$w.sql"
 done
 
