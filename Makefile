@@ -9,7 +9,7 @@ ARGS ?=
 # `docker compose` where the plugin exists, else the older `docker-compose`.
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
-.PHONY: help setup build demo test lint bench bench-writes soak fuzz run-monitor run-consumer up down docker-test
+.PHONY: help setup build demo test lint bench bench-writes soak fuzz run-monitor run-consumer run-status up down docker-test
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-13s %s\n", $$1, $$2}'
@@ -20,7 +20,7 @@ setup: ## Install the system packages the build and tests need
 build: setup ## Build every binary (release)
 	cargo build --release --locked --bins
 
-demo: ## Run the whole pipeline locally with a live status table; Ctrl-C stops it (TARGETS=file for real sites)
+demo: ## Run the whole pipeline locally with the status page and a live status table; Ctrl-C stops it (TARGETS=file for real sites)
 	scripts/demo.sh $(TARGETS)
 
 test: ## Run the whole test suite: fmt check, clippy -D warnings, all tests (what CI runs)
@@ -48,7 +48,10 @@ run-monitor: ## Probe TARGETS (default monitor-data/websites_top100.csv) and pri
 run-consumer: ## Run one consumer with the SITEWATCH_* environment (see consumer --help)
 	cargo run --release --locked --bin consumer
 
-up: ## Start the pipeline with Docker Compose (Kafka, PostgreSQL, monitor, consumer)
+run-status: ## Serve the status page on 0.0.0.0:8080 with the SITEWATCH_POSTGRES_* environment (see status --help)
+	cargo run --release --locked --bin status
+
+up: ## Start the pipeline with Docker Compose (Kafka, PostgreSQL, monitor, consumer, status page on 127.0.0.1:8080)
 	$(COMPOSE) up -d --build
 
 down: ## Stop and remove the Compose stack (data volume kept)

@@ -9,8 +9,10 @@ set -euo pipefail
 # check the compose files, and prometheus for its promtool, which checks
 # observability/, and for the server crates/e2e/tests/prometheus.rs runs
 # (where systemd runs, the package also starts a Prometheus on port 9090:
-# `systemctl disable --now prometheus` if it is in the way).
-packages=(build-essential pkg-config libssl-dev zlib1g-dev ca-certificates openssl postgresql docker-compose prometheus)
+# `systemctl disable --now prometheus` if it is in the way), and chromium,
+# the headless browser crates/e2e/tests/status_page.rs looks at the status
+# page with.
+packages=(build-essential pkg-config libssl-dev zlib1g-dev ca-certificates openssl postgresql docker-compose prometheus chromium)
 
 missing=()
 for pkg in "${packages[@]}"; do

@@ -2,7 +2,7 @@
 # Checks the compose files without a Docker daemon:
 # 1. each combination users run parses (`docker compose config`, or
 #    `docker-compose config` where the plugin is missing);
-# 2. every environment variable the files set on monitor and consumer is one
+# 2. every environment variable the files set on monitor, consumer and status is one
 #    the binary reads, as its --help documents it;
 # 3. Prometheus stays under its profile, so a plain `up` leaves it out, and
 #    promtool (Debian's prometheus package) accepts observability/.
@@ -32,7 +32,7 @@ for combo in "${combinations[@]}"; do
   args=()
   for f in $combo; do args+=(-f "$f"); done
   config=$("${compose[@]}" "${args[@]}" config) || { echo "check-compose: $combo does not parse" >&2; status=1; continue; }
-  for service in monitor consumer; do
+  for service in monitor consumer status; do
     help=$("$bin_dir/$service" --help)
     # The service's environment block in the normalised config: "      NAME: value" lines.
     names=$(awk -v svc="  $service:" '

@@ -31,7 +31,7 @@ export COMPOSE_PROJECT_NAME=sitewatchtest
 export BUILDER_IMAGE=sitewatch-local/builder:bookworm RUNTIME_IMAGE=sitewatch-local/runtime:bookworm
 export SITEWATCH_LOG_FORMAT=json TOPIC_PARTITIONS=6 POSTGRES_PASSWORD=compose-test
 # Prometheus too, on a free port of the loopback interface (found with `port`).
-export COMPOSE_PROFILES=observability PROMETHEUS_PORT=127.0.0.1:
+export COMPOSE_PROFILES=observability PROMETHEUS_PORT=127.0.0.1: STATUS_PORT=127.0.0.1: STATUS_REFRESH=2s
 
 say() { echo "test-compose: $*"; }
 fail() {
@@ -108,6 +108,26 @@ wait_until 180 "a first row" rows_above 0
 first_row=$((SECONDS - up_start))
 wait_until 120 "rows for all $sites test sites" sites_with_rows
 say "rows arrive for every test site (first row $first_row s after up)"
+
+say "the status page lists every test site"
+status=http://$("${compose[@]}" port status 8080)
+lists_all() {
+  local body n
+  body=$(curl -sS --max-time 5 "$status/api/sites" 2>&1) || { say "status: $body"; return 1; }
+  n=$(grep -o '"matching":[0-9]*' <<<"$body" | cut -d: -f2)
+  [[ -n $n && $n -ge $sites ]]
+}
+wait_until 120 "the status API to list all $sites test sites" lists_all
+page=$(curl -sS --max-time 5 "$status/?sort=url") || fail "the status page does not answer"
+grep -qF "http://sites:8080/ok" <<<"$page" || fail "the status page does not show http://sites:8080/ok"
+healthy() { [[ $(docker inspect -f '{{.State.Health.Status}}' "$("${compose[@]}" ps -q status)") == healthy ]]; }
+wait_until 90 "the status service's health check to pass" healthy
+# It reads as its own login, a member of the read role only.
+[[ $(psql_q "SELECT count(*) FROM pg_stat_activity WHERE usename = 'sitewatch_status'") -ge 1 ]] ||
+  fail "the status service does not read as sitewatch_status"
+[[ $(psql_q "SELECT rolsuper OR rolcreaterole OR rolcreatedb FROM pg_roles WHERE rolname = 'sitewatch_status'") == f ]] ||
+  fail "sitewatch_status may do more than read"
+say "the status page and API list every test site; its container is healthy"
 
 say "scaling to three consumers"
 scaled=$SECONDS
@@ -326,7 +346,7 @@ grep -q "PRIVATE KEY" <<<"$managed_log" && fail "a private key appears in the lo
 say "rows arrive through the managed Kafka over mutual TLS; no key material in the logs"
 "${managed[@]}" down --remove-orphans >/dev/null 2>&1
 
-for image in sitewatch-monitor sitewatch-consumer; do
+for image in sitewatch-monitor sitewatch-consumer sitewatch-status; do
   say "$image image: $(docker image inspect -f '{{.Size}}' "$image" | awk '{printf "%.0f MB", $1 / 1e6}')"
 done
 say "image build $build_time s; first row $first_row s after up"

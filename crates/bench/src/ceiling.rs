@@ -395,14 +395,14 @@ fn wrk_script(sites: usize) -> String {
 
 /// What the bench reads in wrk's summary.
 #[derive(Debug, Clone, PartialEq)]
-struct WrkSummary {
-    requests: u64,
-    seconds: f64,
-    errors: String,
+pub(crate) struct WrkSummary {
+    pub(crate) requests: u64,
+    pub(crate) seconds: f64,
+    pub(crate) errors: String,
 }
 
 /// Reads `N requests in 8.00s, ...` and the error lines from wrk's summary.
-fn parse_wrk(output: &str) -> Option<WrkSummary> {
+pub(crate) fn parse_wrk(output: &str) -> Option<WrkSummary> {
     let line = output.lines().find(|l| l.contains(" requests in "))?;
     let mut words = line.split_whitespace();
     let requests: u64 = words.next()?.parse().ok()?;
@@ -427,7 +427,7 @@ fn parse_wrk(output: &str) -> Option<WrkSummary> {
 }
 
 /// wrk's durations: `8.00s`, `1.00m`, `500.00ms`.
-fn parse_wrk_duration(text: &str) -> Option<f64> {
+pub(crate) fn parse_wrk_duration(text: &str) -> Option<f64> {
     let split = text.find(|c: char| c.is_ascii_alphabetic())?;
     let (number, unit) = text.split_at(split);
     let number: f64 = number.parse().ok()?;

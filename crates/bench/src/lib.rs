@@ -15,6 +15,7 @@ pub mod report;
 pub mod schedule;
 pub mod soak;
 mod stack;
+pub mod status;
 pub mod storage;
 
 use std::path::PathBuf;
@@ -38,12 +39,12 @@ pub struct Options {
 
 /// Every scenario, in the order they run.
 pub const SCENARIOS: &[&str] = &[
-    "schedule", "ceiling", "peer", "ingest", "storage", "latency", "memory", "soak",
+    "schedule", "ceiling", "peer", "ingest", "storage", "status", "latency", "memory", "soak",
 ];
 
 /// The scenarios a run without `--scenario` runs: all but the memory
 /// check with 1 MB messages and the soak, which takes its own ten minutes
 /// and more (`make soak`).
 pub const DEFAULT_SCENARIOS: &[&str] = &[
-    "schedule", "ceiling", "peer", "ingest", "storage", "latency",
+    "schedule", "ceiling", "peer", "ingest", "storage", "status", "latency",
 ];

@@ -95,6 +95,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let report = match name {
             "ingest" => sitewatch_bench::ingest::run(&options).await?,
             "storage" => sitewatch_bench::storage::run(&options).await?,
+            "status" => sitewatch_bench::status::run(&options).await?,
             "latency" => sitewatch_bench::latency::run(&options).await?,
             "schedule" => sitewatch_bench::schedule::run(&options).await?,
             "ceiling" => sitewatch_bench::ceiling::run(&options).await?,

@@ -387,17 +387,7 @@ async fn thirty_days(client: &Client) -> anyhow::Result<Query> {
             )
             .await?;
     }
-    client
-        .execute("SELECT metrics_partition_for($1)", &[&this_hour])
-        .await?;
-    let minutes = (now - this_hour).num_minutes().max(1);
-    let raw_rows = SITES * minutes;
-    let _ = client
-        .execute(
-            FILL,
-            &[&this_hour, &raw_rows, &SITES, &(minutes * 60_000_000)],
-        )
-        .await?;
+    let raw_rows = fill_hour_under_way(client, now, SITES).await?;
     client
         .execute(
             "UPDATE rollup_progress SET rolled_until = $1, xid_before = txid_snapshot_xmin(txid_current_snapshot())",
@@ -454,6 +444,28 @@ async fn thirty_days(client: &Client) -> anyhow::Result<Query> {
         hourly_bytes,
         daily_bytes,
     })
+}
+
+/// The raw rows of the hour under way, up to `now`: each of `sites` probed
+/// once a minute, in the hour's partition; returns how many.
+pub(crate) async fn fill_hour_under_way(
+    client: &Client,
+    now: DateTime<Utc>,
+    sites: i64,
+) -> anyhow::Result<i64> {
+    let this_hour = now.duration_trunc(TimeDelta::hours(1))?;
+    client
+        .execute("SELECT metrics_partition_for($1)", &[&this_hour])
+        .await?;
+    let minutes = (now - this_hour).num_minutes().max(1);
+    let raw_rows = sites * minutes;
+    let _ = client
+        .execute(
+            FILL,
+            &[&this_hour, &raw_rows, &sites, &(minutes * 60_000_000)],
+        )
+        .await?;
+    Ok(raw_rows)
 }
 
 fn min(values: &[f64]) -> f64 {

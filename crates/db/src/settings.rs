@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    ClientWrapper, Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime,
+};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use sitewatch_service::settings::{self, TimeSpan};
@@ -217,6 +219,9 @@ pub enum PgSettingsError {
     /// deadpool refused the configuration.
     #[error("cannot build the PostgreSQL pool: {0}")]
     Pool(String),
+    /// A role name that is not a plain identifier.
+    #[error("role `{0}`: a role name is letters, digits and _ only")]
+    Role(String),
 }
 
 /// A connection configuration and the TLS connector to use with it.
@@ -400,10 +405,56 @@ impl PgSettings {
 
     /// A bounded pool of connections.
     pub fn pool(&self) -> Result<Pool, PgSettingsError> {
+        self.pool_of(self.connector()?, None)
+    }
+
+    /// A bounded pool of connections whose sessions take on `role` (a role
+    /// name: letters, digits, `_`) and start every transaction read-only,
+    /// for a service that must not write whatever its queries say. A new
+    /// session that is not both (a connection pooler that drops startup
+    /// options) is refused, with the reason.
+    pub fn read_only_pool(&self, role: &str) -> Result<Pool, PgSettingsError> {
+        if role.is_empty() || !role.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(PgSettingsError::Role(role.to_owned()));
+        }
+        let mut connector = self.connector()?;
+        let read_only = format!("-c role={role} -c default_transaction_read_only=on");
+        let options = match connector.config.get_options() {
+            Some(given) => format!("{given} {read_only}"),
+            None => read_only,
+        };
+        let _ = connector.config.options(options);
+        let role = role.to_owned();
+        let check = Hook::async_fn(move |client: &mut ClientWrapper, _| {
+            let role = role.clone();
+            Box::pin(async move {
+                let row = client
+                    .query_one(
+                        "SELECT current_user::text, current_setting('transaction_read_only')",
+                        &[],
+                    )
+                    .await
+                    .map_err(HookError::Backend)?;
+                let (user, read_only): (String, String) = (row.get(0), row.get(1));
+                if user != role || read_only != "on" {
+                    return Err(HookError::message(format!(
+                        "the session runs as {user} with transaction_read_only {read_only}, not as the read role {role}, read-only: does a connection pooler drop the startup options?"
+                    )));
+                }
+                Ok(())
+            })
+        });
+        self.pool_of(connector, Some(check))
+    }
+
+    fn pool_of(
+        &self,
+        connector: Connector,
+        post_create: Option<Hook>,
+    ) -> Result<Pool, PgSettingsError> {
         if self.pool_size == 0 {
             return Err(PgSettingsError::PoolSize);
         }
-        let connector = self.connector()?;
         let manager = Manager::from_config(
             connector.config,
             connector.tls,
@@ -411,7 +462,12 @@ impl PgSettings {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
-        Pool::builder(manager)
+        let builder = Pool::builder(manager);
+        let builder = match post_create {
+            Some(hook) => builder.post_create(hook),
+            None => builder,
+        };
+        builder
             .max_size(self.pool_size)
             .runtime(Runtime::Tokio1)
             .create_timeout(Some(self.connect_timeout.get()))

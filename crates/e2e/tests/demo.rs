@@ -82,6 +82,7 @@ async fn run_demo(
     demo_dir: &Path,
     pg_port: u16,
     farm_port: u16,
+    status_port: u16,
     rows: i64,
 ) -> Option<i32> {
     // A shell cannot trap a signal it was started with ignored, and test
@@ -94,6 +95,7 @@ async fn run_demo(
         .env("DEMO_DIR", demo_dir)
         .env("DEMO_PG_PORT", pg_port.to_string())
         .env("DEMO_FARM_PORT", farm_port.to_string())
+        .env("DEMO_STATUS_PORT", status_port.to_string())
         .env("DEMO_REFRESH", "1")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
@@ -122,6 +124,20 @@ async fn run_demo(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The status page the demo prints lists the sites that have rows.
+    let listed = sitewatch_pgtest::wait::wait_for_some(
+        Duration::from_secs(30),
+        "the demo's status page to list its sites",
+        || async {
+            let (code, body) = support::http_get(status_port, "/api/sites").await?;
+            let answer: serde_json::Value = serde_json::from_str(&body).ok()?;
+            answer["matching"]
+                .as_u64()
+                .filter(|&n| code == 200 && n > 0)
+        },
+    )
+    .await;
+    assert!(listed > 0);
     let ctrl_c = Command::new("kill")
         .args(["-INT", "--", &format!("-{}", child.id())])
         .status()
@@ -153,17 +169,52 @@ async fn the_demo_shows_rows_stops_cleanly_on_ctrl_c_and_keeps_its_rows() {
         .expect("port")
         .port();
     let farm_port = three_free_ports();
+    let status_port = support::free_port();
 
-    let code = run_demo(&repo, &demo_dir, pg_port, farm_port, 20).await;
+    let code = run_demo(&repo, &demo_dir, pg_port, farm_port, status_port, 20).await;
     assert_eq!(code, Some(0), "Ctrl-C ends the demo with exit 0");
     let left = processes_mentioning(&needle);
     assert!(left.is_empty(), "processes left behind: {left:?}");
+    assert!(
+        std::net::TcpListener::bind(("127.0.0.1", status_port)).is_ok(),
+        "the status page still listens after Ctrl-C"
+    );
 
     // Run again: the earlier rows are still there and new ones join them.
-    let code = run_demo(&repo, &demo_dir, pg_port, farm_port, 40).await;
+    let code = run_demo(&repo, &demo_dir, pg_port, farm_port, status_port, 40).await;
     assert_eq!(code, Some(0));
     assert!(
         processes_mentioning(&needle).is_empty(),
         "processes left behind after the second run"
+    );
+}
+
+#[test]
+fn a_port_in_use_stops_the_demo_with_a_line_naming_it() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let demo = tempfile::tempdir().expect("tempdir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port to hold");
+    let port = taken.local_addr().expect("address").port();
+    let output = Command::new("bash")
+        .arg(repo.join("scripts/demo.sh"))
+        .current_dir(&repo)
+        .env("BIN_DIR", support::bin_dir())
+        .env("DEMO_DIR", demo.path().join("demo"))
+        .env("DEMO_PG_PORT", support::free_port().to_string())
+        .env("DEMO_FARM_PORT", three_free_ports().to_string())
+        .env("DEMO_STATUS_PORT", port.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .expect("the demo runs");
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(&format!("port {port} (the status page) is in use"))
+            && said.contains("DEMO_STATUS_PORT"),
+        "{said}"
+    );
+    assert!(
+        !demo.path().join("demo/logs").exists(),
+        "nothing was started before the check"
     );
 }
