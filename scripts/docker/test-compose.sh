@@ -149,20 +149,21 @@ prom=http://$("${compose[@]}" port prometheus 9090)
 occurrences() { { grep -oF -- "$1" <<<"$2" || true; } | wc -l; }
 # What Prometheus said last, for the failure message.
 prom_seen=
-targets_up() { # monitors consumers
+targets_up() { # monitors consumers status
   local body
   body=$(curl -sS --max-time 5 "$prom/api/v1/targets?state=active" 2>&1) || { prom_seen=$body; return 1; }
-  local monitors consumers up
+  local monitors consumers status up
   monitors=$(occurrences '"scrapePool":"monitor"' "$body")
   consumers=$(occurrences '"scrapePool":"consumer"' "$body")
+  status=$(occurrences '"scrapePool":"status"' "$body")
   up=$(occurrences '"health":"up"' "$body")
-  prom_seen="$monitors monitor and $consumers consumer targets, $up up;"
+  prom_seen="$monitors monitor, $consumers consumer and $status status targets, $up up;"
   prom_seen+=" $(grep -oE '"(scrapeUrl|health|lastError)":"[^"]*"' <<<"$body" | paste -sd ' ' || true)"
-  [[ $monitors -eq $1 && $consumers -eq $2 && $up -eq $(($1 + $2)) ]]
+  [[ $monitors -eq $1 && $consumers -eq $2 && $status -eq $3 && $up -eq $(($1 + $2 + $3)) ]]
 }
 deadline=$((SECONDS + 120))
-until targets_up 1 3; do
-  ((SECONDS < deadline)) || fail "Prometheus ($prom) did not see 1 monitor and 3 consumers up; it saw $prom_seen"
+until targets_up 1 3 1; do
+  ((SECONDS < deadline)) || fail "Prometheus ($prom) did not see 1 monitor, 3 consumers and 1 status up; it saw $prom_seen"
   sleep 1
 done
 targets_after=$((SECONDS - scaled))
@@ -172,7 +173,7 @@ for name in $(sed -n 's/^ *- name: *//p; s/^ *- alert: *//p' observability/alert
 done
 ! grep -qF '"health":"err"' <<<"$rules" ||
   fail "an alert rule fails to evaluate: $(grep -oE '"(name|lastError)":"[^"]*"' <<<"$rules" | paste -sd ' ')"
-say "Prometheus at $prom: 1 monitor and 3 consumers up $targets_after s after the scale; $(grep -c '^ *- alert:' observability/alerts.yml) alert rules loaded"
+say "Prometheus at $prom: 1 monitor, 3 consumers and 1 status up $targets_after s after the scale; $(grep -c '^ *- alert:' observability/alerts.yml) alert rules loaded"
 
 say "killing one consumer mid-stream"
 victim=$("${compose[@]}" ps -q consumer | head -1)

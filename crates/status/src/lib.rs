@@ -8,6 +8,7 @@
 //! the HTML and the charts and badges.
 
 pub mod api;
+pub mod measure;
 pub mod overview;
 pub mod page;
 pub mod read;
@@ -32,7 +33,6 @@ use sitewatch_service::observe::{self, EndpointError, Readiness};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::timeout::TimeoutLayer;
 
 use crate::api::{HistoryParams, IncidentParams, ListParams, Refusal};
 use crate::overview::Overview;
@@ -454,6 +454,43 @@ async fn not_found(State(app): State<App>, uri: axum::http::Uri) -> Response {
 /// images (badges) from here, forms sent here.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
+/// The time a request may take, and what its refusal page is drawn with.
+#[derive(Debug, Clone)]
+struct Bound {
+    timeout: Duration,
+    title: Arc<str>,
+    refresh: Duration,
+}
+
+/// Answers 503 with the reason, as JSON for the API and as a page for the
+/// rest, when the request takes longer than its bound; the handler (and its
+/// statement, which the connection's statement timeout also ends) is dropped.
+async fn bounded(
+    State(bound): State<Bound>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let api = request.uri().path().starts_with("/api/");
+    match tokio::time::timeout(bound.timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_elapsed) => {
+            let refusal = Refusal::unavailable(format!(
+                "the answer took longer than {} (request_timeout); try a shorter range or a larger step",
+                humantime::format_duration(bound.timeout)
+            ));
+            if api {
+                json_refusal(&refusal)
+            } else {
+                let frame = Frame {
+                    title: &bound.title,
+                    refresh_seconds: bound.refresh.as_secs().max(1),
+                };
+                (refusal.status, page::error(&frame, &refusal.message)).into_response()
+            }
+        }
+    }
+}
+
 fn router(app: App, request_timeout: Duration) -> Router {
     Router::new()
         .route("/", get(overview_page))
@@ -466,10 +503,14 @@ fn router(app: App, request_timeout: Duration) -> Router {
         .route("/badge/{id}/uptime/{file}", get(uptime_badge))
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
-        .with_state(app)
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            request_timeout,
+        .with_state(app.clone())
+        .layer(axum::middleware::from_fn_with_state(
+            Bound {
+                timeout: request_timeout,
+                title: app.title,
+                refresh: app.refresh,
+            },
+            bounded,
         ))
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CONTENT_SECURITY_POLICY,
@@ -483,6 +524,8 @@ fn router(app: App, request_timeout: Duration) -> Router {
             header::REFERRER_POLICY,
             HeaderValue::from_static("no-referrer"),
         ))
+        // Outermost: a request cut short by the time bound counts as its 503.
+        .layer(axum::middleware::from_fn(measure::requests))
 }
 
 /// The service bound to its address, not serving yet.
@@ -513,6 +556,7 @@ impl Server {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), StatusError> {
         let settings = self.settings;
         let serving = observe::start(settings.health.http_listen.as_deref()).await?;
+        measure::describe();
         // A request's statements end with the request: none goes on holding
         // a pooled connection after its caller was answered 503. The
         // overview's read, which no request waits for, keeps the setting.
@@ -583,5 +627,58 @@ impl Server {
             beat.abort();
         }
         served
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request that outlasts its bound gets the reason, as JSON on the
+    /// API (the OpenAPI file's Error) and as a page elsewhere.
+    #[tokio::test]
+    async fn a_request_past_its_bound_is_refused_with_the_reason() {
+        let slow = || async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            "never"
+        };
+        let router = Router::new()
+            .route("/api/slow", get(slow))
+            .route("/slow", get(slow))
+            .layer(axum::middleware::from_fn_with_state(
+                Bound {
+                    timeout: Duration::from_millis(100),
+                    title: Arc::from("Status"),
+                    refresh: Duration::from_secs(30),
+                },
+                bounded,
+            ));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let server = tokio::spawn(async move { axum::serve(listener, router).await });
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        for (path, content_type) in [("/api/slow", "application/json"), ("/slow", "text/html")] {
+            let response = reqwest::get(format!("http://{addr}{path}"))
+                .await
+                .expect("an answer");
+            assert_eq!(response.status().as_u16(), 503, "{path}");
+            let shown = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            assert!(shown.starts_with(content_type), "{path}: {shown}");
+            let body = response.text().await.expect("a body");
+            assert!(
+                body.contains("longer than 100ms (request_timeout)"),
+                "{path}: {body}"
+            );
+            if path.starts_with("/api/") {
+                let error: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+                assert!(error["error"].is_string(), "{body}");
+            }
+        }
+        server.abort();
     }
 }

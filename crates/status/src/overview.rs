@@ -115,7 +115,13 @@ impl Overview {
                 _ = tick.tick() => {}
             }
             let started = std::time::Instant::now();
-            match self.refresh(&pool).await {
+            let read = self.refresh(&pool).await;
+            let read_at = match read {
+                Ok(()) => self.snapshot().map(|s| s.taken_at.timestamp()),
+                Err(_) => None,
+            };
+            crate::measure::overview_read(read_at, started.elapsed());
+            match read {
                 Ok(()) => {
                     if failing {
                         tracing::info!("overview: reading PostgreSQL again");

@@ -607,3 +607,48 @@ async fn the_read_role_cannot_write_nor_read_the_sites_secrets() {
         .get(0);
     assert_eq!(counted, 1);
 }
+
+#[tokio::test]
+async fn requests_and_overview_reads_show_on_metrics_by_route() {
+    let recorded = sitewatch_service::observe::recorder();
+    let db = Postgres::start_temp().expect("postgres");
+    let [up, ..] = seed(&db).await;
+    let (base, stop, _task) = serve(&db).await;
+    first_overview(&base).await;
+    for path in [
+        format!("/sites/{up}"),
+        format!("/sites/{up}?range=7d"),
+        "/sites/999999".to_owned(),
+        "/nowhere".to_owned(),
+    ] {
+        let _ = get(&base, &path).await;
+    }
+    let shown = recorded.render();
+    for line in [
+        // One series per route, whatever the site.
+        "sitewatch_status_requests_total{route=\"/sites/{id}\",code=\"200\"} 2\n",
+        "sitewatch_status_requests_total{route=\"/sites/{id}\",code=\"404\"} 1\n",
+        "sitewatch_status_requests_total{route=\"unmatched\",code=\"404\"} 1\n",
+        "sitewatch_status_request_duration_seconds_count{route=\"/sites/{id}\"} 3\n",
+    ] {
+        assert!(
+            shown.contains(line),
+            "/metrics should show {line:?}:\n{shown}"
+        );
+    }
+    assert!(
+        shown.contains("sitewatch_status_overview_reads_total{outcome=\"done\"}"),
+        "/metrics should count the overview's reads:\n{shown}"
+    );
+    let read_at = shown
+        .lines()
+        .find_map(|l| l.strip_prefix("sitewatch_status_overview_read_timestamp_seconds "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("/metrics should show when the overview was read:\n{shown}"));
+    let now = chrono::Utc::now().timestamp() as f64;
+    assert!(
+        (now - 60.0..=now).contains(&read_at),
+        "the overview was read at {read_at}, not within the last minute of {now}"
+    );
+    stop.cancel();
+}
