@@ -38,6 +38,9 @@ fail() {
   echo "test-compose: FAILED: $*" >&2
   "${compose[@]}" ps >&2 || true
   "${compose[@]}" logs --tail 30 >&2 || true
+  # Every line of every container, for what the tail above cut off.
+  "${compose[@]}" logs --no-color >"$work/compose.log" 2>&1 || true
+  echo "test-compose: every container's whole log is in $work/compose.log" >&2
   exit 1
 }
 
