@@ -234,8 +234,14 @@ say "a consumer OOM-killed under a memory limit while reading large messages"
 mapfile -t alive < <(running_consumers)
 oom=${alive[0]}
 others=("${alive[@]:1}")
-# One consumer reads everything, so every large message goes through it.
-[[ ${#others[@]} -eq 0 ]] || docker stop "${others[@]}" >/dev/null
+# One consumer reads everything, so every large message goes through it:
+# the messages are produced once the group has given it every partition.
+if ((${#others[@]})); then
+  stopped_at=$(date +%s)
+  docker stop "${others[@]}" >/dev/null
+  owns_all() { docker logs --since "$stopped_at" "$oom" 2>&1 | grep -qF '"partitions assigned","partitions":"[0, 1, 2, 3, 4, 5]"'; }
+  wait_until 90 "the one consumer left to be assigned all $TOPIC_PARTITIONS partitions" owns_all
+fi
 # Its memory now, without the page cache, plus a little: far less than
 # reading the large messages ahead takes.
 usage=$(docker stats --no-stream --format '{{.MemUsage}}' "$oom" | awk '{print $1}')
