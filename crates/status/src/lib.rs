@@ -471,9 +471,11 @@ async fn bounded(
     next: axum::middleware::Next,
 ) -> Response {
     let api = request.uri().path().starts_with("/api/");
+    let path = request.uri().path().to_owned();
     match tokio::time::timeout(bound.timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_elapsed) => {
+            tracing::warn!(%path, timeout = ?bound.timeout, "a request took longer than request_timeout and was answered 503: PostgreSQL slow (its log, pg_stat_activity), or request_timeout too short for the ranges asked for");
             let refusal = Refusal::unavailable(format!(
                 "the answer took longer than {} (request_timeout); try a shorter range or a larger step",
                 humantime::format_duration(bound.timeout)
@@ -602,7 +604,9 @@ impl Server {
                 })
             })
         };
-        serving.status.set(Arc::clone(&readiness), Arc::new(|| {}));
+        serving
+            .status
+            .set(Arc::clone(&readiness), Arc::new(measure::collect));
         let beat = settings.health.health_file.clone().map(|file| {
             tokio::spawn(health::beat_while(
                 Heartbeat::new(file),
@@ -675,8 +679,14 @@ mod tests {
                 "{path}: {body}"
             );
             if path.starts_with("/api/") {
+                // The OpenAPI file's Error: one string, nothing else.
                 let error: serde_json::Value = serde_json::from_str(&body).expect("JSON");
                 assert!(error["error"].is_string(), "{body}");
+                assert_eq!(
+                    error.as_object().map(serde_json::Map::len),
+                    Some(1),
+                    "{body}"
+                );
             }
         }
         server.abort();

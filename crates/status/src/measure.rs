@@ -1,6 +1,7 @@
 //! What the status service tells Prometheus: every metric it records, named
 //! and described here.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
@@ -12,6 +13,11 @@ const REQUEST_DURATION: &str = "sitewatch_status_request_duration_seconds";
 const OVERVIEW_READS: &str = "sitewatch_status_overview_reads_total";
 const OVERVIEW_READ_DURATION: &str = "sitewatch_status_overview_read_duration_seconds";
 const OVERVIEW_READ_AT: &str = "sitewatch_status_overview_read_timestamp_seconds";
+
+/// When the overview served was read (Unix seconds; 0: not yet), set again
+/// at each scrape: reads may be further apart than a gauge not set stays on
+/// /metrics, and a failing database must not make its age vanish.
+static READ_AT: AtomicI64 = AtomicI64::new(0);
 
 /// Describes every metric, once at start.
 pub fn describe() {
@@ -36,7 +42,7 @@ pub fn describe() {
     metrics::describe_gauge!(
         OVERVIEW_READ_AT,
         metrics::Unit::Seconds,
-        "When the figures served were read (Unix time); absent until the first read."
+        "When the figures served were read (Unix time); absent until the first read succeeds."
     );
 }
 
@@ -63,6 +69,15 @@ pub fn overview_read(read_at: Option<i64>, took: Duration) {
     metrics::counter!(OVERVIEW_READS, "outcome" => outcome).increment(1);
     metrics::histogram!(OVERVIEW_READ_DURATION).record(took.as_secs_f64());
     if let Some(at) = read_at {
+        READ_AT.store(at, Ordering::Relaxed);
+    }
+    collect();
+}
+
+/// Sets the gauges, before a scrape.
+pub fn collect() {
+    let at = READ_AT.load(Ordering::Relaxed);
+    if at > 0 {
         metrics::gauge!(OVERVIEW_READ_AT).set(at as f64);
     }
 }
