@@ -77,10 +77,7 @@ struct App {
 
 impl App {
     fn frame(&self) -> Frame<'_> {
-        Frame {
-            title: &self.title,
-            refresh_seconds: self.refresh.as_secs().max(1),
-        }
+        Frame::new(&self.title, self.refresh)
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, Refusal> {
@@ -483,10 +480,7 @@ async fn bounded(
             if api {
                 json_refusal(&refusal)
             } else {
-                let frame = Frame {
-                    title: &bound.title,
-                    refresh_seconds: bound.refresh.as_secs().max(1),
-                };
+                let frame = Frame::new(&bound.title, bound.refresh);
                 (refusal.status, page::error(&frame, &refusal.message)).into_response()
             }
         }

@@ -19,6 +19,16 @@ pub struct Frame<'a> {
     pub refresh_seconds: u64,
 }
 
+impl<'a> Frame<'a> {
+    /// The frame of a service titled `title` that reads every `refresh`.
+    pub fn new(title: &'a str, refresh: std::time::Duration) -> Frame<'a> {
+        Frame {
+            title,
+            refresh_seconds: refresh.as_secs().max(1),
+        }
+    }
+}
+
 const STYLE: &str = "
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1f2328;background:#f6f8fa}
 header,main,footer{max-width:1100px;margin:0 auto;padding:0 16px}
